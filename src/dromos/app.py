@@ -1,0 +1,224 @@
+"""``App``: the task registry, the configuration, and the public entry point.
+
+An app names where jobs travel (the broker URL) and which functions are tasks. It holds no
+global state: two apps in one process are independent, and each process (a web server, a
+worker) makes its own by importing the module that defines it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, overload
+
+from dromos._portal import Portal
+from dromos.brokers import create_broker
+from dromos.brokers.base import Broker, BrokerOptions
+from dromos.errors import ConfigurationError, UnknownTaskError
+from dromos.job import Job
+from dromos.task import AsyncTask, Call, Executor, SyncTask, Task
+
+if TYPE_CHECKING:
+    from dromos.worker.runtime import Worker
+
+__all__ = ["App"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_BROKER = "sqlite:///./dromos.db"
+
+
+class TaskDecorator(Protocol):
+    """What ``@app.task(...)`` with options returns: a decorator that keeps the types."""
+
+    @overload
+    def __call__(self, func: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...  # type: ignore[overload-overlap]
+    @overload
+    def __call__(self, func: Callable[P, R], /) -> SyncTask[P, R]: ...
+
+
+def _seconds(value: float | timedelta) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+class App:
+    """A dromos application: tasks plus where their jobs travel.
+
+    ``broker`` is a URL (``sqlite:///path.db``, ``memory://``); ``$DROMOS_BROKER`` overrides
+    it, so operators can point the same code elsewhere. ``result_ttl`` is how long results
+    and ended jobs are kept, ``lease`` how long a worker may go silent before its jobs are
+    handed to another, and ``idempotency_window`` how long an idempotency key names its job.
+    """
+
+    def __init__(
+        self,
+        name: str = "dromos",
+        broker: str | None = None,
+        *,
+        backend: str | None = None,
+        result_ttl: float | timedelta = timedelta(days=7),
+        dead_letter_ttl: float | timedelta = timedelta(days=30),
+        lease: float | timedelta = 30.0,
+        idempotency_window: float | timedelta = timedelta(days=1),
+        max_recoveries: int = 3,
+    ) -> None:
+        self.name = name
+        self.broker_url = os.environ.get("DROMOS_BROKER") or broker or DEFAULT_BROKER
+        backend = os.environ.get("DROMOS_BACKEND") or backend
+        if backend is not None and backend != self.broker_url:
+            raise ConfigurationError(
+                f"backend={backend!r}: this broker keeps status and results itself; a separate "
+                "backend is only for brokers that keep none. Leave backend unset."
+            )
+        self.lease = _seconds(lease)
+        if self.lease <= 0:
+            raise ConfigurationError("lease must be a positive number of seconds")
+        self.idempotency_window = _seconds(idempotency_window)
+        self.broker_options = BrokerOptions(
+            result_ttl=_seconds(result_ttl),
+            dead_letter_ttl=_seconds(dead_letter_ttl),
+            max_recoveries=max_recoveries,
+        )
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._broker: Broker | None = None
+        self._opened = False
+        self._lock = threading.Lock()
+        self.portal = Portal(f"dromos-portal-{name}")
+
+    def __repr__(self) -> str:
+        return f"<App {self.name} broker={self.broker_url}>"
+
+    # -- registering tasks ------------------------------------------------------------------
+    @overload
+    def task(self, func: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...  # type: ignore[overload-overlap]
+    @overload
+    def task(self, func: Callable[P, R], /) -> SyncTask[P, R]: ...
+    @overload
+    def task(
+        self,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        retries: int = 3,
+        retry_on: tuple[type[BaseException], ...] | None = None,
+        backoff: float = 1.0,
+        max_backoff: float = 600.0,
+        timeout: float | None = None,
+        priority: int = 0,
+        executor: Executor = "thread",
+    ) -> TaskDecorator: ...
+    def task(
+        self,
+        func: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        retries: int = 3,
+        retry_on: tuple[type[BaseException], ...] | None = None,
+        backoff: float = 1.0,
+        max_backoff: float = 600.0,
+        timeout: float | None = None,
+        priority: int = 0,
+        executor: Executor = "thread",
+    ) -> Any:
+        """Register a function (``async def`` or plain ``def``) as a task.
+
+        ``retries`` failed attempts are retried with jittered exponential ``backoff`` (only
+        exceptions in ``retry_on``, when given); ``timeout`` limits one attempt; plain
+        functions run in the worker's threads, or in a process pool with
+        ``executor="process"`` (for CPU-bound work).
+        """
+
+        def register(fn: Callable[..., Any]) -> Task[Any, Any]:
+            cls = AsyncTask if asyncio.iscoroutinefunction(fn) else SyncTask
+            task: Task[Any, Any] = cls(
+                self, fn, name=name, queue=queue, retries=retries, retry_on=retry_on,
+                backoff=backoff, max_backoff=max_backoff, timeout=timeout, priority=priority,
+                executor=executor,
+            )  # fmt: skip
+            if task.name in self.tasks:
+                raise ConfigurationError(
+                    f"a task named {task.name!r} is already registered; pass name= to tell "
+                    "them apart"
+                )
+            self.tasks[task.name] = task
+            return task
+
+        return register if func is None else register(func)
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        """The task registered under ``name``; raise :class:`UnknownTaskError` otherwise."""
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise UnknownTaskError(name, list(self.tasks)) from None
+
+    # -- the broker ---------------------------------------------------------------------------
+    @property
+    def broker(self) -> Broker:
+        """The broker instance (not yet connected until first used)."""
+        with self._lock:
+            if self._broker is None:
+                self._broker = create_broker(self.broker_url, self.broker_options)
+            return self._broker
+
+    async def abroker(self) -> Broker:
+        """The broker, connected."""
+        broker = self.broker
+        if not self._opened:
+            await broker.open()
+            self._opened = True
+        return broker
+
+    async def aclose(self) -> None:
+        """Disconnect from the broker (it reconnects on next use)."""
+        broker, self._broker = self._broker, None
+        self._opened = False
+        if broker is not None:
+            await broker.close()
+
+    def close(self) -> None:
+        """Blocking twin of :meth:`aclose`; also stops the blocking portal's thread."""
+        if self._broker is not None:
+            self.portal.call(self.aclose)
+        self.portal.stop()
+
+    # -- jobs -----------------------------------------------------------------------------
+    def job(self, job_id: str) -> Job[Any]:
+        """A handle for a job id received elsewhere (its result is plain JSON)."""
+        return Job(self, job_id)
+
+    async def aenqueue_many(self, calls: Iterable[Call[Any]]) -> list[Job[Any]]:
+        """Check every call, then queue them all in one round trip (all or none)."""
+        calls = list(calls)
+        requests = [c.task.request(c, self.idempotency_window) for c in calls]
+        for c in calls:
+            if c.task.app is not self:
+                raise ConfigurationError(f"task {c.task.name!r} belongs to another app")
+        if not requests:
+            return []
+        ids = await (await self.abroker()).enqueue(requests)
+        return [c.task.handle(i) for c, i in zip(calls, ids, strict=True)]
+
+    def enqueue_many(self, calls: Iterable[Call[Any]]) -> list[Job[Any]]:
+        """Blocking twin of :meth:`aenqueue_many`."""
+        return self.portal.call(self.aenqueue_many, list(calls))
+
+    def worker(
+        self,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int = 16,
+        prefetch: int | None = None,
+        grace: float = 30.0,
+    ) -> Worker:
+        """A worker for this app (``await worker.run()``); see :class:`dromos.Worker`."""
+        from dromos.worker.runtime import Worker
+
+        return Worker(self, queues=queues, concurrency=concurrency, prefetch=prefetch, grace=grace)

@@ -1,0 +1,44 @@
+"""Broker backends, chosen by URL scheme.
+
+``create_broker`` is the one place that maps a URL to a backend; the rest of dromos only sees
+the :class:`~dromos.brokers.base.Broker` interface.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from dromos.brokers.base import Broker, BrokerOptions
+from dromos.errors import ConfigurationError
+
+__all__ = ["Broker", "BrokerOptions", "create_broker"]
+
+_PLANNED = {
+    "redis": "the Redis broker",
+    "rediss": "the Redis broker",
+    "amqp": "the RabbitMQ broker",
+    "amqps": "the RabbitMQ broker",
+    "postgresql": "the PostgreSQL broker",
+    "postgres": "the PostgreSQL broker",
+}
+
+
+def create_broker(url: str, options: BrokerOptions | None = None) -> Broker:
+    """Make the broker a URL names: ``sqlite:///path`` or ``memory://``."""
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        from dromos.brokers.sqlite import SQLiteBroker
+
+        return SQLiteBroker(url, options)
+    if scheme == "memory":
+        from dromos.brokers.memory import MemoryBroker
+
+        return MemoryBroker(options)
+    if scheme in _PLANNED:
+        raise ConfigurationError(
+            f"{_PLANNED[scheme]} ({scheme}://) is not available in this version; "
+            "use sqlite:///path.db (the default) or memory://"
+        )
+    raise ConfigurationError(
+        f"unknown broker URL {url!r}: use sqlite:///path.db (the default) or memory://"
+    )

@@ -1,0 +1,277 @@
+"""The broker contract: the small async interface every backend implements.
+
+The docstrings here are the specification; ``memory.py`` is its executable reference and the
+conformance suite in ``tests/backends/`` checks every backend against it. The public API
+never branches on the broker.
+
+The model, in one paragraph. A job is inserted by :meth:`Broker.enqueue` (in batches). A
+worker :meth:`Broker.claim`\\ s up to N ready jobs at once; each claim increments the job's
+``attempt`` and grants a *lease* until a time on the broker's clock. The attempt number is
+the *fencing token*: every later write about that run (:meth:`~Broker.settle`,
+:meth:`~Broker.progress`, :meth:`~Broker.extend`, :meth:`~Broker.release`) names
+``(job_id, attempt)`` and is ignored unless the job is still ``running`` at that attempt, so
+a worker that lost its lease can never overwrite the run that replaced it. A live worker
+extends its leases; a dead one stops, the lease expires, and the next claim hands the job out
+again with ``attempt + 1`` (a *recovery*). Jobs leave the store only after they ended, and
+only once their retention time has passed.
+
+Every method may be called from any event loop and any thread's loop (the app calls it from
+its blocking portal and from the user's loop); a backend keeps loop-bound resources per loop.
+Batch methods take and return sequences so that one round trip serves many jobs.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from dromos.job import JobError, JobState, JobStatus
+
+if TYPE_CHECKING:
+    from dromos.message import Message
+
+__all__ = [
+    "Broker",
+    "BrokerOptions",
+    "Delivery",
+    "EnqueueRequest",
+    "HeartbeatReply",
+    "Lease",
+    "Outcome",
+    "ProgressUpdate",
+    "QueueStats",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerOptions:
+    """Retention and recovery settings the app hands to its broker."""
+
+    result_ttl: float = 7 * 86400.0
+    """Seconds a succeeded or cancelled job (and its result) is kept after it ended."""
+    dead_letter_ttl: float = 30 * 86400.0
+    """Seconds a dead-lettered job is kept for inspection and replay."""
+    max_recoveries: int = 3
+    """Lease expiries (worker lost mid-run) tolerated before a job is dead-lettered as poison."""
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueRequest:
+    """One job to insert: its envelope plus what the broker must index."""
+
+    message: Message
+    """The envelope (id, task, queue, eta, priority, headers ...)."""
+    payload: bytes
+    """The envelope already encoded: the broker stores these bytes as they are."""
+    idempotency_window: float = 0.0
+    """Seconds the ``idempotency_key`` header (if any) keeps naming this job."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A claimed job, leased to the claiming worker until ``lease_until``."""
+
+    job_id: str
+    """The job's id, known even when the payload cannot be decoded."""
+    attempt: int
+    """This run's attempt number (1 for the first run): the fencing token."""
+    failures: int
+    """Failed attempts so far (since the last replay): the retry budget already used."""
+    payload: bytes
+    """The stored envelope bytes; the worker decodes them (and dead-letters garbage)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The fencing pair that names one run of one job."""
+
+    job_id: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one run ended, as the worker reports it to :meth:`Broker.settle`.
+
+    ``state`` is one of ``succeeded``, ``retrying`` (then ``eta`` is when to run again),
+    ``failed`` (dead-lettered) or ``cancelled``.
+    """
+
+    job_id: str
+    attempt: int
+    state: JobState
+    result: bytes | None = None
+    """The JSON-encoded result, for ``succeeded``."""
+    error: JobError | None = None
+    """Why the run failed, for ``retrying`` and ``failed`` (and ``cancelled``, optionally)."""
+    eta: float | None = None
+    """Unix time of the next attempt, for ``retrying``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressUpdate:
+    """The latest progress a running task reported (later updates replace earlier ones)."""
+
+    job_id: str
+    attempt: int
+    progress: float
+    message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatReply:
+    """What :meth:`Broker.extend` learned about the leases it was given."""
+
+    lost: frozenset[str] = frozenset()
+    """Jobs this worker no longer holds (lease expired and re-claimed, or ended elsewhere)."""
+    cancel: frozenset[str] = frozenset()
+    """Jobs whose cancellation was requested while they ran: stop them."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """How many jobs one queue holds in each state."""
+
+    queue: str
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class Broker(abc.ABC):
+    """Where jobs wait, how workers lease them, and where their status and results live.
+
+    Times are Unix seconds. Unless a method says otherwise, an unknown job id is not an
+    error: the call does nothing for it.
+    """
+
+    #: The URL scheme(s) this backend serves, e.g. ``("sqlite",)``.
+    schemes: tuple[str, ...] = ()
+
+    #: A backend that keeps no status (e.g. RabbitMQ) is paired with a result backend; the
+    #: ones here keep status and results themselves.
+    keeps_status: bool = True
+
+    def __init__(self, options: BrokerOptions | None = None) -> None:
+        self.options = options or BrokerOptions()
+
+    # -- life cycle ---------------------------------------------------------------------
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect and create what the backend needs (tables, scripts). Idempotent."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections. The broker may be opened again afterwards."""
+
+    # -- producing ------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def enqueue(self, requests: Sequence[EnqueueRequest]) -> list[str]:
+        """Store jobs durably, all or none, and return their ids in the same order.
+
+        A job whose ``eta`` is in the future is ``scheduled``, otherwise ``queued``. A job
+        whose ``idempotency_key`` header names a job enqueued within that job's window is not
+        stored: the existing job's id is returned in its place, also when many callers race
+        with the same key. When this returns, the jobs survive a crash of the caller (and,
+        on a durable backend, of the broker).
+        """
+
+    # -- consuming ------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def claim(
+        self, queues: Sequence[str], limit: int, lease: float, worker: str = ""
+    ) -> list[Delivery]:
+        """Lease up to ``limit`` ready jobs from ``queues`` to this worker.
+
+        Before choosing, due ``scheduled``/``retrying`` jobs become ready, and ``running``
+        jobs whose lease expired are recovered: they count a recovery, get a ``WorkerLost``
+        entry in their error history, and are handed out again (or dead-lettered as poison
+        after ``max_recoveries``). Ready jobs are chosen by priority (higher first) and then in
+        enqueue order. Each claimed job becomes ``running`` with ``attempt + 1`` and a lease
+        until now + ``lease`` seconds. Never returns a job to two claimers at once.
+        """
+
+    @abc.abstractmethod
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when a claim on ``queues`` may find work, or after ``timeout`` seconds.
+
+        Spurious returns are allowed; spinning is not: an idle worker must cost next to
+        nothing. Backends without a push channel poll something cheap.
+        """
+
+    @abc.abstractmethod
+    async def settle(self, outcomes: Sequence[Outcome]) -> int:
+        """Record how runs ended, fenced by ``(job_id, attempt)``; return how many applied.
+
+        ``succeeded`` stores the result and keeps the job for the result retention time;
+        ``retrying`` schedules the next attempt at ``eta`` and counts a failure; ``failed``
+        moves the job to the dead-letter list keeping every attempt's error; ``cancelled``
+        ends it. An outcome for a run that no longer holds the job is ignored.
+        """
+
+    @abc.abstractmethod
+    async def extend(self, leases: Sequence[Lease], lease: float) -> HeartbeatReply:
+        """Extend the leases still held to now + ``lease`` seconds (the heartbeat).
+
+        Report the jobs this worker lost and the ones whose cancellation was requested.
+        """
+
+    @abc.abstractmethod
+    async def release(self, leases: Sequence[Lease]) -> None:
+        """Hand held jobs back to their queue at once, without counting a failure.
+
+        Used by a worker that shuts down with jobs it will not finish. The job keeps its
+        place (priority and enqueue order).
+        """
+
+    @abc.abstractmethod
+    async def progress(self, updates: Sequence[ProgressUpdate]) -> None:
+        """Store the progress and message of running jobs, fenced by attempt."""
+
+    # -- status and control -------------------------------------------------------------
+    @abc.abstractmethod
+    async def status(self, job_id: str) -> JobStatus | None:
+        """The job's status, or ``None`` if the broker has no such job."""
+
+    @abc.abstractmethod
+    async def wait(self, job_id: str, timeout: float | None) -> JobStatus | None:
+        """Wait until the job is in a terminal state and return its status.
+
+        Return ``None`` on timeout or when there is no such job. Must not spin: push where
+        the broker can, poll with backoff where it cannot.
+        """
+
+    @abc.abstractmethod
+    async def cancel(self, job_id: str) -> JobState | None:
+        """Cancel a job; return the state it is left in, or ``None`` if there is no such job.
+
+        A waiting job (scheduled, queued, retrying) becomes ``cancelled`` at once. A running
+        one is flagged: ``running`` is returned and the holder learns of it at its next
+        heartbeat. A job in a terminal state is left as it is.
+        """
+
+    @abc.abstractmethod
+    async def jobs(
+        self,
+        *,
+        state: JobState | None = None,
+        task: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[JobStatus]:
+        """List jobs, newest first, optionally filtered; ``before`` is a job id cursor."""
+
+    @abc.abstractmethod
+    async def queues(self) -> list[QueueStats]:
+        """Counts per state for every queue that holds jobs."""
+
+    @abc.abstractmethod
+    async def replay(self, job_ids: Sequence[str] | None = None) -> list[str]:
+        """Move dead-lettered jobs back to their queue; return the ids that moved.
+
+        ``None`` replays every dead letter. The failure count starts again from zero while
+        the error history is kept. Replaying a job twice at once moves it once.
+        """
+
+    @abc.abstractmethod
+    async def purge(self) -> int:
+        """Delete ended jobs whose retention time has passed; return how many."""

@@ -1,0 +1,397 @@
+"""``memory://``: the executable reference of the broker contract, for unit tests.
+
+Everything lives in this process's memory behind one lock: nothing survives the process, and
+other processes cannot see it. Its value is that it is small and obviously right, so the
+conformance suite can hold every other backend to what it does.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from dromos.brokers._notify import Notifier
+from dromos.brokers.base import (
+    Broker,
+    BrokerOptions,
+    Delivery,
+    EnqueueRequest,
+    HeartbeatReply,
+    Lease,
+    Outcome,
+    ProgressUpdate,
+    QueueStats,
+)
+from dromos.job import PENDING_STATES, JobError, JobState, JobStatus
+
+__all__ = ["MemoryBroker"]
+
+_S = JobState
+
+
+def _ts(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+@dataclass(slots=True)
+class _Row:
+    """One job, with the same columns the SQL backends keep."""
+
+    seq: int
+    id: str
+    task: str
+    queue: str
+    priority: int
+    payload: bytes
+    state: JobState
+    eta: float | None
+    created_at: float
+    idempotency_key: str | None = None
+    idempotency_until: float = 0.0
+    attempt: int = 0
+    failures: int = 0
+    recoveries: int = 0
+    lease_until: float | None = None
+    progress: float = 0.0
+    message: str | None = None
+    result: bytes | None = None
+    errors: list[JobError] = field(default_factory=list)
+    started_at: float | None = None
+    finished_at: float | None = None
+    expires_at: float | None = None
+    cancel_requested: bool = False
+
+    def to_status(self) -> JobStatus:
+        return JobStatus(
+            id=self.id,
+            task=self.task,
+            queue=self.queue,
+            state=self.state,
+            progress=self.progress,
+            message=self.message,
+            attempts=self.attempt,
+            priority=self.priority,
+            result=None if self.result is None else msgspec.json.decode(self.result),
+            error=self.errors[-1] if self.errors and self.state is not _S.SUCCEEDED else None,
+            errors=list(self.errors),
+            created_at=_ts(self.created_at),
+            eta=_ts(self.eta) if self.state in PENDING_STATES else None,
+            started_at=_ts(self.started_at),
+            finished_at=_ts(self.finished_at),
+            cancel_requested=self.cancel_requested,
+        )
+
+
+class MemoryBroker(Broker):
+    """In-process broker: a dict of rows, a heap per queue, one lock."""
+
+    schemes = ("memory",)
+
+    def __init__(self, options: BrokerOptions | None = None) -> None:
+        super().__init__(options)
+        self._lock = threading.Lock()
+        self._rows: dict[str, _Row] = {}
+        self._ready: dict[str, list[tuple[int, int, str]]] = {}  # queue -> (-prio, seq, id)
+        self._delayed: list[tuple[float, int, str]] = []  # (eta, seq, id)
+        self._idem: dict[str, str] = {}  # idempotency key -> job id
+        self._seq = 0
+        self._work = Notifier()  # keyed by queue
+        self._done = Notifier()  # keyed by job id
+
+    # -- producing ------------------------------------------------------------------------
+    async def enqueue(self, requests: Sequence[EnqueueRequest]) -> list[str]:
+        now = time.time()
+        ids: list[str] = []
+        woken: set[str] = set()
+        with self._lock:
+            for req in requests:
+                msg = req.message
+                key = msg.headers.get("idempotency_key")
+                if key is not None:
+                    existing = self._rows.get(self._idem.get(key, ""))
+                    if existing is not None and existing.idempotency_until > now:
+                        ids.append(existing.id)
+                        continue
+                self._seq += 1
+                eta = msg.eta.timestamp() if msg.eta is not None else None
+                row = _Row(
+                    seq=self._seq,
+                    id=msg.id,
+                    task=msg.task,
+                    queue=msg.queue,
+                    priority=msg.priority,
+                    payload=req.payload,
+                    state=_S.SCHEDULED if eta is not None and eta > now else _S.QUEUED,
+                    eta=eta,
+                    created_at=msg.created_at.timestamp(),
+                )
+                if key is not None:
+                    row.idempotency_key = key
+                    row.idempotency_until = now + req.idempotency_window
+                    self._idem[key] = row.id
+                self._rows[row.id] = row
+                self._place(row)
+                woken.add(row.queue)
+                ids.append(row.id)
+        self._work.notify(woken)
+        return ids
+
+    def _place(self, row: _Row) -> None:
+        """Put a waiting row where claim will find it (caller holds the lock)."""
+        if row.state is _S.QUEUED:
+            heapq.heappush(self._ready.setdefault(row.queue, []), (-row.priority, row.seq, row.id))
+        else:
+            assert row.eta is not None
+            heapq.heappush(self._delayed, (row.eta, row.seq, row.id))
+
+    # -- consuming ------------------------------------------------------------------------
+    async def claim(
+        self, queues: Sequence[str], limit: int, lease: float, worker: str = ""
+    ) -> list[Delivery]:
+        now = time.time()
+        out: list[Delivery] = []
+        with self._lock:
+            self._recover(now)
+            self._promote(now)
+            while len(out) < limit:
+                best: tuple[int, int, str] | None = None
+                best_queue = ""
+                for q in queues:
+                    heap = self._ready.get(q)
+                    while heap and self._rows.get(heap[0][2]) is None:
+                        heapq.heappop(heap)  # purged
+                    if heap and (best is None or heap[0] < best):
+                        best, best_queue = heap[0], q
+                if best is None:
+                    break
+                heapq.heappop(self._ready[best_queue])
+                row = self._rows[best[2]]
+                if row.state is not _S.QUEUED or row.seq != best[1]:
+                    continue  # stale heap entry (cancelled, or re-placed)
+                row.state = _S.RUNNING
+                row.attempt += 1
+                row.lease_until = now + lease
+                row.started_at = now
+                out.append(Delivery(row.id, row.attempt, row.failures, row.payload))
+        return out
+
+    def _promote(self, now: float) -> None:
+        while self._delayed and self._delayed[0][0] <= now:
+            _, seq, job_id = heapq.heappop(self._delayed)
+            row = self._rows.get(job_id)
+            if row is not None and row.seq == seq and row.state in (_S.SCHEDULED, _S.RETRYING):
+                row.state = _S.QUEUED
+                self._place(row)
+
+    def _recover(self, now: float) -> None:
+        for row in self._rows.values():
+            if row.state is _S.RUNNING and row.lease_until is not None and row.lease_until < now:
+                row.recoveries += 1
+                row.errors.append(
+                    JobError(
+                        type="WorkerLost",
+                        message="the worker holding this job stopped renewing its lease",
+                        attempt=row.attempt,
+                    )
+                )
+                row.lease_until = None
+                if row.recoveries > self.options.max_recoveries:
+                    self._end(row, _S.FAILED, now)
+                    row.errors.append(
+                        JobError(
+                            type="Poison",
+                            message=f"the job's worker was lost {row.recoveries} times",
+                            attempt=row.attempt,
+                        )
+                    )
+                else:
+                    row.state = _S.QUEUED
+                    self._place(row)
+
+    def _end(self, row: _Row, state: JobState, now: float) -> None:
+        row.state = state
+        row.finished_at = now
+        row.lease_until = None
+        ttl = self.options.dead_letter_ttl if state is _S.FAILED else self.options.result_ttl
+        row.expires_at = now + ttl
+        self._done.notify((row.id,))
+
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        with self._lock:
+            soon = self._delayed[0][0] - time.time() if self._delayed else timeout
+        await self._work.wait(queues, max(0.0, min(timeout, soon)))
+
+    def _held(self, job_id: str, attempt: int) -> _Row | None:
+        row = self._rows.get(job_id)
+        if row is None or row.state is not _S.RUNNING or row.attempt != attempt:
+            return None
+        return row
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> int:
+        now = time.time()
+        applied = 0
+        with self._lock:
+            for out in outcomes:
+                row = self._held(out.job_id, out.attempt)
+                if row is None:
+                    continue
+                applied += 1
+                if out.error is not None:
+                    row.errors.append(out.error)
+                if out.state is _S.SUCCEEDED:
+                    row.result = out.result
+                    row.progress = 1.0
+                    self._end(row, _S.SUCCEEDED, now)
+                elif out.state is _S.RETRYING:
+                    row.failures += 1
+                    row.state = _S.RETRYING
+                    row.lease_until = None
+                    row.eta = out.eta if out.eta is not None else now
+                    self._seq += 1
+                    row.seq = self._seq
+                    heapq.heappush(self._delayed, (row.eta, row.seq, row.id))
+                else:
+                    if out.state is _S.FAILED:
+                        row.failures += 1
+                    self._end(row, out.state, now)
+        return applied
+
+    async def extend(self, leases: Sequence[Lease], lease: float) -> HeartbeatReply:
+        until = time.time() + lease
+        lost: set[str] = set()
+        cancel: set[str] = set()
+        with self._lock:
+            for held in leases:
+                row = self._held(held.job_id, held.attempt)
+                if row is None:
+                    lost.add(held.job_id)
+                    continue
+                row.lease_until = until
+                if row.cancel_requested:
+                    cancel.add(row.id)
+        return HeartbeatReply(frozenset(lost), frozenset(cancel))
+
+    async def release(self, leases: Sequence[Lease]) -> None:
+        woken: set[str] = set()
+        with self._lock:
+            for held in leases:
+                row = self._held(held.job_id, held.attempt)
+                if row is None:
+                    continue
+                row.state = _S.QUEUED
+                row.lease_until = None
+                self._place(row)
+                woken.add(row.queue)
+        self._work.notify(woken)
+
+    async def progress(self, updates: Sequence[ProgressUpdate]) -> None:
+        with self._lock:
+            for upd in updates:
+                row = self._held(upd.job_id, upd.attempt)
+                if row is not None:
+                    row.progress = upd.progress
+                    row.message = upd.message
+
+    # -- status and control ---------------------------------------------------------------
+    async def status(self, job_id: str) -> JobStatus | None:
+        with self._lock:
+            row = self._rows.get(job_id)
+            return None if row is None else row.to_status()
+
+    async def wait(self, job_id: str, timeout: float | None) -> JobStatus | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = await self.status(job_id)
+            if status is None:
+                return None
+            if status.state.terminal:
+                return status
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            # Wake on our job's end, and re-check now and then in case we raced the notify.
+            await self._done.wait((job_id,), 0.25 if left is None else min(left, 0.25))
+
+    async def cancel(self, job_id: str) -> JobState | None:
+        now = time.time()
+        with self._lock:
+            row = self._rows.get(job_id)
+            if row is None:
+                return None
+            if row.state in PENDING_STATES:
+                self._end(row, _S.CANCELLED, now)
+            elif row.state is _S.RUNNING:
+                row.cancel_requested = True
+            return row.state
+
+    async def jobs(
+        self,
+        *,
+        state: JobState | None = None,
+        task: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[JobStatus]:
+        with self._lock:
+            rows = sorted(self._rows.values(), key=lambda r: r.id, reverse=True)
+            out = []
+            for row in rows:
+                if before is not None and row.id >= before:
+                    continue
+                if state is not None and row.state is not state:
+                    continue
+                if (task is not None and row.task != task) or (
+                    queue is not None and row.queue != queue
+                ):
+                    continue
+                out.append(row.to_status())
+                if len(out) >= limit:
+                    break
+            return out
+
+    async def queues(self) -> list[QueueStats]:
+        counts: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for row in self._rows.values():
+                per = counts.setdefault(row.queue, {})
+                per[row.state.value] = per.get(row.state.value, 0) + 1
+        return [QueueStats(q, c) for q, c in sorted(counts.items())]
+
+    async def replay(self, job_ids: Sequence[str] | None = None) -> list[str]:
+        moved: list[str] = []
+        with self._lock:
+            rows: Any = (
+                self._rows.values()
+                if job_ids is None
+                else [r for i in job_ids if (r := self._rows.get(i)) is not None]
+            )
+            for row in list(rows):
+                if row.state is not _S.FAILED:
+                    continue
+                row.state = _S.QUEUED
+                row.failures = 0
+                row.recoveries = 0
+                row.finished_at = row.expires_at = None
+                row.progress, row.message = 0.0, None
+                self._place(row)
+                moved.append(row.id)
+        self._work.notify({self._rows[i].queue for i in moved})
+        return moved
+
+    async def purge(self) -> int:
+        now = time.time()
+        with self._lock:
+            gone = [r for r in self._rows.values() if (r.expires_at or now) < now]
+            for row in gone:
+                del self._rows[row.id]
+                if row.idempotency_key and self._idem.get(row.idempotency_key) == row.id:
+                    del self._idem[row.idempotency_key]
+        return len(gone)

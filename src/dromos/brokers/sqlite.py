@@ -1,0 +1,524 @@
+"""``sqlite:///path``: the embedded, durable default broker.
+
+One file holds jobs, status and results (schema in ``sqlite_schema.sql``). It is safe for
+several worker processes on one machine: SQLite's WAL lets readers run beside the one writer,
+and every state change is a short ``BEGIN IMMEDIATE`` transaction, so two claimers can never
+take the same row. All calls run on one thread per broker instance that owns the connection,
+so the event loop never blocks on disk and the broker can serve any loop.
+
+Durability: ``synchronous=FULL`` by default, so an enqueue that returned survives a power cut;
+``?synchronous=normal`` trades that for speed (it still survives a crash of any process).
+Leases are timed by the machine's clock, which all processes on one machine share.
+
+Idle workers do not spin: they wait on an in-process wake-up, and otherwise read
+``PRAGMA data_version`` (which changes when another connection commits) every few ms, and
+wake for the next delayed job's eta or lease expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import msgspec
+
+from dromos.brokers._notify import Notifier
+from dromos.brokers.base import (
+    Broker,
+    BrokerOptions,
+    Delivery,
+    EnqueueRequest,
+    HeartbeatReply,
+    Lease,
+    Outcome,
+    ProgressUpdate,
+    QueueStats,
+)
+from dromos.errors import BrokerError, ConfigurationError
+from dromos.job import JobError, JobState, JobStatus
+
+__all__ = ["SQLiteBroker"]
+
+T = TypeVar("T")
+_S = JobState
+_CHUNK = 500  # parameters per IN (...) list, well under SQLite's limit
+_errors_decoder = msgspec.json.Decoder(list[JobError])
+_json = msgspec.json.Encoder()
+
+_STATUS_COLUMNS = (
+    "id, task, queue, state, progress, message, attempt, priority, result, errors, "
+    "created_at, eta, started_at, finished_at, cancel_requested"
+)
+_INSERT = (
+    "INSERT OR IGNORE INTO dromos_jobs (id, task, queue, state, priority, eta, payload, "
+    "created_at, idempotency_key, idempotency_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_APPEND_ERROR = "errors = json_insert(coalesce(errors, '[]'), '$[#]', json(?))"
+_HELD = "WHERE id = ? AND attempt = ? AND state = 'running'"
+_SETTLE = {
+    _S.SUCCEEDED: "UPDATE dromos_jobs SET state = 'succeeded', result = ?, progress = 1.0, "
+    f"finished_at = ?, expires_at = ?, lease_until = NULL {_HELD}",
+    _S.RETRYING: "UPDATE dromos_jobs SET state = 'retrying', failures = failures + 1, eta = ?, "
+    f"lease_until = NULL, {_APPEND_ERROR} {_HELD}",
+    _S.FAILED: "UPDATE dromos_jobs SET state = 'failed', failures = failures + 1, "
+    f"finished_at = ?, expires_at = ?, lease_until = NULL, {_APPEND_ERROR} {_HELD}",
+    _S.CANCELLED: "UPDATE dromos_jobs SET state = 'cancelled', finished_at = ?, expires_at = ?, "
+    f"lease_until = NULL, errors = CASE WHEN ? IS NULL THEN errors ELSE "
+    f"json_insert(coalesce(errors, '[]'), '$[#]', json(?)) END {_HELD}",
+}
+_LOST_ERROR = (
+    "json_object('type', 'WorkerLost', 'message', "
+    "'the worker holding this job stopped renewing its lease', 'attempt', attempt)"
+)
+_RECOVER_POISON = (
+    "UPDATE dromos_jobs SET state = 'failed', recoveries = recoveries + 1, lease_until = NULL, "
+    "finished_at = :now, expires_at = :now + :ttl, errors = json_insert(json_insert("
+    f"coalesce(errors, '[]'), '$[#]', {_LOST_ERROR}), '$[#]', json_object('type', 'Poison', "
+    "'message', 'the job''s worker was lost ' || (recoveries + 1) || ' times', "
+    "'attempt', attempt)) "
+    "WHERE state = 'running' AND lease_until < :now AND recoveries >= :max"
+)
+_RECOVER = (
+    "UPDATE dromos_jobs SET state = 'queued', recoveries = recoveries + 1, lease_until = NULL, "
+    f"errors = json_insert(coalesce(errors, '[]'), '$[#]', {_LOST_ERROR}) "
+    "WHERE state = 'running' AND lease_until < :now"
+)
+_PROMOTE = (
+    "UPDATE dromos_jobs SET state = 'queued' WHERE state IN ('scheduled', 'retrying') AND eta <= ?"
+)
+_CLAIM = (
+    "UPDATE dromos_jobs SET state = 'running', attempt = attempt + 1, lease_until = ?, "
+    "started_at = ?, worker = ? WHERE seq IN ({pick}) "
+    "RETURNING priority, seq, id, attempt, failures, payload"
+)
+_PICK_ONE = (
+    "SELECT seq FROM dromos_jobs WHERE state = 'queued' AND queue = ? "
+    "ORDER BY priority DESC, seq LIMIT ?"
+)
+
+
+def _ts(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def _status(row: sqlite3.Row | tuple[Any, ...]) -> JobStatus:
+    (job_id, task, queue, state, progress, message, attempt, priority, result, errors,
+     created, eta, started, finished, cancel) = row  # fmt: skip
+    state = JobState(state)
+    history = _errors_decoder.decode(errors) if errors else []
+    return JobStatus(
+        id=job_id,
+        task=task,
+        queue=queue,
+        state=state,
+        progress=progress,
+        message=message,
+        attempts=attempt,
+        priority=priority,
+        result=None if result is None else msgspec.json.decode(result),
+        error=history[-1] if history and state is not _S.SUCCEEDED else None,
+        errors=history,
+        created_at=_ts(created),
+        eta=_ts(eta) if state in (_S.SCHEDULED, _S.RETRYING) else None,
+        started_at=_ts(started),
+        finished_at=_ts(finished),
+        cancel_requested=bool(cancel),
+    )
+
+
+def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+class SQLiteBroker(Broker):
+    """Jobs, status and results in one SQLite file, shared safely by local processes."""
+
+    schemes = ("sqlite",)
+
+    def __init__(self, url: str, options: BrokerOptions | None = None) -> None:
+        super().__init__(options)
+        parts = urlsplit(url)
+        if parts.scheme != "sqlite" or not parts.path or parts.path == "/":
+            raise ConfigurationError(
+                f"bad SQLite URL {url!r}: write sqlite:///relative/path.db or "
+                "sqlite:////absolute/path.db"
+            )
+        self.path = parts.path[1:]
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        self.synchronous = query.pop("synchronous", "full").upper()
+        if self.synchronous not in ("FULL", "NORMAL", "EXTRA"):
+            raise ConfigurationError("synchronous= takes full, normal or extra")
+        self.busy_timeout = int(float(query.pop("busy_timeout", "30")) * 1000)
+        if query:
+            raise ConfigurationError(f"unknown SQLite URL option(s): {', '.join(sorted(query))}")
+        self._db: sqlite3.Connection | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        self._work = Notifier()
+        self._done = Notifier()
+        self._open_lock = threading.Lock()
+
+    # -- plumbing ---------------------------------------------------------------------------
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._thread is None:
+            await self.open()
+        assert self._thread is not None
+        return await asyncio.wrap_future(self._thread.submit(fn, *args))
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            self._db = self._connect()
+        return self._db
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute(f"PRAGMA busy_timeout = {self.busy_timeout}")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute(f"PRAGMA synchronous = {self.synchronous}")
+            schema = resources.files("dromos.brokers").joinpath("sqlite_schema.sql").read_text()
+            db.execute("BEGIN IMMEDIATE")
+            for statement in schema.split(";\n"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise BrokerError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
+        return db
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction; SQLite serialises writers across processes."""
+        db = self._conn
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    async def open(self) -> None:
+        with self._open_lock:
+            if self._thread is None:
+                self._thread = ThreadPoolExecutor(1, thread_name_prefix="dromos-sqlite")
+            thread = self._thread
+        await asyncio.wrap_future(thread.submit(lambda: self._conn))
+
+    async def close(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+
+        def _close() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await asyncio.wrap_future(thread.submit(_close))
+        thread.shutdown(wait=True)
+
+    # -- producing ------------------------------------------------------------------------
+    async def enqueue(self, requests: Sequence[EnqueueRequest]) -> list[str]:
+        ids = await self._run(self._enqueue, requests)
+        self._work.notify({r.message.queue for r in requests})
+        return ids
+
+    def _enqueue(self, requests: Sequence[EnqueueRequest]) -> list[str]:
+        now = time.time()
+        ids = [r.message.id for r in requests]
+        plain = []
+        keyed = []
+        for index, req in enumerate(requests):
+            msg = req.message
+            eta = msg.eta.timestamp() if msg.eta is not None else None
+            state = "scheduled" if eta is not None and eta > now else "queued"
+            key = msg.headers.get("idempotency_key")
+            until = now + req.idempotency_window if key else None
+            row = (msg.id, msg.task, msg.queue, state, msg.priority, eta, req.payload,
+                   msg.created_at.timestamp(), key, until)  # fmt: skip
+            if key is None:
+                plain.append(row)
+            else:
+                keyed.append((index, key, row))
+        with self._write() as db:
+            db.executemany(_INSERT, plain)
+            for index, key, row in keyed:
+                db.execute(
+                    "UPDATE dromos_jobs SET idempotency_key = NULL "
+                    "WHERE idempotency_key = ? AND idempotency_until <= ?",
+                    (key, now),
+                )
+                if db.execute(_INSERT, row).rowcount == 0:
+                    found = db.execute(
+                        "SELECT id FROM dromos_jobs WHERE idempotency_key = ?", (key,)
+                    ).fetchone()
+                    if found is not None:
+                        ids[index] = found[0]
+        return ids
+
+    # -- consuming ------------------------------------------------------------------------
+    async def claim(
+        self, queues: Sequence[str], limit: int, lease: float, worker: str = ""
+    ) -> list[Delivery]:
+        if limit <= 0 or not queues:
+            return []
+        return await self._run(self._claim, list(queues), limit, lease, worker)
+
+    def _claim(self, queues: list[str], limit: int, lease: float, worker: str) -> list[Delivery]:
+        now = time.time()
+        if len(queues) == 1:
+            pick, params = _PICK_ONE, [queues[0], limit]
+        else:
+            union = " UNION ALL ".join(
+                f"SELECT * FROM (SELECT seq, priority FROM dromos_jobs WHERE state = 'queued' "
+                f"AND queue = ? ORDER BY priority DESC, seq LIMIT {int(limit)})"
+                for _ in queues
+            )
+            pick = f"SELECT seq FROM ({union}) ORDER BY priority DESC, seq LIMIT ?"
+            params = [*queues, limit]
+        with self._write() as db:
+            self._recover(db, now)
+            db.execute(_PROMOTE, (now,))
+            rows = db.execute(
+                _CLAIM.format(pick=pick), (now + lease, now, worker, *params)
+            ).fetchall()
+        rows.sort(key=lambda r: (-r[0], r[1]))
+        return [Delivery(r[2], r[3], r[4], r[5]) for r in rows]
+
+    def _recover(self, db: sqlite3.Connection, now: float) -> None:
+        # Cheap when nothing expired: the partial lease index has only running jobs.
+        if db.execute(
+            "SELECT 1 FROM dromos_jobs WHERE state = 'running' AND lease_until < ? LIMIT 1",
+            (now,),
+        ).fetchone():
+            args = {"now": now, "ttl": self.options.dead_letter_ttl,
+                    "max": self.options.max_recoveries}  # fmt: skip
+            db.execute(_RECOVER_POISON, args)
+            db.execute(_RECOVER, {"now": now})
+
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        version, wake_at = await self._run(self._idle_probe)
+        deadline = min(deadline, loop.time() + max(0.0, wake_at - time.time()))
+        while (left := deadline - loop.time()) > 0:
+            if await self._work.wait(queues, min(left, 0.01)):
+                return
+            if (await self._run(self._idle_probe))[0] != version:
+                return
+
+    def _idle_probe(self) -> tuple[int, float]:
+        """The data version (changes on other connections' commits) and the next due time."""
+        db = self._conn
+        version = db.execute("PRAGMA data_version").fetchone()[0]
+        row = db.execute(
+            "SELECT min((SELECT min(eta) FROM dromos_jobs WHERE state IN "
+            "('scheduled', 'retrying')), (SELECT min(lease_until) FROM dromos_jobs "
+            "WHERE state = 'running'))"
+        ).fetchone()
+        return version, row[0] if row[0] is not None else float("inf")
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> int:
+        if not outcomes:
+            return 0
+        applied = await self._run(self._settle, outcomes)
+        self._done.notify(o.job_id for o in outcomes if o.state is not _S.RETRYING)
+        return applied
+
+    def _settle(self, outcomes: Sequence[Outcome]) -> int:
+        now = time.time()
+        result_until = now + self.options.result_ttl
+        groups: dict[JobState, list[tuple[Any, ...]]] = {}
+        for o in outcomes:
+            err = None if o.error is None else _json.encode(o.error).decode()
+            key = (o.job_id, o.attempt)
+            if o.state is _S.SUCCEEDED:
+                row: tuple[Any, ...] = (o.result or b"null", now, result_until, *key)
+            elif o.state is _S.RETRYING:
+                row = (o.eta if o.eta is not None else now, err, *key)
+            elif o.state is _S.FAILED:
+                row = (now, now + self.options.dead_letter_ttl, err, *key)
+            else:
+                row = (now, result_until, err, err, *key)
+            groups.setdefault(o.state, []).append(row)
+        applied = 0
+        with self._write() as db:
+            for state, rows in groups.items():
+                applied += db.executemany(_SETTLE[state], rows).rowcount
+        return applied
+
+    async def extend(self, leases: Sequence[Lease], lease: float) -> HeartbeatReply:
+        if not leases:
+            return HeartbeatReply()
+        return await self._run(self._extend, leases, lease)
+
+    def _extend(self, leases: Sequence[Lease], lease: float) -> HeartbeatReply:
+        until = time.time() + lease
+        held = {(h.job_id, h.attempt) for h in leases}
+        seen: dict[str, tuple[int, str, int]] = {}
+        with self._write() as db:
+            db.executemany(
+                f"UPDATE dromos_jobs SET lease_until = ? {_HELD}",
+                [(until, h.job_id, h.attempt) for h in leases],
+            )
+            for chunk in _chunks(leases):
+                marks = ",".join("?" * len(chunk))
+                for job_id, attempt, state, cancel in db.execute(
+                    "SELECT id, attempt, state, cancel_requested FROM dromos_jobs "
+                    f"WHERE id IN ({marks})",
+                    [h.job_id for h in chunk],
+                ):
+                    seen[job_id] = (attempt, state, cancel)
+        lost = frozenset(
+            job_id
+            for job_id, attempt in held
+            if job_id not in seen or seen[job_id][:2] != (attempt, "running")
+        )
+        cancel = frozenset(j for j, (_, state, flag) in seen.items() if flag and j not in lost)
+        return HeartbeatReply(lost, cancel)
+
+    async def release(self, leases: Sequence[Lease]) -> None:
+        if leases:
+            await self._run(self._release, leases)
+            self._work.notify(())
+
+    def _release(self, leases: Sequence[Lease]) -> None:
+        with self._write() as db:
+            db.executemany(
+                f"UPDATE dromos_jobs SET state = 'queued', lease_until = NULL {_HELD}",
+                [(h.job_id, h.attempt) for h in leases],
+            )
+
+    async def progress(self, updates: Sequence[ProgressUpdate]) -> None:
+        if updates:
+            await self._run(self._progress, updates)
+
+    def _progress(self, updates: Sequence[ProgressUpdate]) -> None:
+        with self._write() as db:
+            db.executemany(
+                f"UPDATE dromos_jobs SET progress = ?, message = ? {_HELD}",
+                [(u.progress, u.message, u.job_id, u.attempt) for u in updates],
+            )
+
+    # -- status and control ---------------------------------------------------------------
+    async def status(self, job_id: str) -> JobStatus | None:
+        return await self._run(self._status, job_id)
+
+    def _status(self, job_id: str) -> JobStatus | None:
+        row = self._conn.execute(
+            f"SELECT {_STATUS_COLUMNS} FROM dromos_jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        return None if row is None else _status(row)
+
+    async def wait(self, job_id: str, timeout: float | None) -> JobStatus | None:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        delay = 0.002
+        while True:
+            status = await self.status(job_id)
+            if status is None or status.state.terminal:
+                return status
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                return None
+            # Woken at once by a settle in this process; other processes are polled.
+            await self._done.wait((job_id,), delay if left is None else min(delay, left))
+            delay = min(0.05, delay * 1.5)
+
+    async def cancel(self, job_id: str) -> JobState | None:
+        state = await self._run(self._cancel, job_id)
+        if state is _S.CANCELLED:
+            self._done.notify((job_id,))
+        return state
+
+    def _cancel(self, job_id: str) -> JobState | None:
+        now = time.time()
+        with self._write() as db:
+            db.execute(
+                "UPDATE dromos_jobs SET state = 'cancelled', finished_at = ?, expires_at = ? "
+                "WHERE id = ? AND state IN ('scheduled', 'queued', 'retrying')",
+                (now, now + self.options.result_ttl, job_id),
+            )
+            db.execute(
+                "UPDATE dromos_jobs SET cancel_requested = 1 WHERE id = ? AND state = 'running'",
+                (job_id,),
+            )
+            row = db.execute("SELECT state FROM dromos_jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else JobState(row[0])
+
+    async def jobs(
+        self,
+        *,
+        state: JobState | None = None,
+        task: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[JobStatus]:
+        where, params = [], []
+        for column, value in (("state", state), ("task", task), ("queue", queue)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(str(value))
+        if before is not None:
+            where.append("id < ?")
+            params.append(before)
+        sql = f"SELECT {_STATUS_COLUMNS} FROM dromos_jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        rows = await self._run(lambda: self._conn.execute(sql, (*params, limit)).fetchall())
+        return [_status(r) for r in rows]
+
+    async def queues(self) -> list[QueueStats]:
+        rows = await self._run(
+            lambda: self._conn.execute(
+                "SELECT queue, state, count(*) FROM dromos_jobs GROUP BY queue, state"
+            ).fetchall()
+        )
+        counts: dict[str, dict[str, int]] = {}
+        for queue, state, n in rows:
+            counts.setdefault(queue, {})[state] = n
+        return [QueueStats(q, c) for q, c in sorted(counts.items())]
+
+    async def replay(self, job_ids: Sequence[str] | None = None) -> list[str]:
+        moved = await self._run(self._replay, job_ids)
+        if moved:
+            self._work.notify(())
+        return moved
+
+    def _replay(self, job_ids: Sequence[str] | None) -> list[str]:
+        sql = (
+            "UPDATE dromos_jobs SET state = 'queued', failures = 0, recoveries = 0, "
+            "finished_at = NULL, expires_at = NULL, progress = 0, message = NULL, eta = NULL "
+            "WHERE state = 'failed'"
+        )
+        moved: list[str] = []
+        with self._write() as db:
+            if job_ids is None:
+                moved += [r[0] for r in db.execute(sql + " RETURNING id")]
+            for chunk in _chunks(list(job_ids or ())):
+                marks = ",".join("?" * len(chunk))
+                rows = db.execute(f"{sql} AND id IN ({marks}) RETURNING id", chunk)
+                moved += [r[0] for r in rows]
+        return moved
+
+    async def purge(self) -> int:
+        def _purge() -> int:
+            with self._write() as db:
+                return db.execute(
+                    "DELETE FROM dromos_jobs WHERE expires_at < ?", (time.time(),)
+                ).rowcount
+
+        return await self._run(_purge)

@@ -1,0 +1,60 @@
+-- dromos on SQLite: the whole store is one table and its partial indexes.
+--
+-- dromos_jobs     one row per job, from enqueue until its retention ends
+--   seq             rowid: enqueue order (ties of priority run in this order)
+--   id              the job id (UUIDv7 text), unique
+--   state           scheduled | queued | running | retrying | succeeded | failed | cancelled
+--   eta             unix time a scheduled/retrying job becomes ready
+--   payload         the envelope bytes exactly as enqueued (JSON)
+--   attempt         runs handed out so far; the fencing token of the current run
+--   failures        failed runs since enqueue or the last replay (the retry budget used)
+--   recoveries      runs lost with their worker (lease expired) since enqueue or replay
+--   lease_until     unix time the current holder's lease ends (state = running)
+--   errors          JSON array of every failed run's error, oldest first
+--   expires_at      unix time an ended job may be deleted (result / dead-letter retention)
+--   idempotency_*   the caller's key and until when it keeps naming this job
+-- dromos_meta     key/value: schema_version
+--
+-- Indexes are partial so that each hot query touches only the rows it can want:
+--   ready (claim), due (promote delayed), lease (recover lost runs), expiry (purge).
+CREATE TABLE IF NOT EXISTS dromos_jobs (
+    seq               INTEGER PRIMARY KEY,
+    id                TEXT    NOT NULL UNIQUE,
+    task              TEXT    NOT NULL,
+    queue             TEXT    NOT NULL,
+    state             TEXT    NOT NULL,
+    priority          INTEGER NOT NULL DEFAULT 0,
+    eta               REAL,
+    payload           BLOB    NOT NULL,
+    attempt           INTEGER NOT NULL DEFAULT 0,
+    failures          INTEGER NOT NULL DEFAULT 0,
+    recoveries        INTEGER NOT NULL DEFAULT 0,
+    lease_until       REAL,
+    worker            TEXT,
+    progress          REAL    NOT NULL DEFAULT 0,
+    message           TEXT,
+    result            BLOB,
+    errors            TEXT,
+    created_at        REAL    NOT NULL,
+    started_at        REAL,
+    finished_at       REAL,
+    expires_at        REAL,
+    cancel_requested  INTEGER NOT NULL DEFAULT 0,
+    idempotency_key   TEXT,
+    idempotency_until REAL
+);
+CREATE INDEX IF NOT EXISTS dromos_jobs_ready
+    ON dromos_jobs (queue, priority DESC, seq) WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS dromos_jobs_due
+    ON dromos_jobs (eta) WHERE state IN ('scheduled', 'retrying');
+CREATE INDEX IF NOT EXISTS dromos_jobs_lease
+    ON dromos_jobs (lease_until) WHERE state = 'running';
+CREATE INDEX IF NOT EXISTS dromos_jobs_expiry
+    ON dromos_jobs (expires_at) WHERE expires_at IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS dromos_jobs_idempotency
+    ON dromos_jobs (idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS dromos_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+INSERT OR IGNORE INTO dromos_meta (key, value) VALUES ('schema_version', '1');

@@ -1,0 +1,77 @@
+"""``dromos worker MODULE:APP``: run jobs, in this process or in ``-p`` supervised ones."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+import click
+
+from dromos.cli._load import load_app
+from dromos.worker.runtime import Worker
+from dromos.worker.supervisor import Supervisor
+
+__all__ = ["worker"]
+
+
+@click.command()
+@click.argument("app_path", metavar="MODULE:APP")
+@click.option(
+    "-c", "--concurrency", default=16, show_default=True, help="Jobs at once per process."
+)
+@click.option("-p", "--processes", default=1, show_default=True, help="Supervised processes.")
+@click.option("-q", "--queues", default="", help="Comma-separated queues (default: all tasks').")
+@click.option("--prefetch", type=int, default=None, help="Jobs claimed ahead (default: -c).")
+@click.option("--grace", default=30.0, show_default=True, help="Seconds to finish jobs on SIGTERM.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))  # fmt: skip
+def worker(
+    app_path: str,
+    concurrency: int,
+    processes: int,
+    queues: str,
+    prefetch: int | None,
+    grace: float,
+    log_level: str,
+) -> None:
+    """Run the jobs of MODULE:APP until SIGTERM or Ctrl-C (a second one stops at once)."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
+    )
+    queue_list = [q.strip() for q in queues.split(",") if q.strip()]
+    if processes > 1:
+        argv = [sys.executable, "-m", "dromos", "worker", app_path, "-c", str(concurrency),
+                "--grace", str(grace), "--log-level", log_level]  # fmt: skip
+        if queues:
+            argv += ["-q", queues]
+        if prefetch is not None:
+            argv += ["--prefetch", str(prefetch)]
+        sys.exit(Supervisor(argv, processes, grace=grace).run())
+    app = load_app(app_path)
+    runner = Worker(app, queues=queue_list or None, concurrency=concurrency,
+                    prefetch=prefetch, grace=grace)  # fmt: skip
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        signals = 0
+
+        def on_signal() -> None:
+            nonlocal signals
+            signals += 1
+            runner.stop(now=signals > 1)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+        await runner.run()
+        await app.aclose()
+
+    asyncio.run(serve())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if runner.executors is not None and runner.executors.abandoned:
+        # Threads of plain tasks that overran cannot be stopped; do not wait for them.
+        os._exit(0)

@@ -1,0 +1,115 @@
+"""The envelope: one JSON object per job, the same on every broker.
+
+A job travels as a JSON object that a Go or Node service can produce without Python (the
+JSON Schema is in ``docs/wire-format.md``). It is never pickled. Decoding is strict: a
+message missing a field, or of a version this code does not speak, is refused with a reason
+that ends up in the dead-letter list.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+__all__ = ["ENVELOPE_VERSION", "DecodeError", "Message", "decode", "encode", "new_job_id"]
+
+#: The envelope version this code writes and reads.
+ENVELOPE_VERSION = 1
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A job as it travels through a broker."""
+
+    v: int = ENVELOPE_VERSION
+    """Envelope version; a reader refuses a version it does not know."""
+    id: str
+    """The job id: a UUIDv7 string, so ids sort by creation time."""
+    task: str
+    """The registered task name the worker looks up."""
+    queue: str = "default"
+    """The queue the job waits in; workers choose queues with ``-q``."""
+    args: list[Any] = []
+    """Positional arguments, JSON values already validated against the signature."""
+    kwargs: dict[str, Any] = {}
+    """Keyword arguments, JSON values already validated against the signature."""
+    attempt: int = 0
+    """Attempts started before this message was written (the broker keeps the live count)."""
+    max_attempts: int = 1
+    """Failed attempts allowed before the job is dead-lettered (retries + 1)."""
+    eta: datetime | None = None
+    """Not before this time (UTC); ``None`` means as soon as possible."""
+    priority: int = 0
+    """Higher runs first within a queue; ties run in enqueue order."""
+    timeout: float | None = None
+    """Time limit of one attempt in seconds; ``None`` takes the task's own."""
+    created_at: datetime
+    """When the job was enqueued (UTC)."""
+    headers: dict[str, str] = {}
+    """Free-form string metadata: ``traceparent``, ``idempotency_key``, ``callback_url``,
+    ``batch_id``; unknown headers are kept and passed on."""
+
+
+class DecodeError(ValueError):
+    """The bytes are not a valid envelope; the message says which part is wrong."""
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Message)
+
+
+def encode(message: Message) -> bytes:
+    """Encode an envelope to its JSON wire form."""
+    return _encoder.encode(message)
+
+
+def decode(data: bytes | str) -> Message:
+    """Decode and check an envelope; raise :class:`DecodeError` with the reason if invalid."""
+    try:
+        message = _decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise DecodeError(f"undecodable envelope: {exc}") from None
+    if message.v != ENVELOPE_VERSION:
+        raise DecodeError(
+            f"unsupported envelope version {message.v} (this worker reads {ENVELOPE_VERSION})"
+        )
+    return message
+
+
+def utcnow() -> datetime:
+    """The current time as an aware UTC datetime (what the envelope stores)."""
+    return datetime.now(UTC)
+
+
+_lock = threading.Lock()
+_last_ms = 0
+_seq = 0
+
+
+def new_job_id() -> str:
+    """A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then a counter and randomness.
+
+    Within one process the ids are strictly increasing, so jobs enqueued in a burst keep
+    their order when a broker sorts by id.
+    """
+    global _last_ms, _seq
+    with _lock:
+        ms = time.time_ns() // 1_000_000
+        if ms <= _last_ms:
+            ms = _last_ms
+            _seq += 1
+            if _seq > 0xFFF:  # counter exhausted within one millisecond: borrow the next
+                ms += 1
+                _seq = 0
+        else:
+            _seq = int.from_bytes(os.urandom(2), "big") & 0x3FF  # leave room to count up
+        _last_ms = ms
+        seq = _seq
+    rand = int.from_bytes(os.urandom(8), "big") & 0x3FFF_FFFF_FFFF_FFFF
+    value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand
+    return str(uuid.UUID(int=value))

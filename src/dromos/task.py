@@ -1,0 +1,239 @@
+"""``Task[P, R]``: a registered function, typed, that can be enqueued or called inline.
+
+``resize.enqueue(42, width=640)`` is checked by mypy against ``resize``'s own signature
+(ParamSpec) and at run time against its type hints (pydantic); ``job.result()`` is typed ``R``.
+``resize.options(delay=10).enqueue(...)`` sets per-job options; ``resize.call(...)`` makes a
+deferred call for ``enqueue_many``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import random
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
+
+from dromos._signature import Signature
+from dromos.brokers.base import EnqueueRequest
+from dromos.context import JobContext, run_as
+from dromos.errors import ConfigurationError
+from dromos.job import Job
+from dromos.message import Message, encode, new_job_id, utcnow
+
+if TYPE_CHECKING:
+    from dromos.app import App
+
+__all__ = ["AsyncTask", "Call", "Options", "SyncTask", "Task"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+Executor = Literal["thread", "process"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Options:
+    """Per-job options; ``None`` means the task's default."""
+
+    delay: float | None = None
+    eta: datetime | None = None
+    priority: int | None = None
+    idempotency_key: str | None = None
+    queue: str | None = None
+    timeout: float | None = None
+    retries: int | None = None
+    callback_url: str | None = None
+    headers: Mapping[str, str] | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Call(Generic[R]):
+    """A call of a task not yet enqueued: what ``enqueue_many`` takes."""
+
+    task: Task[Any, R]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    options: Options = Options()
+
+
+def _seconds(value: float | timedelta | None) -> float | None:
+    return value.total_seconds() if isinstance(value, timedelta) else value
+
+
+class Task(Generic[P, R]):
+    """A function registered with an app; see the module docstring."""
+
+    def __init__(
+        self,
+        app: App,
+        func: Callable[P, Any],
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        retries: int = 3,
+        retry_on: tuple[type[BaseException], ...] | None = None,
+        backoff: float = 1.0,
+        max_backoff: float = 600.0,
+        timeout: float | None = None,
+        priority: int = 0,
+        executor: Executor = "thread",
+    ) -> None:
+        self.app = app
+        self.func = func
+        self.name = name or func.__name__
+        self.queue = queue
+        if retries < 0:
+            raise ConfigurationError(f"task {self.name!r}: retries must be 0 or more")
+        self.retries = retries
+        self.retry_on = retry_on
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.timeout = timeout
+        self.priority = priority
+        self.executor: Executor = executor
+        self.is_async = inspect.iscoroutinefunction(func)
+        if self.is_async and executor == "process":
+            raise ConfigurationError(
+                f"task {self.name!r}: executor='process' is for plain functions; "
+                "an async function already runs without blocking the worker"
+            )
+        self.signature = Signature(self.name, func)
+        self.__doc__ = func.__doc__
+        self.__wrapped__ = func
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} queue={self.queue}>"
+
+    # -- enqueueing -----------------------------------------------------------------------
+    def options(
+        self,
+        *,
+        delay: float | timedelta | None = None,
+        eta: datetime | None = None,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+        queue: str | None = None,
+        timeout: float | timedelta | None = None,
+        retries: int | None = None,
+        callback_url: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Bound[P, R]:
+        """This task with per-job options, ready to ``enqueue``."""
+        if delay is not None and eta is not None:
+            raise ConfigurationError("give either delay= or eta=, not both")
+        if eta is not None and eta.tzinfo is None:
+            raise ConfigurationError("eta= must be timezone-aware, e.g. datetime.now(UTC)")
+        opts = Options(
+            delay=_seconds(delay), eta=eta, priority=priority, idempotency_key=idempotency_key,
+            queue=queue, timeout=_seconds(timeout), retries=retries,
+            callback_url=callback_url, headers=headers,
+        )  # fmt: skip
+        return Bound(self, opts)
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+        """Check the arguments and queue one job; returns at once with its handle."""
+        return self.app.enqueue_many([Call(self, args, kwargs)])[0]
+
+    async def aenqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+        """asyncio twin of :meth:`enqueue`."""
+        return (await self.app.aenqueue_many([Call(self, args, kwargs)]))[0]
+
+    def call(self, *args: P.args, **kwargs: P.kwargs) -> Call[R]:
+        """A deferred call (checked when enqueued), for ``enqueue_many``."""
+        return Call(self, args, kwargs)
+
+    def enqueue_many(self, calls: Iterable[Call[R] | tuple[Any, ...]]) -> list[Job[R]]:
+        """Queue many jobs of this task in one round trip: all are checked, then all queued.
+
+        Each item is a :meth:`call` or a tuple of positional arguments.
+        """
+        return self.app.enqueue_many([self._as_call(c) for c in calls])
+
+    async def aenqueue_many(self, calls: Iterable[Call[R] | tuple[Any, ...]]) -> list[Job[R]]:
+        """asyncio twin of :meth:`enqueue_many`."""
+        return await self.app.aenqueue_many([self._as_call(c) for c in calls])
+
+    def _as_call(self, item: Call[R] | tuple[Any, ...]) -> Call[R]:
+        return item if isinstance(item, Call) else Call(self, tuple(item), {})
+
+    # -- what the app and the worker use ----------------------------------------------------
+    def request(self, call: Call[R], window: float) -> EnqueueRequest:
+        """Check one call and build its envelope (raises ``ValidationError``)."""
+        args, kwargs = self.signature.dump(call.args, call.kwargs)
+        o = call.options
+        headers = dict(o.headers or {})
+        if o.idempotency_key is not None:
+            headers["idempotency_key"] = o.idempotency_key
+        if o.callback_url is not None:
+            headers["callback_url"] = o.callback_url
+        now = utcnow()
+        eta = o.eta.astimezone(UTC) if o.eta else None
+        if o.delay:
+            eta = now + timedelta(seconds=o.delay)
+        retries = self.retries if o.retries is None else o.retries
+        message = Message(
+            id=new_job_id(), task=self.name, queue=o.queue or self.queue, args=args,
+            kwargs=kwargs, max_attempts=retries + 1, eta=eta,
+            priority=self.priority if o.priority is None else o.priority,
+            timeout=o.timeout, created_at=now, headers=headers,
+        )  # fmt: skip
+        return EnqueueRequest(message, encode(message), window)
+
+    def retry_delay(self, failures: int) -> float:
+        """Backoff before the next attempt after ``failures`` failed ones: exponential, jittered.
+
+        ``backoff * 2**(failures-1)`` capped at ``max_backoff``, then scaled by a random factor
+        in [0.5, 1] so that jobs failing together do not retry together.
+        """
+        ceiling = min(self.max_backoff, self.backoff * 2.0 ** max(0, failures - 1))
+        return ceiling * random.uniform(0.5, 1.0)
+
+    def handle(self, job_id: str) -> Job[R]:
+        """A typed handle on a job of this task."""
+        return Job(self.app, job_id, self.signature.load_result)
+
+
+class AsyncTask(Task[P, R]):
+    """A task whose function is ``async def``; calling it returns the coroutine."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+        """Run the function inline (no queue); ``current_job()`` works and reports nowhere."""
+        ctx = JobContext("inline", self.name)
+
+        async def _inline() -> R:
+            return await run_as(ctx, self.func, *args, **kwargs)  # type: ignore[no-any-return]
+
+        return _inline()
+
+
+class SyncTask(Task[P, R]):
+    """A task whose function is a plain ``def``."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function inline (no queue); ``current_job()`` works and reports nowhere."""
+        return run_as(JobContext("inline", self.name), self.func, *args, **kwargs)  # type: ignore[no-any-return]
+
+
+class Bound(Generic[P, R]):
+    """A task with per-job options (from ``task.options(...)``)."""
+
+    __slots__ = ("opts", "task")
+
+    def __init__(self, task: Task[P, R], opts: Options) -> None:
+        self.task = task
+        self.opts = opts
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+        """Queue one job with these options."""
+        return self.task.app.enqueue_many([Call(self.task, args, kwargs, self.opts)])[0]
+
+    async def aenqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+        """asyncio twin of :meth:`enqueue`."""
+        calls = [Call(self.task, args, kwargs, self.opts)]
+        return (await self.task.app.aenqueue_many(calls))[0]
+
+    def call(self, *args: P.args, **kwargs: P.kwargs) -> Call[R]:
+        """A deferred call with these options, for ``enqueue_many``."""
+        return Call(self.task, args, kwargs, self.opts)

@@ -1,0 +1,433 @@
+"""The worker: one asyncio loop that claims jobs in batches, runs them, and reports back.
+
+Four loops cooperate in one process:
+
+* **fetch** claims up to ``concurrency + prefetch`` jobs at once and starts each as an
+  asyncio task that waits for one of ``concurrency`` slots;
+* **flush** writes outcomes and progress in batches (whatever accumulated while the last
+  write was in flight), so a busy worker makes few round trips;
+* **heartbeat** extends the leases of every job held and learns which were cancelled or lost;
+* **maintain** deletes ended jobs whose retention passed.
+
+Shutdown (``stop()``, SIGTERM): stop claiming, hand back jobs not started, give running ones
+``grace`` seconds, then interrupt them and hand them back too. Nothing is lost: a job leaves
+the broker only through ``settle``, and a job this worker can no longer report on is either
+released or recovered by another worker when its lease expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from dromos.brokers.base import Broker, Delivery, Lease, Outcome, ProgressUpdate
+from dromos.context import JobContext, reset_current, set_current
+from dromos.errors import Retry, ValidationError
+from dromos.job import JobError, JobState
+from dromos.message import DecodeError, decode
+from dromos.worker.executors import Executors
+
+if TYPE_CHECKING:
+    from dromos.app import App
+    from dromos.task import Task
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("dromos.worker")
+_S = JobState
+_TRACEBACK_LIMIT = 16_000
+
+
+class _TimeLimit(Exception):  # reported as the job's TimeoutError
+    """An attempt ran past its time limit."""
+
+
+def _limit_message(timeout: float | None) -> str:
+    return f"the attempt exceeded its time limit of {timeout or 0:g}s"
+
+
+class _Run:
+    """One job this worker holds, from claim until its outcome is written."""
+
+    __slots__ = ("ctx", "delivery", "lease", "reason", "started", "task")
+
+    def __init__(self, delivery: Delivery) -> None:
+        self.delivery = delivery
+        self.lease = Lease(delivery.job_id, delivery.attempt)
+        self.task: asyncio.Task[None] | None = None
+        self.ctx: JobContext | None = None
+        self.started = False
+        # Why the worker interrupted it: "cancel" (asked for), "lost" (lease gone),
+        # "shutdown" (hand it back); None while nobody interrupted it.
+        self.reason: str | None = None
+
+
+class Worker:
+    """Runs an app's jobs from ``queues`` with ``concurrency`` at a time.
+
+    ``prefetch`` extra jobs are claimed ahead (default: as many as ``concurrency``) so that a
+    slot never waits for a round trip; ``lease`` defaults to the app's. ``await run()``
+    returns after :meth:`stop` once everything held has been settled or handed back.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int = 16,
+        prefetch: int | None = None,
+        lease: float | None = None,
+        grace: float = 30.0,
+        name: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.app = app
+        self.queues = list(queues) if queues else sorted({t.queue for t in app.tasks.values()})
+        self.queues = self.queues or ["default"]
+        self.concurrency = concurrency
+        self.capacity = concurrency + (concurrency if prefetch is None else max(0, prefetch))
+        self.lease = app.lease if lease is None else lease
+        self.heartbeat = min(self.lease / 3, 1.0)
+        self.grace = grace
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._running: dict[str, _Run] = {}
+        self._unsettled: dict[str, Lease] = {}
+        self._outcomes: list[Outcome] = []
+        self._progress: dict[str, ProgressUpdate] = {}
+        self._to_release: list[Lease] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread_id = 0
+        self._stop_requested = threading.Event()
+        self.executors: Executors | None = None
+
+    # -- control --------------------------------------------------------------------------
+    def stop(self, *, now: bool = False) -> None:
+        """Ask the worker to shut down gracefully (``now``: without the grace period).
+
+        Safe to call from any thread and from signal handlers.
+        """
+        self._stop_requested.set()
+        if now:
+            self.grace = 0.0
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake_all)
+
+    def _wake_all(self) -> None:
+        self._stopping.set()
+        self._room.set()
+        if self.grace == 0.0:
+            self._hurry.set()
+
+    @property
+    def held(self) -> int:
+        """Jobs this worker holds right now (running, waiting for a slot, or unsettled)."""
+        return len(self._running) + len(self._unsettled)
+
+    # -- the main loop ----------------------------------------------------------------------
+    async def run(self) -> None:
+        """Serve until :meth:`stop`; then drain, settle, hand back, and return."""
+        self._loop = asyncio.get_running_loop()
+        self._thread_id = threading.get_ident()
+        self._stopping = asyncio.Event()
+        self._room = asyncio.Event()
+        self._hurry = asyncio.Event()
+        self._flush_wanted = asyncio.Event()
+        self._closing = False
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self.executors = Executors(self.concurrency)
+        if self._stop_requested.is_set():
+            self._wake_all()
+        broker = self._broker = await self.app.abroker()
+        log.info("worker %s serving %s (concurrency %d)", self.name, self.queues, self.concurrency)
+        flusher = asyncio.create_task(self._flusher(), name="dromos-flush")
+        background = [
+            asyncio.create_task(self._heartbeat(), name="dromos-heartbeat"),
+            asyncio.create_task(self._maintain(), name="dromos-maintain"),
+        ]
+        try:
+            await self._fetch()
+            await self._drain()
+        finally:
+            self._closing = True
+            self._flush_wanted.set()
+            await asyncio.gather(flusher, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            if self._to_release:
+                await broker.release(self._to_release)
+                self.counts["released"] += len(self._to_release)
+            self.executors.shutdown()
+            log.info("worker %s stopped: %s", self.name, dict(self.counts))
+
+    async def _until_stopped(self, awaitable: Awaitable[Any], event: asyncio.Event) -> None:
+        """Await ``awaitable`` unless ``event`` is set first."""
+        if event.is_set():
+            return
+        work = asyncio.ensure_future(awaitable)
+        stop = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for fut in (work, stop):
+                fut.cancel()
+            if work.done() and not work.cancelled() and work.exception():
+                raise work.exception()  # type: ignore[misc]
+
+    async def _fetch(self) -> None:
+        broker, backoff = self._broker, 0.1
+        while not self._stopping.is_set():
+            # Claim only when the prefetch buffer has run low, so that batches stay large.
+            if len(self._running) > self.concurrency:
+                self._room.clear()
+                await self._until_stopped(self._room.wait(), self._stopping)
+                continue
+            try:
+                room = self.capacity - len(self._running)
+                deliveries = await broker.claim(self.queues, room, self.lease, self.name)
+                backoff = 0.1
+            except Exception as exc:
+                log.warning("claim failed (%s); retrying in %.1fs", exc, backoff)
+                await self._until_stopped(asyncio.sleep(backoff), self._stopping)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if not deliveries:
+                await self._until_stopped(broker.wait_for_work(self.queues, 1.0), self._stopping)
+                continue
+            for delivery in deliveries:
+                run = _Run(delivery)
+                self._running[delivery.job_id] = run
+                run.task = asyncio.create_task(self._execute(run))
+
+    async def _drain(self) -> None:
+        for run in list(self._running.values()):
+            if not run.started:
+                self._interrupt(run, "shutdown")
+        active = [r.task for r in self._running.values() if r.task is not None]
+        if active and self.grace > 0:
+            log.info("waiting up to %gs for %d running job(s)", self.grace, len(active))
+            await self._until_stopped(asyncio.wait(active, timeout=self.grace), self._hurry)
+        for run in list(self._running.values()):
+            self._interrupt(run, "shutdown")
+        await asyncio.gather(*active, return_exceptions=True)
+
+    def _interrupt(self, run: _Run, reason: str) -> None:
+        if run.reason is None:
+            run.reason = reason
+        if run.ctx is not None:
+            run.ctx._cancel()
+        if run.task is not None:
+            run.task.cancel()
+
+    # -- one job ----------------------------------------------------------------------------
+    async def _execute(self, run: _Run) -> None:
+        outcome: Outcome | None = None
+        try:
+            async with self._slots:
+                run.started = True
+                outcome = await self._attempt(run)
+        except asyncio.CancelledError:
+            if run.reason is None:
+                raise
+            if run.reason == "cancel":
+                outcome = self._ended(run.delivery, _S.CANCELLED, "Cancelled", "cancelled")
+            elif run.reason == "shutdown":
+                self._to_release.append(run.lease)
+        finally:
+            del self._running[run.delivery.job_id]
+            if len(self._running) <= self.concurrency:
+                self._room.set()
+        if outcome is not None:
+            self._unsettled[outcome.job_id] = run.lease
+            self._outcomes.append(outcome)
+            self._flush_wanted.set()
+            self.counts[outcome.state.value] += 1
+
+    async def _attempt(self, run: _Run) -> Outcome:
+        d = run.delivery
+        try:
+            msg = decode(d.payload)
+        except DecodeError as exc:
+            return self._ended(d, _S.FAILED, "DecodeError", str(exc))
+        task = self.app.tasks.get(msg.task)
+        if task is None:
+            return self._ended(
+                d, _S.FAILED, "UnknownTask",
+                f"no task named {msg.task!r} is registered with app {self.app.name!r}",
+            )  # fmt: skip
+        try:
+            args, kwargs = task.signature.load(msg.args, msg.kwargs)
+        except ValidationError as exc:
+            return self._ended(d, _S.FAILED, "InvalidArguments", str(exc))
+        ctx = run.ctx = JobContext(
+            d.job_id, task.name, queue=msg.queue, attempt=d.attempt, headers=msg.headers,
+            report=self._report,
+        )  # fmt: skip
+        timeout = msg.timeout if msg.timeout is not None else task.timeout
+        try:
+            result = await self._call(task, ctx, args, kwargs, timeout)
+            payload = task.signature.dump_result(result)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return self._failure(run, task, msg.max_attempts, exc)
+        return Outcome(d.job_id, d.attempt, _S.SUCCEEDED, result=payload)
+
+    async def _call(
+        self,
+        task: Task[Any, Any],
+        ctx: JobContext,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> Any:
+        assert self.executors is not None
+        if task.is_async:
+            token = set_current(ctx)
+            try:
+                async with asyncio.timeout(timeout) as limit:
+                    return await task.func(*args, **kwargs)
+            except TimeoutError:
+                if limit.expired():
+                    ctx._cancel()
+                    raise _TimeLimit(_limit_message(timeout)) from None
+                raise
+            finally:
+                reset_current(token)
+        future = self.executors.submit(task, ctx, args, kwargs)
+        try:
+            if timeout is None:
+                return await future
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            if not future.cancelled():
+                raise  # the function itself raised TimeoutError
+            ctx._cancel()
+            self.executors.abandon_thread()
+            raise _TimeLimit(_limit_message(timeout)) from None
+        except asyncio.CancelledError:
+            ctx._cancel()
+            if task.executor == "thread":
+                self.executors.abandon_thread()
+            raise
+
+    def _failure(
+        self, run: _Run, task: Task[Any, Any], max_attempts: int, exc: Exception
+    ) -> Outcome:
+        d = run.delivery
+        kind = "TimeoutError" if isinstance(exc, _TimeLimit) else type(exc).__name__
+        trace = "".join(traceback.format_exception(exc))[-_TRACEBACK_LIMIT:]
+        message = str(exc) or repr(exc)
+        error = JobError(type=kind, message=message, traceback=trace, attempt=d.attempt)
+        if run.reason == "cancel":
+            return Outcome(d.job_id, d.attempt, _S.CANCELLED, error=error)
+        failures = d.failures + 1
+        if isinstance(exc, Retry):
+            retryable, delay = True, exc.delay
+        else:
+            retryable = task.retry_on is None or isinstance(exc, task.retry_on)
+            delay = None
+        if retryable and failures < max_attempts:
+            if delay is None:
+                delay = task.retry_delay(failures)
+            log.info("job %s (%s) failed with %s; retry in %.2fs", d.job_id, task.name, kind, delay)
+            return Outcome(d.job_id, d.attempt, _S.RETRYING, error=error, eta=time.time() + delay)
+        log.warning("job %s (%s) failed for good: %s: %s", d.job_id, task.name, kind, exc)
+        return Outcome(d.job_id, d.attempt, _S.FAILED, error=error)
+
+    def _ended(self, d: Delivery, state: JobState, kind: str, message: str) -> Outcome:
+        if state is _S.FAILED:
+            log.warning("job %s dead-lettered: %s: %s", d.job_id, kind, message)
+        error = JobError(type=kind, message=message, attempt=d.attempt)
+        return Outcome(d.job_id, d.attempt, state, error=error)
+
+    def _report(self, ctx: JobContext, fraction: float, message: str | None) -> None:
+        update = ProgressUpdate(ctx.id, ctx.attempt, fraction, message)
+        if threading.get_ident() == self._thread_id:
+            self._record(update)
+        elif self._loop is not None:
+            self._loop.call_soon_threadsafe(self._record, update)
+
+    def _record(self, update: ProgressUpdate) -> None:
+        self._progress[update.job_id] = update
+        self._flush_wanted.set()
+
+    # -- background loops -----------------------------------------------------------------
+    async def _flusher(self) -> None:
+        delay = 0.05
+        while True:
+            await self._flush_wanted.wait()
+            self._flush_wanted.clear()
+            if await self._flush():
+                delay = 0.05
+            else:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                self._flush_wanted.set()
+                if self._closing and delay >= 5.0:
+                    log.error("giving up on %d unsettled outcome(s)", len(self._outcomes))
+                    return
+            if self._closing and not self._outcomes and not self._progress:
+                return
+
+    async def _flush(self) -> bool:
+        """Write pending progress and outcomes; on failure keep them for the next try."""
+        progress, self._progress = self._progress, {}
+        outcomes, self._outcomes = self._outcomes, []
+        try:
+            if progress:
+                await self._broker.progress(list(progress.values()))
+            if outcomes:
+                await self._broker.settle(outcomes)
+        except Exception as exc:
+            log.warning("writing %d outcome(s) failed (%s); will retry", len(outcomes), exc)
+            self._outcomes[:0] = outcomes
+            self._progress = {**progress, **self._progress}
+            return False
+        for outcome in outcomes:
+            self._unsettled.pop(outcome.job_id, None)
+        return True
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            leases = [r.lease for r in self._running.values()] + list(self._unsettled.values())
+            if not leases:
+                continue
+            try:
+                reply = await self._broker.extend(leases, self.lease)
+            except Exception as exc:
+                log.warning("heartbeat failed (%s)", exc)
+                continue
+            for job_id in reply.lost:
+                if (run := self._running.get(job_id)) is not None:
+                    log.warning("lost the lease of job %s; abandoning this attempt", job_id)
+                    self._interrupt(run, "lost")
+            for job_id in reply.cancel:
+                if (run := self._running.get(job_id)) is not None:
+                    self._interrupt(run, "cancel")
+
+    async def _maintain(self) -> None:
+        while True:
+            try:
+                purged = await self._broker.purge()
+                if purged:
+                    log.info("purged %d job(s) past their retention", purged)
+            except Exception as exc:
+                log.warning("purge failed (%s)", exc)
+            await asyncio.sleep(60.0)
+
+    _broker: Broker

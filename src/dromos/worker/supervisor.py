@@ -1,0 +1,66 @@
+"""``-p N``: keep N worker processes running, restart one that dies, stop them together.
+
+Each child is a full ``dromos worker`` process (a fresh interpreter, no fork of a process with
+threads). SIGTERM/SIGINT are passed on; children get their grace period plus a margin before
+they are killed. A child that keeps dying is restarted with a growing delay.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import time
+from types import FrameType
+
+__all__ = ["Supervisor"]
+
+log = logging.getLogger("dromos.supervisor")
+
+
+class Supervisor:
+    """Runs ``argv`` ``processes`` times over and keeps them alive until told to stop."""
+
+    def __init__(self, argv: list[str], processes: int, *, grace: float = 30.0) -> None:
+        self.argv = argv
+        self.processes = processes
+        self.grace = grace
+        self.children: list[subprocess.Popen[bytes]] = []
+        self.restarts = 0
+        self._stopping = 0
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._stopping += 1
+        for child in self.children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM if self._stopping == 1 else signal.SIGINT)
+
+    def run(self) -> int:
+        """Serve until a signal; return the exit code for the supervisor process."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        self.children = [subprocess.Popen(self.argv) for _ in range(self.processes)]
+        log.info("supervising %d worker processes: %s", self.processes,
+                 [c.pid for c in self.children])  # fmt: skip
+        delay = 0.5
+        while not self._stopping:
+            time.sleep(0.2)
+            for i, child in enumerate(self.children):
+                code = child.poll()
+                if code is None or self._stopping:
+                    continue
+                log.warning("worker process %d exited with %s; restarting in %.1fs",
+                            child.pid, code, delay)  # fmt: skip
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                self.children[i] = subprocess.Popen(self.argv)
+                self.restarts += 1
+        deadline = time.monotonic() + self.grace + 5.0
+        for child in self.children:
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("worker process %d did not stop in time; killing it", child.pid)
+                child.kill()
+                child.wait()
+        return 0
