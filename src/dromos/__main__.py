@@ -2,4 +2,6 @@
 
 from dromos.cli import main
 
-main()
+# Guarded: process pools started with "spawn" re-import the main module in each child.
+if __name__ == "__main__":
+    main()

@@ -22,12 +22,13 @@ from dromos.errors import ConfigurationError, ValidationError
 __all__ = ["Signature"]
 
 _P = inspect.Parameter
+_SCALARS = (int, str, bool)
 
 
 class Signature:
     """Checks and converts the arguments and the result of one task function."""
 
-    __slots__ = ("_adapter", "_result", "_sig", "task")
+    __slots__ = ("_adapter", "_names", "_plain", "_required", "_result", "_sig", "task")
 
     def __init__(self, task: str, func: Callable[..., Any]) -> None:
         self.task = task
@@ -48,6 +49,15 @@ class Signature:
                 _P.VAR_KEYWORD,
             )
             fields[name] = Required[hint] if required else NotRequired[hint]
+        # The common case, only positional-or-keyword parameters, binds and splits with a zip
+        # (inspect's bind costs more than validating a few ints); others go through inspect.
+        params = list(self._sig.parameters.values())
+        simple = all(p.kind in (_P.POSITIONAL_ONLY, _P.POSITIONAL_OR_KEYWORD) for p in params)
+        self._names = tuple(p.name for p in params) if simple else None
+        self._required = sum(p.default is _P.empty for p in params)
+        # Parameters all hinted exactly int, str or bool: their validated values are their own
+        # JSON form, so the dump is skipped when every value is of exactly those types.
+        self._plain = all(hints.get(p.name) in (int, str, bool) for p in params)
         shape: Any = typing_extensions.TypedDict(f"{task}_arguments", fields)  # type: ignore[misc]
         try:
             self._adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(shape)
@@ -58,24 +68,45 @@ class Signature:
                 f"({exc.message}); use JSON types, dataclasses or pydantic models"
             ) from exc
 
-    def _bind(self, args: Any, kwargs: Any) -> inspect.BoundArguments:
+    def _bind(self, args: Any, kwargs: Any) -> dict[str, Any]:
+        """The arguments by parameter name, as ``inspect.Signature.bind`` gives them."""
+        names = self._names
+        if names is not None and not kwargs and self._required <= len(args) <= len(names):
+            return dict(zip(names, args, strict=False))
         try:
-            return self._sig.bind(*args, **kwargs)
+            return self._sig.bind(*args, **kwargs).arguments
         except TypeError as exc:
             raise ValidationError(
                 self.task, [{"loc": (), "msg": str(exc), "type": "signature"}]
             ) from None
 
     def _split(self, values: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
-        bound = inspect.BoundArguments(self._sig, values)  # type: ignore[arg-type,unused-ignore]
-        return list(bound.args), bound.kwargs
+        names = self._names
+        if names is None:
+            bound = inspect.BoundArguments(self._sig, values)  # type: ignore[arg-type,unused-ignore]
+            return list(bound.args), bound.kwargs
+        # As BoundArguments: positional up to the first missing parameter, keywords after it.
+        args = []
+        for name in names:
+            if name not in values:
+                break
+            args.append(values[name])
+        return args, {n: values[n] for n in names[len(args) :] if n in values}
 
     def dump(self, args: Any, kwargs: Any) -> tuple[list[Any], dict[str, Any]]:
         """Check arguments at enqueue; return them as JSON values (args, kwargs)."""
         bound = self._bind(args, kwargs)
         try:
-            values = self._adapter.validate_python(bound.arguments)
-            return self._split(self._adapter.dump_python(values, mode="json"))
+            values = self._adapter.validate_python(bound)
+            if self._plain and all(type(v) in _SCALARS for v in values.values()):
+                if not kwargs and self._names is not None:  # bound positionally: keep it so
+                    return [values[n] for n in self._names[: len(args)]], {}
+                return self._split(values)
+            # Instances (a dataclass, a model) pass validation as they are, so a field of the
+            # wrong type only shows when dumped: make that an error, not a warning and a job
+            # that the worker would refuse.
+            dumped = self._adapter.dump_python(values, mode="json", warnings="error")
+            return self._split(dumped)
         except pydantic.ValidationError as exc:
             raise ValidationError(self.task, _errors(exc)) from None
         except PydanticSerializationError as exc:
@@ -87,7 +118,7 @@ class Signature:
         """Check JSON arguments on the worker; return them as the declared types."""
         bound = self._bind(args, kwargs)
         try:
-            return self._split(self._adapter.validate_python(bound.arguments))
+            return self._split(self._adapter.validate_python(bound))
         except pydantic.ValidationError as exc:
             raise ValidationError(self.task, _errors(exc)) from None
 

@@ -84,7 +84,9 @@ class App:
             max_recoveries=max_recoveries,
         )
         self.tasks: dict[str, Task[Any, Any]] = {}
-        self._broker: Broker | None = None
+        # Made now (it connects on first use) so that a bad URL fails here, not at the first
+        # enqueue in production.
+        self._broker: Broker | None = create_broker(self.broker_url, self.broker_options)
         self._opened = False
         self._lock = threading.Lock()
         self.portal = Portal(f"dromos-portal-{name}")
@@ -185,7 +187,7 @@ class App:
 
     def close(self) -> None:
         """Blocking twin of :meth:`aclose`; also stops the blocking portal's thread."""
-        if self._broker is not None:
+        if self._opened:
             self.portal.call(self.aclose)
         self.portal.stop()
 

@@ -187,7 +187,8 @@ class Task(Generic[P, R]):
         ``backoff * 2**(failures-1)`` capped at ``max_backoff``, then scaled by a random factor
         in [0.5, 1] so that jobs failing together do not retry together.
         """
-        ceiling = min(self.max_backoff, self.backoff * 2.0 ** max(0, failures - 1))
+        # The exponent is bounded: 2.0 ** 1024 overflows (a task with thousands of retries).
+        ceiling = min(self.max_backoff, self.backoff * 2.0 ** min(max(0, failures - 1), 1000))
         return ceiling * random.uniform(0.5, 1.0)
 
     def handle(self, job_id: str) -> Job[R]:

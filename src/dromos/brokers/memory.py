@@ -82,7 +82,7 @@ class _Row:
             error=self.errors[-1] if self.errors and self.state is not _S.SUCCEEDED else None,
             errors=list(self.errors),
             created_at=_ts(self.created_at),
-            eta=_ts(self.eta) if self.state in PENDING_STATES else None,
+            eta=_ts(self.eta) if self.state in (_S.SCHEDULED, _S.RETRYING) else None,
             started_at=_ts(self.started_at),
             finished_at=_ts(self.finished_at),
             cancel_requested=self.cancel_requested,
@@ -225,8 +225,22 @@ class MemoryBroker(Broker):
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         with self._lock:
+            # Work enqueued between the caller's empty claim and this wait sent its wake-up
+            # to nobody: look before sleeping, or it would wait the whole timeout.
+            if any(self._has_ready(q) for q in queues):
+                return
             soon = self._delayed[0][0] - time.time() if self._delayed else timeout
         await self._work.wait(queues, max(0.0, min(timeout, soon)))
+
+    def _has_ready(self, queue: str) -> bool:
+        """True if ``queue`` has a claimable job; drops stale heap tops (caller holds the lock)."""
+        heap = self._ready.get(queue)
+        while heap:
+            row = self._rows.get(heap[0][2])
+            if row is not None and row.state is _S.QUEUED and row.seq == heap[0][1]:
+                return True
+            heapq.heappop(heap)
+        return False
 
     def _held(self, job_id: str, attempt: int) -> _Row | None:
         row = self._rows.get(job_id)
@@ -237,6 +251,7 @@ class MemoryBroker(Broker):
     async def settle(self, outcomes: Sequence[Outcome]) -> int:
         now = time.time()
         applied = 0
+        retried: set[str] = set()  # idle claimers re-read the next eta
         with self._lock:
             for out in outcomes:
                 row = self._held(out.job_id, out.attempt)
@@ -257,10 +272,12 @@ class MemoryBroker(Broker):
                     self._seq += 1
                     row.seq = self._seq
                     heapq.heappush(self._delayed, (row.eta, row.seq, row.id))
+                    retried.add(row.queue)
                 else:
                     if out.state is _S.FAILED:
                         row.failures += 1
                     self._end(row, out.state, now)
+        self._work.notify(retried)
         return applied
 
     async def extend(self, leases: Sequence[Lease], lease: float) -> HeartbeatReply:

@@ -12,7 +12,7 @@ import click
 
 from dromos.cli._load import load_app
 from dromos.worker.runtime import Worker
-from dromos.worker.supervisor import Supervisor
+from dromos.worker.supervisor import SUPERVISOR_ENV, Supervisor
 
 __all__ = ["worker"]
 
@@ -66,7 +66,9 @@ def worker(
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
+        watch = asyncio.create_task(_watch_supervisor(runner))
         await runner.run()
+        watch.cancel()
         await app.aclose()
 
     asyncio.run(serve())
@@ -75,3 +77,14 @@ def worker(
     if runner.executors is not None and runner.executors.abandoned:
         # Threads of plain tasks that overran cannot be stopped; do not wait for them.
         os._exit(0)
+
+
+async def _watch_supervisor(runner: Worker) -> None:
+    """Under ``-p``: stop gracefully if the supervisor dies (we would be re-parented)."""
+    parent = os.environ.get(SUPERVISOR_ENV)
+    if not parent:
+        return
+    while os.getppid() == int(parent):  # noqa: ASYNC110 - no event tells us of a parent's death
+        await asyncio.sleep(1.0)
+    logging.getLogger("dromos.worker").warning("the supervisor is gone; stopping")
+    runner.stop()

@@ -13,6 +13,7 @@ import functools
 import importlib
 import multiprocessing
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
 from dromos.context import JobContext, run_as
@@ -50,7 +51,9 @@ class Executors:
             call = functools.partial(
                 _call_in_process, func.__module__, func.__qualname__, args, kwargs
             )
-            return loop.run_in_executor(self._process_pool(), call)
+            future = loop.run_in_executor(self._process_pool(), call)
+            future.add_done_callback(self._check_pool)
+            return future
         return loop.run_in_executor(
             self._threads, functools.partial(run_as, ctx, task.func, *args, **kwargs)
         )
@@ -61,6 +64,14 @@ class Executors:
             # in whatever state they were in.
             self._processes = ProcessPoolExecutor(mp_context=multiprocessing.get_context("spawn"))
         return self._processes
+
+    def _check_pool(self, future: asyncio.Future[Any]) -> None:
+        # A child that died (os._exit, a segfault) breaks the whole pool: start a new one for
+        # the next job; the job that broke it fails and is retried like any failure.
+        if not future.cancelled() and isinstance(future.exception(), BrokenProcessPool):
+            broken, self._processes = self._processes, None
+            if broken is not None:
+                broken.shutdown(wait=False, cancel_futures=True)
 
     def abandon_thread(self) -> None:
         """Replace the thread pool, leaving a stuck thread to finish alone."""

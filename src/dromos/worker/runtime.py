@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import logging
 import os
 import socket
@@ -176,6 +177,8 @@ class Worker:
     async def _until_stopped(self, awaitable: Awaitable[Any], event: asyncio.Event) -> None:
         """Await ``awaitable`` unless ``event`` is set first."""
         if event.is_set():
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()  # else "coroutine ... was never awaited" at shutdown
             return
         work = asyncio.ensure_future(awaitable)
         stop = asyncio.ensure_future(event.wait())
@@ -191,7 +194,8 @@ class Worker:
         broker, backoff = self._broker, 0.1
         while not self._stopping.is_set():
             # Claim only when the prefetch buffer has run low, so that batches stay large.
-            if len(self._running) > self.concurrency:
+            # Also wait when full (prefetch=0): a claim of 0 jobs would idle until new work.
+            if len(self._running) > self.concurrency or len(self._running) >= self.capacity:
                 self._room.clear()
                 await self._until_stopped(self._room.wait(), self._stopping)
                 continue
@@ -213,9 +217,18 @@ class Worker:
                 run.task = asyncio.create_task(self._execute(run))
 
     async def _drain(self) -> None:
-        for run in list(self._running.values()):
-            if not run.started:
-                self._interrupt(run, "shutdown")
+        # Jobs not started go back to the queue at once, for other workers to take while the
+        # running ones use the grace period.
+        waiting = [r for r in self._running.values() if not r.started]
+        for run in waiting:
+            self._interrupt(run, "shutdown")
+        await asyncio.gather(*(r.task for r in waiting if r.task), return_exceptions=True)
+        for run in waiting:
+            # A task cancelled before its first step (claimed just before stop()) never ran
+            # _execute's cleanup: without this its job would stay running until its lease ends.
+            if self._running.pop(run.delivery.job_id, None) is not None:
+                self._to_release.append(run.lease)
+        await self._hand_back()
         active = [r.task for r in self._running.values() if r.task is not None]
         if active and self.grace > 0:
             log.info("waiting up to %gs for %d running job(s)", self.grace, len(active))
@@ -223,6 +236,19 @@ class Worker:
         for run in list(self._running.values()):
             self._interrupt(run, "shutdown")
         await asyncio.gather(*active, return_exceptions=True)
+
+    async def _hand_back(self) -> None:
+        """Release the jobs set aside for release; on failure ``run`` tries again at exit."""
+        leases, self._to_release = self._to_release, []
+        if not leases:
+            return
+        try:
+            await self._broker.release(leases)
+        except Exception as exc:
+            log.warning("handing back %d job(s) failed (%s); will retry", len(leases), exc)
+            self._to_release[:0] = leases
+            return
+        self.counts["released"] += len(leases)
 
     def _interrupt(self, run: _Run, reason: str) -> None:
         if run.reason is None:
