@@ -1,0 +1,177 @@
+"""The conformance suite's fixtures: every test in tests/backends/ runs once per backend.
+
+The tests here know nothing of any backend: they get a URL (``backend``) and use the public
+API (``dromos.App``, tasks, ``Worker``) or the :class:`dromos.Broker` interface.
+
+Adding a backend (Redis, RabbitMQ, PostgreSQL) is ONE entry in ``BACKENDS``: a factory that
+yields a :class:`Target` naming a fresh, empty store private to one test, and cleans it up
+afterwards. A backend that needs a server calls :func:`require_server` first; outside CI an
+absent server skips its tests, and under ``CI=true`` it fails them, so CI can never pass by
+skipping a backend. For example::
+
+    @contextlib.contextmanager
+    def _redis(tmp_path: Path, test_id: str) -> Iterator[Target]:
+        require_server("redis", "127.0.0.1", 6379)
+        db = ...  # a database or key prefix private to test_id
+        yield Target(f"redis://127.0.0.1:6379/{db}")
+        ...  # delete what the test left behind
+
+    BACKENDS["redis"] = _redis
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dromos
+from dromos.brokers import create_broker
+from dromos.brokers.base import Broker, BrokerOptions
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one test's jobs travel: a broker URL (and a result backend, for brokers that
+    keep no status)."""
+
+    broker: str
+    backend: str | None = None
+
+
+BackendFactory = Callable[[Path, str], AbstractContextManager[Target]]
+
+
+def require_server(name: str, host: str, port: int) -> None:
+    """Skip (or under ``CI=true``, fail) unless a server listens at ``host:port``."""
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+    except OSError as exc:
+        why = f"{name} is not reachable at {host}:{port} ({exc})"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{why}: CI must run the conformance suite against every backend")
+        pytest.skip(why)
+
+
+@contextlib.contextmanager
+def _memory(tmp_path: Path, test_id: str) -> Iterator[Target]:
+    yield Target("memory://")  # every broker instance is its own empty store
+
+
+@contextlib.contextmanager
+def _sqlite(tmp_path: Path, test_id: str) -> Iterator[Target]:
+    yield Target(f"sqlite:///{tmp_path}/x.db")
+
+
+#: name -> factory of a fresh store; the suite is parametrized over these names.
+BACKENDS: dict[str, BackendFactory] = {
+    "memory": _memory,
+    "sqlite": _sqlite,
+}
+
+
+@pytest.fixture(autouse=True)
+def _no_environment_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    # $DROMOS_BROKER would silently point every test at one store.
+    monkeypatch.delenv("DROMOS_BROKER", raising=False)
+    monkeypatch.delenv("DROMOS_BACKEND", raising=False)
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+    """A fresh, empty store of each backend in turn."""
+    test_id = re.sub(r"\W+", "_", request.node.name)[-60:]
+    with BACKENDS[request.param](tmp_path, test_id) as target:
+        yield target
+
+
+MakeBroker = Callable[..., Awaitable[Broker]]
+
+
+@pytest.fixture
+async def make_broker(backend: Target) -> AsyncIterator[MakeBroker]:
+    """``await make_broker(max_recoveries=1, ...)``: an opened broker with these options.
+
+    Each call makes a new broker *instance* on the test's store (for the memory backend a
+    new instance is a new store, so tests that need two clients share one instance).
+    """
+    made: list[Broker] = []
+
+    async def make(**options: Any) -> Broker:
+        broker = create_broker(backend.broker, BrokerOptions(**options))
+        await broker.open()
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        await broker.close()
+
+
+@pytest.fixture
+async def broker(make_broker: MakeBroker) -> Broker:
+    """An opened broker with the default options."""
+    return await make_broker()
+
+
+@pytest.fixture
+async def make_app(backend: Target) -> AsyncIterator[Callable[..., dromos.App]]:
+    """``make_app(lease=1.0)``: an app on the test's store (closed at teardown)."""
+    apps: list[dromos.App] = []
+
+    def make(**kwargs: Any) -> dromos.App:
+        kwargs.setdefault("lease", 2.0)
+        app = dromos.App("conformance", broker=backend.broker, backend=backend.backend, **kwargs)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        await app.aclose()
+        app.portal.stop()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., dromos.App]) -> dromos.App:
+    """An app with a short lease (2 s), so heartbeats come every ~0.7 s."""
+    return make_app()
+
+
+class Workers:
+    """Starts in-process workers as asyncio tasks and makes sure each one stops."""
+
+    def __init__(self) -> None:
+        self._running: dict[dromos.Worker, asyncio.Task[None]] = {}
+
+    def start(self, app: dromos.App, **kwargs: Any) -> dromos.Worker:
+        kwargs.setdefault("concurrency", 4)
+        worker = dromos.Worker(app, **kwargs)
+        self._running[worker] = asyncio.create_task(worker.run())
+        return worker
+
+    async def stop(self, worker: dromos.Worker, *, now: bool = False, timeout: float = 10) -> None:
+        """Stop ``worker`` and wait until its ``run()`` returned (re-raising its error)."""
+        worker.stop(now=now)
+        task = self._running.pop(worker)
+        await asyncio.wait_for(task, timeout)
+
+    async def stop_all(self) -> None:
+        for worker in list(self._running):
+            await self.stop(worker, now=True)
+
+
+@pytest.fixture
+async def workers() -> AsyncIterator[Workers]:
+    """``workers.start(app, concurrency=2)``; every worker still running is stopped after."""
+    pool = Workers()
+    yield pool
+    await pool.stop_all()

@@ -1,0 +1,244 @@
+"""Failure handling through a worker: retries with backoff, retry_on, Retry, time limits."""
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+import dromos
+from dromos import JobState
+from tests.backends._support import eventually
+from tests.backends.conftest import Workers
+
+
+async def test_a_failing_task_is_retried_with_backoff_until_it_succeeds(
+    app: dromos.App, workers: Workers
+) -> None:
+    calls: list[int] = []
+
+    @app.task(retries=3, backoff=0.01)
+    async def flaky() -> str:
+        calls.append(dromos.current_job().attempt)
+        if len(calls) < 3:
+            raise ConnectionError(f"try {len(calls)}")
+        return "ok"
+
+    workers.start(app)
+    job = await flaky.aenqueue()
+    assert await job.aresult(timeout=10) == "ok"
+    assert calls == [1, 2, 3]
+    status = await job.astatus()
+    assert (status.state, status.attempts, status.error) == (JobState.SUCCEEDED, 3, None)
+    assert [(e.type, e.message, e.attempt) for e in status.errors] == [
+        ("ConnectionError", "try 1", 1),
+        ("ConnectionError", "try 2", 2),
+    ]
+
+
+async def test_a_plain_task_is_retried_like_an_async_one(app: dromos.App, workers: Workers) -> None:
+    calls: list[int] = []
+
+    @app.task(retries=1, backoff=0.01)
+    def flaky() -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("disk busy")
+        return len(calls)
+
+    workers.start(app)
+    assert await (await flaky.aenqueue()).aresult(timeout=10) == 2
+
+
+async def test_exhausted_retries_fail_the_job_with_every_attempts_error(
+    app: dromos.App, workers: Workers
+) -> None:
+    @app.task(retries=2, backoff=0.01)
+    async def doomed() -> None:
+        raise ValueError(f"attempt {dromos.current_job().attempt}")
+
+    workers.start(app)
+    job = await doomed.aenqueue()
+    with pytest.raises(dromos.JobFailed) as failed:
+        await job.aresult(timeout=10)
+    status = failed.value.status
+    assert (status.state, status.attempts) == (JobState.FAILED, 3)
+    assert [(e.type, e.message) for e in status.errors] == [
+        ("ValueError", "attempt 1"),
+        ("ValueError", "attempt 2"),
+        ("ValueError", "attempt 3"),
+    ]
+    assert all(e.traceback and "ValueError" in e.traceback for e in status.errors)
+    assert status.error == status.errors[-1]
+
+
+async def test_retries_zero_fails_at_the_first_error(app: dromos.App, workers: Workers) -> None:
+    @app.task(retries=0)
+    async def once() -> None:
+        raise RuntimeError("no")
+
+    workers.start(app)
+    with pytest.raises(dromos.JobFailed) as failed:
+        await (await once.aenqueue()).aresult(timeout=10)
+    assert (failed.value.status.attempts, len(failed.value.status.errors)) == (1, 1)
+
+
+async def test_per_job_retries_override_the_tasks(app: dromos.App, workers: Workers) -> None:
+    calls: list[int] = []
+
+    @app.task(retries=5, backoff=0.01)
+    async def flaky() -> None:
+        calls.append(1)
+        raise ConnectionError("down")
+
+    workers.start(app)
+    job = await flaky.options(retries=1).aenqueue()
+    with pytest.raises(dromos.JobFailed):
+        await job.aresult(timeout=10)
+    assert len(calls) == 2
+
+
+async def test_an_exception_outside_retry_on_fails_at_once(
+    app: dromos.App, workers: Workers
+) -> None:
+    calls: list[int] = []
+
+    @app.task(retries=3, backoff=0.01, retry_on=(ConnectionError,))
+    async def picky() -> None:
+        calls.append(1)
+        raise KeyError("not retryable")
+
+    workers.start(app)
+    job = await picky.aenqueue()
+    with pytest.raises(dromos.JobFailed) as failed:
+        await job.aresult(timeout=10)
+    assert calls == [1]
+    assert failed.value.status.error is not None
+    assert failed.value.status.error.type == "KeyError"
+
+
+async def test_an_exception_in_retry_on_is_retried(app: dromos.App, workers: Workers) -> None:
+    calls: list[int] = []
+
+    @app.task(retries=3, backoff=0.01, retry_on=(OSError,))
+    async def picky() -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("a subclass of OSError")
+        return len(calls)
+
+    workers.start(app)
+    assert await (await picky.aenqueue()).aresult(timeout=10) == 2
+
+
+async def test_raising_retry_runs_again_after_its_delay(app: dromos.App, workers: Workers) -> None:
+    raised_at: list[float] = []
+    ran_at: list[float] = []
+
+    @app.task(retries=3, backoff=60.0)  # the task's own backoff would wait a minute
+    async def poll() -> str:
+        ran_at.append(time.time())
+        if len(ran_at) == 1:
+            raised_at.append(time.time())
+            raise dromos.Retry(delay=0.3, reason="not ready")
+        return "ready"
+
+    workers.start(app)
+    job = await poll.aenqueue()
+    assert await job.aresult(timeout=10) == "ready"
+    assert ran_at[1] >= raised_at[0] + 0.3
+    [error] = (await job.astatus()).errors
+    assert (error.type, error.message) == ("Retry", "not ready (in 0.3s)")
+
+
+async def test_retry_counts_against_the_attempts(app: dromos.App, workers: Workers) -> None:
+    @app.task(retries=1)
+    async def forever() -> None:
+        raise dromos.Retry(delay=0.01)
+
+    workers.start(app)
+    with pytest.raises(dromos.JobFailed) as failed:
+        await (await forever.aenqueue()).aresult(timeout=10)
+    assert failed.value.status.attempts == 2
+
+
+async def test_an_async_task_past_its_time_limit_is_cancelled_and_fails(
+    app: dromos.App, workers: Workers
+) -> None:
+    interrupted = asyncio.Event()
+
+    @app.task(retries=0, timeout=0.2)
+    async def slow() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            interrupted.set()
+            raise
+
+    workers.start(app)
+    job = await slow.aenqueue()
+    with pytest.raises(dromos.JobFailed) as failed:
+        await job.aresult(timeout=10)
+    assert interrupted.is_set()
+    error = failed.value.status.error
+    assert error is not None
+    assert (error.type, error.message) == (
+        "TimeoutError",
+        "the attempt exceeded its time limit of 0.2s",
+    )
+
+
+async def test_a_per_job_timeout_overrides_the_tasks(app: dromos.App, workers: Workers) -> None:
+    @app.task(retries=0, timeout=30)
+    async def slow() -> None:
+        await asyncio.sleep(30)
+
+    workers.start(app)
+    with pytest.raises(dromos.JobFailed) as failed:
+        await (await slow.options(timeout=0.1).aenqueue()).aresult(timeout=10)
+    assert failed.value.status.error is not None
+    assert failed.value.status.error.type == "TimeoutError"
+
+
+async def test_a_timeout_error_raised_by_the_task_itself_is_reported_as_such(
+    app: dromos.App, workers: Workers
+) -> None:
+    @app.task(retries=0, timeout=30)
+    async def calls_out() -> None:
+        raise TimeoutError("upstream took too long")
+
+    workers.start(app)
+    with pytest.raises(dromos.JobFailed) as failed:
+        await (await calls_out.aenqueue()).aresult(timeout=10)
+    assert failed.value.status.error is not None
+    assert failed.value.status.error.message == "upstream took too long"
+
+
+async def test_a_plain_task_past_its_time_limit_fails_while_the_worker_keeps_serving(
+    app: dromos.App, workers: Workers
+) -> None:
+    release = threading.Event()
+    saw_cancelled: list[bool] = []
+
+    @app.task(retries=0, timeout=0.2)
+    def stuck() -> None:
+        release.wait(30)  # ignores the flag until the test lets it go
+        saw_cancelled.append(dromos.current_job().cancelled)
+
+    @app.task
+    def quick(x: int) -> int:
+        return x * 2
+
+    workers.start(app, concurrency=1, prefetch=0)
+    try:
+        job = await stuck.aenqueue()
+        with pytest.raises(dromos.JobFailed) as failed:
+            await job.aresult(timeout=10)
+        assert failed.value.status.error is not None
+        assert failed.value.status.error.type == "TimeoutError"
+        # The only slot's thread is still blocked, yet the worker runs the next job.
+        assert await (await quick.aenqueue(21)).aresult(timeout=10) == 42
+    finally:
+        release.set()
+    await eventually(lambda: bool(saw_cancelled), what="the abandoned thread finished")
+    assert saw_cancelled == [True]

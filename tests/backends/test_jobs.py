@@ -1,0 +1,299 @@
+"""Jobs through an app and an in-process worker: results, types, progress, order, delays."""
+
+import asyncio
+import collections
+import dataclasses
+import threading
+import time
+
+import pydantic
+
+import dromos
+from dromos import JobState
+from tests.backends._support import eventually
+from tests.backends.conftest import Workers
+
+
+class Image(pydantic.BaseModel):
+    id: int
+    width: int = 800
+
+
+class Thumbnail(pydantic.BaseModel):
+    url: str
+    size: tuple[int, int]
+
+
+@dataclasses.dataclass
+class Point:
+    x: float
+    y: float
+
+
+async def test_an_async_task_succeeds_with_its_result(app: dromos.App, workers: Workers) -> None:
+    @app.task
+    async def add(a: int, b: int) -> int:
+        return a + b
+
+    workers.start(app)
+    job = await add.aenqueue(2, 3)
+    assert await job.aresult(timeout=10) == 5
+    status = await job.astatus()
+    assert (status.state, status.result, status.attempts) == (JobState.SUCCEEDED, 5, 1)
+
+
+async def test_a_plain_task_succeeds_with_its_result(app: dromos.App, workers: Workers) -> None:
+    @app.task
+    def shout(word: str) -> str:
+        assert threading.current_thread() is not threading.main_thread()
+        return word.upper()
+
+    workers.start(app)
+    job = await shout.aenqueue("hi")
+    assert await job.aresult(timeout=10) == "HI"
+
+
+async def test_a_pydantic_model_comes_back_as_that_model(app: dromos.App, workers: Workers) -> None:
+    @app.task
+    async def thumbnail(image: Image) -> Thumbnail:
+        assert isinstance(image, Image)
+        return Thumbnail(url=f"/t/{image.id}.png", size=(image.width // 4, 100))
+
+    workers.start(app)
+    job = await thumbnail.aenqueue(Image(id=7, width=400))
+    result = await job.aresult(timeout=10)
+    assert isinstance(result, Thumbnail)
+    assert result == Thumbnail(url="/t/7.png", size=(100, 100))
+
+
+async def test_a_dataclass_comes_back_as_that_dataclass(app: dromos.App, workers: Workers) -> None:
+    @app.task
+    def mirror(p: Point) -> Point:
+        assert isinstance(p, Point)
+        return Point(x=-p.x, y=-p.y)
+
+    workers.start(app)
+    job = await mirror.aenqueue(Point(1.5, 2.0))
+    result = await job.aresult(timeout=10)
+    assert isinstance(result, Point)
+    assert result == Point(-1.5, -2.0)
+
+
+async def test_a_result_handle_made_from_an_id_returns_plain_json(
+    app: dromos.App, workers: Workers
+) -> None:
+    @app.task
+    async def thumb() -> Thumbnail:
+        return Thumbnail(url="/x", size=(1, 2))
+
+    workers.start(app)
+    job = await thumb.aenqueue()
+    await job.aresult(timeout=10)
+    assert await app.job(job.id).aresult(timeout=1) == {"url": "/x", "size": [1, 2]}
+
+
+async def test_progress_and_message_are_visible_while_running_and_full_after(
+    app: dromos.App, workers: Workers
+) -> None:
+    proceed = asyncio.Event()
+
+    @app.task
+    async def resize() -> str:
+        await dromos.current_job().progress(0.5, "resizing")
+        await proceed.wait()
+        return "done"
+
+    workers.start(app)
+    job = await resize.aenqueue()
+
+    async def halfway() -> bool:
+        status = await job.astatus()
+        return (status.state, status.progress, status.message) == (
+            JobState.RUNNING,
+            0.5,
+            "resizing",
+        )
+
+    await eventually(halfway, what="progress 0.5 'resizing'")
+    proceed.set()
+    await job.aresult(timeout=10)
+    assert (await job.astatus()).progress == 1.0
+
+
+async def test_a_plain_task_reports_progress_from_its_thread(
+    app: dromos.App, workers: Workers
+) -> None:
+    proceed = threading.Event()
+
+    @app.task
+    def crunch() -> None:
+        dromos.current_job().progress(0.25, "crunching")
+        proceed.wait(10)
+
+    workers.start(app)
+    job = await crunch.aenqueue()
+    try:
+
+        async def reported() -> bool:
+            status = await job.astatus()
+            return (status.progress, status.message) == (0.25, "crunching")
+
+        await eventually(reported, what="progress from the worker thread")
+    finally:
+        proceed.set()
+    await job.aresult(timeout=10)
+
+
+async def test_a_delayed_job_runs_after_its_delay_and_not_before(
+    app: dromos.App, workers: Workers
+) -> None:
+    ran_at: list[float] = []
+
+    @app.task
+    async def later() -> None:
+        ran_at.append(time.time())
+
+    workers.start(app)
+    job = await later.options(delay=0.5).aenqueue()
+    status = await job.astatus()
+    assert status.state is JobState.SCHEDULED
+    assert status.eta is not None
+    await job.aresult(timeout=10)
+    assert len(ran_at) == 1
+    assert ran_at[0] >= status.eta.timestamp()
+
+
+async def test_a_job_with_an_eta_runs_at_its_eta(app: dromos.App, workers: Workers) -> None:
+    from tests.backends._support import utc_in
+
+    ran_at: list[float] = []
+
+    @app.task
+    async def at() -> None:
+        ran_at.append(time.time())
+
+    workers.start(app)
+    eta = utc_in(0.3)
+    job = await at.options(eta=eta).aenqueue()
+    await job.aresult(timeout=10)
+    assert ran_at[0] >= eta.timestamp()
+
+
+async def test_the_worker_runs_higher_priorities_first(app: dromos.App, workers: Workers) -> None:
+    order: list[str] = []
+
+    @app.task
+    async def step(name: str) -> None:
+        order.append(name)
+
+    jobs = [
+        await step.options(priority=p).aenqueue(name)
+        for name, p in (("low", 0), ("high", 9), ("mid", 5), ("high2", 9))
+    ]
+    workers.start(app, concurrency=1, prefetch=0)
+    for job in jobs:
+        await job.aresult(timeout=10)
+    assert order == ["high", "high2", "mid", "low"]
+
+
+async def test_a_job_longer_than_its_lease_completes_once_thanks_to_heartbeats(
+    make_app: "collections.abc.Callable[..., dromos.App]", workers: Workers
+) -> None:
+    app = make_app(lease=1.0)
+    runs: list[int] = []
+
+    @app.task
+    async def long() -> str:
+        runs.append(dromos.current_job().attempt)
+        await asyncio.sleep(2.2)
+        return "ok"
+
+    workers.start(app)
+    job = await long.aenqueue()
+    assert await job.aresult(timeout=20) == "ok"
+    assert runs == [1]
+    status = await job.astatus()
+    assert (status.attempts, status.errors) == (1, [])
+
+
+async def test_two_workers_on_one_broker_run_each_job_exactly_once(
+    app: dromos.App, workers: Workers
+) -> None:
+    ledger: list[str] = []
+
+    @app.task
+    async def note(i: int) -> int:
+        ledger.append(dromos.current_job().id)
+        await asyncio.sleep(0)
+        return i
+
+    first = workers.start(app, concurrency=4)
+    second = workers.start(app, concurrency=4)
+    jobs = await note.aenqueue_many([(i,) for i in range(200)])
+    results = await asyncio.gather(*(j.aresult(timeout=30) for j in jobs))
+    assert results == list(range(200))
+    counts = collections.Counter(ledger)
+    assert set(counts) == {j.id for j in jobs}
+    assert set(counts.values()) == {1}
+    await workers.stop(first)
+    await workers.stop(second)
+    assert first.counts["succeeded"] + second.counts["succeeded"] == 200
+
+
+async def test_stop_hands_back_jobs_not_started_and_finishes_running_ones(
+    app: dromos.App, workers: Workers
+) -> None:
+    started = asyncio.Event()
+    proceed = asyncio.Event()
+    ran: list[int] = []
+
+    @app.task
+    async def work(i: int) -> int:
+        ran.append(i)
+        started.set()
+        await proceed.wait()
+        return i
+
+    jobs = await work.aenqueue_many([(i,) for i in range(5)])
+    worker = workers.start(app, concurrency=1, prefetch=4)
+
+    async def all_claimed() -> bool:
+        states = [(await j.astatus()).state for j in jobs]
+        return states == [JobState.RUNNING] * len(jobs)
+
+    await asyncio.wait_for(started.wait(), 10)
+    await eventually(all_claimed, what="every job claimed (one running, four prefetched)")
+    stopping = asyncio.create_task(workers.stop(worker))
+    await asyncio.sleep(0.3)  # let the worker notice the stop before the running job ends
+    proceed.set()
+    await asyncio.wait_for(stopping, 10)
+    assert ran == [0]
+    assert await jobs[0].aresult(timeout=1) == 0
+    for job in jobs[1:]:
+        status = await job.astatus()
+        assert (status.state, status.errors) == (JobState.QUEUED, [])
+    assert worker.counts["released"] == 4
+
+
+async def test_jobs_handed_back_at_stop_run_on_the_next_worker(
+    app: dromos.App, workers: Workers
+) -> None:
+    proceed = asyncio.Event()
+
+    @app.task
+    async def work(i: int) -> int:
+        await proceed.wait()
+        return i
+
+    jobs = await work.aenqueue_many([(i,) for i in range(3)])
+    worker = workers.start(app, concurrency=1, prefetch=2)
+
+    async def all_claimed() -> bool:
+        states = [(await j.astatus()).state for j in jobs]
+        return states == [JobState.RUNNING] * len(jobs)
+
+    await eventually(all_claimed, what="every job claimed")
+    proceed.set()
+    await workers.stop(worker)
+    workers.start(app)
+    assert [await j.aresult(timeout=10) for j in jobs] == [0, 1, 2]
