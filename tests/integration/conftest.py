@@ -1,0 +1,187 @@
+"""Real ``dromos worker`` processes on a SQLite file in ``tmp_path``, judged by a ledger.
+
+The ``cluster`` fixture starts workers as the command line does (``python -m dromos worker
+ledger_app:app ...``), each in its own session so that teardown can SIGKILL the whole process
+group (a supervisor and its children) even when a test fails half-way. Worker output goes to
+``workers.log`` in ``tmp_path``; its tail is shown when a wait times out.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
+
+import pytest
+
+import dromos
+from tests.integration.ledger_app import BOOT, create_app
+
+T = TypeVar("T")
+HERE = Path(__file__).parent
+
+
+class Entry(NamedTuple):
+    """One line of the ledger: one event of one run of one job."""
+
+    job_id: str
+    attempt: int
+    pid: int
+    outcome: str
+
+
+class Ledger:
+    """The file the tasks append to; read it whole each time (it is small)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def entries(self) -> list[Entry]:
+        if not self.path.exists():
+            return []
+        rows = []
+        for line in self.path.read_text().splitlines():
+            job_id, attempt, pid, outcome = line.split()
+            rows.append(Entry(job_id, int(attempt), int(pid), outcome))
+        return rows
+
+    def runs(self, outcome: str, job_id: str | None = None) -> list[Entry]:
+        """Entries with this outcome (of one job, if given)."""
+        return [
+            e
+            for e in self.entries()
+            if e.outcome == outcome and (job_id is None or e.job_id == job_id)
+        ]
+
+    def count(self, outcome: str) -> collections.Counter[str]:
+        """How many times each job id wrote ``outcome``."""
+        return collections.Counter(e.job_id for e in self.runs(outcome))
+
+    def boots(self) -> list[int]:
+        """Pids of the worker processes that started, in order."""
+        return [e.pid for e in self.runs(BOOT)]
+
+
+def children(pid: int) -> set[int]:
+    """The live child processes of ``pid`` (from /proc)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    try:
+        return {int(p) for p in path.read_text().split()}
+    except FileNotFoundError:
+        return set()
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+class Cluster:
+    """Worker processes, the test's own app on the same SQLite file, and the ledger."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.dir = tmp_path
+        self.url = f"sqlite:///{tmp_path / 'x.db'}"
+        self.ledger = Ledger(tmp_path / "ledger.txt")
+        self.log = tmp_path / "workers.log"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.app = create_app(self.url)
+
+    # -- processes --------------------------------------------------------------------------
+    def start(
+        self, *args: str, lease: float = 30.0, max_recoveries: int = 3
+    ) -> subprocess.Popen[bytes]:
+        """Start ``dromos worker ledger_app:app *args`` with this cluster's broker and ledger."""
+        env = {
+            **os.environ,
+            "DROMOS_BROKER": self.url,
+            "LEDGER_PATH": str(self.ledger.path),
+            "LEDGER_LEASE": str(lease),
+            "LEDGER_MAX_RECOVERIES": str(max_recoveries),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
+            "PYTHONUNBUFFERED": "1",
+        }
+        cmd = [sys.executable, "-m", "dromos", "worker", "ledger_app:app", *args]
+        with self.log.open("ab") as log:
+            proc = subprocess.Popen(
+                cmd, cwd=self.dir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        self.procs.append(proc)
+        return proc
+
+    def wait_for_boots(self, n: int, timeout: float = 30.0) -> list[int]:
+        """Wait until ``n`` worker processes in all have started; return their pids."""
+
+        def started() -> list[int] | None:
+            pids = self.ledger.boots()
+            return pids[:n] if len(pids) >= n else None
+
+        return self.wait_until(started, timeout, f"{n} worker process(es) to start")
+
+    def close(self) -> None:
+        """Kill every process group this cluster started, then close the app."""
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        self.app.close()
+
+    # -- the broker, from the test process ----------------------------------------------------
+    def call(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> T:
+        """Run a broker coroutine function on the app's blocking portal."""
+        return self.app.portal.call(fn, *args, **kwargs)
+
+    def task(self, name: str) -> dromos.Task[Any, Any]:
+        return self.app.tasks[name]
+
+    def counts(self) -> collections.Counter[str]:
+        """Jobs per state, over every queue."""
+        total: collections.Counter[str] = collections.Counter()
+        for q in self.call(self.app.broker.queues):
+            total.update(q.counts)
+        return total
+
+    def status(self, job_id: str) -> dromos.JobStatus:
+        return self.app.job(job_id).status()
+
+    # -- waiting -----------------------------------------------------------------------------
+    def wait_until(self, predicate: Callable[[], T | None], timeout: float, what: str) -> T:
+        """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout:g}s waiting for {what}\n"
+                                     f"--- workers.log (tail) ---\n{self.log_tail()}")  # fmt: skip
+            if self.procs and all(p.poll() is not None for p in self.procs):
+                raise AssertionError(f"every worker process exited while waiting for {what}\n"
+                                     f"--- workers.log (tail) ---\n{self.log_tail()}")  # fmt: skip
+            time.sleep(0.02)
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log.exists():
+            return ""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()

@@ -1,0 +1,102 @@
+"""The app the integration tests run in real worker processes, and the ledger its tasks write.
+
+Every run of a task appends one line ``job_id attempt pid outcome`` to the file named by
+``$LEDGER_PATH`` (``O_APPEND``, one ``write`` per line, so lines from many processes never
+interleave). The ledger is independent of the broker: the tests compute their verdict from it
+and from the broker's final state. A worker process also writes ``- 0 pid boot`` when it
+imports this module, which tells the tests that it started and what its pid is.
+
+The worker's settings come from the environment (``DROMOS_BROKER``, ``LEDGER_LEASE``,
+``LEDGER_MAX_RECOVERIES``); the test process builds its own app with :func:`create_app`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import dromos
+
+__all__ = ["BOOT", "create_app"]
+
+BOOT = "boot"
+_fd: int | None = None
+
+
+def _write(job_id: str, attempt: int, outcome: str) -> None:
+    global _fd
+    path = os.environ.get("LEDGER_PATH")
+    if not path:
+        return
+    if _fd is None:
+        _fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.write(_fd, f"{job_id} {attempt} {os.getpid()} {outcome}\n".encode())
+
+
+def _record(outcome: str) -> int:
+    """Write this run's ledger line; return the attempt number."""
+    job = dromos.current_job()
+    _write(job.id, job.attempt, outcome)
+    return job.attempt
+
+
+def create_app(
+    broker: str | None = None, *, lease: float = 30.0, max_recoveries: int = 3
+) -> dromos.App:
+    """An app with the ledger tasks, on ``broker`` (``$DROMOS_BROKER`` wins, as always)."""
+    app = dromos.App("ledger", broker, lease=lease, max_recoveries=max_recoveries)
+
+    @app.task(retries=0)
+    async def noop(n: int) -> int:
+        """Succeed at once."""
+        _record("ok")
+        return n
+
+    @app.task(retries=0)
+    async def nap(first: float, later: float = 0.0) -> int:
+        """Sleep ``first`` seconds on the first attempt and ``later`` on the others."""
+        attempt = _record("start")
+        await asyncio.sleep(first if attempt == 1 else later)
+        _record("ok")
+        return attempt
+
+    @app.task(retries=0)
+    def nap_sync(first: float, later: float = 0.0) -> int:
+        """``nap`` as a plain function in a worker thread; it stops early when interrupted."""
+        attempt = _record("start")
+        job = dromos.current_job()
+        deadline = time.monotonic() + (first if attempt == 1 else later)
+        while time.monotonic() < deadline:
+            if job.cancelled:
+                _record("interrupted")
+                return attempt
+            time.sleep(0.02)
+        _record("ok")
+        return attempt
+
+    @app.task(retries=0)
+    async def die() -> None:
+        """Kill the worker process on every attempt (a poison job)."""
+        _record("start")
+        os._exit(1)
+
+    return app
+
+
+def _from_env() -> dromos.App:
+    return create_app(
+        lease=float(os.environ.get("LEDGER_LEASE", "30")),
+        max_recoveries=int(os.environ.get("LEDGER_MAX_RECOVERIES", "3")),
+    )
+
+
+def __getattr__(name: str) -> dromos.App:
+    # ``dromos worker ledger_app:app`` builds the app on first access only, so that merely
+    # importing this module (as the test process does) creates nothing.
+    if name == "app":
+        global app
+        app = _from_env()
+        _write("-", 0, BOOT)
+        return app
+    raise AttributeError(name)
