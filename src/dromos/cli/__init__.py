@@ -22,9 +22,11 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from dromos.cli import worker
+    from dromos.cli import demo, jobs, worker
 
-    cli.add_command(worker.worker)
+    inspect = [jobs.status, jobs.jobs, jobs.queues, jobs.dlq]
+    for command in (worker.worker, jobs.enqueue, *inspect, demo.demo):
+        cli.add_command(command)
 
 
 _register()

@@ -1,0 +1,98 @@
+"""The demo's app and tasks: the jobs a small shop hands to the background.
+
+Worker processes import this module as ``dromos.demo.app:app``; the broker comes from
+``$DROMOS_BROKER``, which ``dromos demo`` sets for itself and its workers. The tasks sleep
+and fail on purpose, deterministically, so the demo can check each outcome: retries are
+driven by the attempt number, the dead letter by a file the demo removes to "fix the outage".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import dromos
+
+__all__ = [
+    "RESIZE_STEPS",
+    "app",
+    "charge_card",
+    "resize_image",
+    "send_newsletter",
+    "send_password_reset",
+    "send_reminder",
+    "sync_inventory",
+]
+
+# A short lease: the demo runs for seconds, and a lost worker should not stall it for long.
+app = dromos.App("demo", lease=10.0)
+
+#: What ``resize_image`` reports, one message per step.
+RESIZE_STEPS = (
+    "downloading the original",
+    "decoding JPEG",
+    "correcting orientation",
+    "resizing",
+    "sharpening",
+    "encoding WebP",
+    "uploading to the CDN",
+    "purging the cache",
+)
+
+#: Seconds per step of ``resize_image``: long enough to watch its progress bar move.
+STEP_SECONDS = 0.6
+
+
+@app.task(queue="media", timeout=60.0)
+async def resize_image(name: str, width: int = 640) -> dict[str, Any]:
+    """A slow job that reports progress and a message at every step."""
+    job = dromos.current_job()
+    for step, message in enumerate(RESIZE_STEPS):
+        await job.progress(step / len(RESIZE_STEPS), message)
+        await asyncio.sleep(STEP_SECONDS)
+    stem = name.rsplit(".", 1)[0]
+    return {"path": f"/thumbs/{stem}-{width}.webp", "width": width}
+
+
+@app.task(queue="payments", retries=3, backoff=0.3)
+def charge_card(order_id: int, amount_cents: int) -> str:
+    """A flaky call: the gateway times out on the first two attempts, then answers.
+
+    A plain ``def`` (it runs in the worker's threads); the attempt number decides, so the
+    outcome is the same on every run of the demo.
+    """
+    attempt = dromos.current_job().attempt
+    if attempt < 3:
+        raise ConnectionError(f"payment gateway timed out (attempt {attempt})")
+    return f"ch_{order_id}_{amount_cents}"
+
+
+@app.task(queue="default", retries=2, backoff=0.2)
+def sync_inventory(warehouse: str, outage_file: str) -> int:
+    """Fails for as long as ``outage_file`` exists: it exhausts its retries and is dead-lettered.
+
+    Once the outage is over (the demo removes the file), replaying the dead letter succeeds:
+    the usual way out of the dead-letter list is to fix the cause, then replay.
+    """
+    if Path(outage_file).exists():
+        raise RuntimeError(f"warehouse {warehouse} answered 503")
+    return 1280  # items synced
+
+
+@app.task(queue="default")
+async def send_reminder(user_id: int) -> float:
+    """A delayed job: returns when it ran, so the demo can check it did not run early."""
+    return time.time()
+
+
+@app.task(queue="email")
+async def send_newsletter(user_id: int) -> None:
+    """One of a burst of thousands of small jobs (enqueued in one round trip)."""
+
+
+@app.task(queue="email", priority=10)
+async def send_password_reset(user_id: int) -> float:
+    """Urgent mail in the same queue as the newsletters: priority 10 lets it jump the line."""
+    return time.time()
