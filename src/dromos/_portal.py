@@ -12,10 +12,23 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
-__all__ = ["Portal"]
+__all__ = ["Portal", "in_portal"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+_local = threading.local()
+
+
+def in_portal() -> bool:
+    """True on a portal's own thread, where every caller is blocked waiting anyway.
+
+    A broker may then do blocking I/O right there instead of handing it to another thread:
+    the handoff would cost more than the I/O, and nothing else runs on that loop meanwhile
+    that cannot wait.
+    """
+    return getattr(_local, "portal", False)
 
 
 class Portal:
@@ -34,6 +47,7 @@ class Portal:
                 ready = threading.Event()
 
                 def _serve() -> None:
+                    _local.portal = True
                     asyncio.set_event_loop(loop)
                     loop.call_soon(ready.set)
                     loop.run_forever()

@@ -19,6 +19,7 @@ from dromos.brokers import create_broker
 from dromos.brokers.base import Broker, BrokerOptions
 from dromos.errors import ConfigurationError, UnknownTaskError
 from dromos.job import Job
+from dromos.message import new_job_ids, utcnow
 from dromos.task import AsyncTask, Call, Executor, SyncTask, Task
 
 if TYPE_CHECKING:
@@ -199,7 +200,9 @@ class App:
     async def aenqueue_many(self, calls: Iterable[Call[Any]]) -> list[Job[Any]]:
         """Check every call, then queue them all in one round trip (all or none)."""
         calls = list(calls)
-        requests = [c.task.request(c, self.idempotency_window) for c in calls]
+        window, now = self.idempotency_window, utcnow()
+        ids = new_job_ids(len(calls))
+        requests = [c.task.request(c, window, i, now) for c, i in zip(calls, ids, strict=True)]
         for c in calls:
             if c.task.app is not self:
                 raise ConfigurationError(f"task {c.task.name!r} belongs to another app")

@@ -16,7 +16,15 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["ENVELOPE_VERSION", "DecodeError", "Message", "decode", "encode", "new_job_id"]
+__all__ = [
+    "ENVELOPE_VERSION",
+    "DecodeError",
+    "Message",
+    "decode",
+    "encode",
+    "new_job_id",
+    "new_job_ids",
+]
 
 #: The envelope version this code writes and reads.
 ENVELOPE_VERSION = 1
@@ -90,26 +98,36 @@ _last_ms = 0
 _seq = 0
 
 
-def new_job_id() -> str:
-    """A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then a counter and randomness.
+def new_job_ids(count: int) -> list[str]:
+    """``count`` UUIDv7s (RFC 9562): 48 bits of Unix milliseconds, a 12-bit counter, randomness.
 
-    Within one process the ids are strictly increasing, so jobs enqueued in a burst keep
-    their order when a broker sorts by id.
+    Within one process the ids are strictly increasing, so jobs enqueued in a burst keep their
+    order when a broker sorts by id; a burst of more than 4,096 in one millisecond borrows the
+    next milliseconds. One lock and one read of randomness serve the whole batch.
     """
     global _last_ms, _seq
+    stamps = []
     with _lock:
         ms = time.time_ns() // 1_000_000
         if ms <= _last_ms:
-            ms = _last_ms
-            _seq += 1
-            if _seq > 0xFFF:  # counter exhausted within one millisecond: borrow the next
-                ms += 1
-                _seq = 0
+            ms, seq = _last_ms, _seq + 1
         else:
-            _seq = int.from_bytes(os.urandom(2), "big") & 0x3FF  # leave room to count up
-        _last_ms = ms
-        seq = _seq
-    rand = int.from_bytes(os.urandom(8), "big") & 0x3FFF_FFFF_FFFF_FFFF
-    value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand
-    h = f"{value:032x}"  # str(uuid.UUID(int=value)), without building the object
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+            seq = int.from_bytes(os.urandom(2), "big") & 0x3FF  # leave room to count up
+        for _ in range(count):
+            if seq > 0xFFF:  # counter exhausted within one millisecond: borrow the next
+                ms, seq = ms + 1, 0
+            stamps.append((ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62))
+            seq += 1
+        _last_ms, _seq = ms, seq - 1
+    noise = os.urandom(8 * count)
+    ids = []
+    for i, stamp in enumerate(stamps):
+        rand = int.from_bytes(noise[8 * i : 8 * i + 8], "big") & 0x3FFF_FFFF_FFFF_FFFF
+        h = f"{stamp | rand:032x}"  # str(uuid.UUID(int=...)), without building the object
+        ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return ids
+
+
+def new_job_id() -> str:
+    """One UUIDv7; see :func:`new_job_ids`."""
+    return new_job_ids(1)[0]

@@ -159,8 +159,13 @@ class Task(Generic[P, R]):
         return item if isinstance(item, Call) else Call(self, tuple(item), {})
 
     # -- what the app and the worker use ----------------------------------------------------
-    def request(self, call: Call[R], window: float) -> EnqueueRequest:
-        """Check one call and build its envelope (raises ``ValidationError``)."""
+    def request(
+        self, call: Call[R], window: float, job_id: str | None = None, now: datetime | None = None
+    ) -> EnqueueRequest:
+        """Check one call and build its envelope (raises ``ValidationError``).
+
+        A batch passes its ``job_id`` (from one ``new_job_ids``) and one ``now`` for all.
+        """
         args, kwargs = self.signature.dump(call.args, call.kwargs)
         o = call.options
         headers = dict(o.headers or {})
@@ -168,13 +173,13 @@ class Task(Generic[P, R]):
             headers["idempotency_key"] = o.idempotency_key
         if o.callback_url is not None:
             headers["callback_url"] = o.callback_url
-        now = utcnow()
+        now = now or utcnow()
         eta = o.eta.astimezone(UTC) if o.eta else None
         if o.delay:
             eta = now + timedelta(seconds=o.delay)
         retries = self.retries if o.retries is None else o.retries
         message = Message(
-            id=new_job_id(), task=self.name, queue=o.queue or self.queue, args=args,
+            id=job_id or new_job_id(), task=self.name, queue=o.queue or self.queue, args=args,
             kwargs=kwargs, max_attempts=retries + 1, eta=eta,
             priority=self.priority if o.priority is None else o.priority,
             timeout=o.timeout, created_at=now, headers=headers,

@@ -31,6 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 
+from dromos._portal import in_portal
 from dromos.brokers._notify import Notifier
 from dromos.brokers.base import (
     Broker,
@@ -54,6 +55,7 @@ _CHUNK = 500  # parameters per IN (...) list, well under SQLite's limit
 # How often an idle worker looks for other processes' commits: the pickup latency when idle,
 # against ~1% of a core spent looking.
 _IDLE_POLL = 0.025
+_FIRST_POLL = 0.001  # polls start this short after activity and double up to _IDLE_POLL
 _errors_decoder = msgspec.json.Decoder(list[JobError])
 _json = msgspec.json.Encoder()
 
@@ -175,13 +177,22 @@ class SQLiteBroker(Broker):
         self._done = Notifier()
         self._open_lock = threading.Lock()
         self._probe: sqlite3.Connection | None = None
+        self._io_lock = threading.Lock()
 
     # -- plumbing ---------------------------------------------------------------------------
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._thread is None:
             await self.open()
         assert self._thread is not None
-        return await asyncio.wrap_future(self._thread.submit(fn, *args))
+        if in_portal():
+            # A blocking caller (``task.enqueue()``, ``job.result()``) waits on this anyway:
+            # doing the I/O here halves the thread handoffs of a blocking call.
+            return self._locked(fn, *args)
+        return await asyncio.wrap_future(self._thread.submit(self._locked, fn, *args))
+
+    def _locked(self, fn: Callable[..., T], *args: Any) -> T:
+        with self._io_lock:  # one connection, used by the I/O thread and the portal's
+            return fn(*args)
 
     @property
     def _conn(self) -> sqlite3.Connection:
@@ -326,11 +337,13 @@ class SQLiteBroker(Broker):
         version = self._data_version()
         wake_at = await self._run(self._next_due, list(queues))
         deadline = min(deadline, loop.time() + max(0.0, wake_at - time.time()))
+        poll = _FIRST_POLL  # right after work, another job is likely soon: look often
         while (left := deadline - loop.time()) > 0:
-            if await self._work.wait(queues, min(left, _IDLE_POLL)):
+            if await self._work.wait(queues, min(left, poll)):
                 return
             if self._data_version() != version:
                 return
+            poll = min(poll * 2, _IDLE_POLL)
 
     def _data_version(self) -> int:
         """Read on a connection of its own, in the caller's thread: a few microseconds, so an
@@ -452,17 +465,21 @@ class SQLiteBroker(Broker):
     async def wait(self, job_id: str, timeout: float | None) -> JobStatus | None:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        delay = 0.002
+        poll = _FIRST_POLL
         while True:
+            version = self._data_version()
             status = await self.status(job_id)
             if status is None or status.state.terminal:
                 return status
-            left = None if deadline is None else deadline - loop.time()
-            if left is not None and left <= 0:
-                return None
-            # Woken at once by a settle in this process; other processes are polled.
-            await self._done.wait((job_id,), delay if left is None else min(delay, left))
-            delay = min(0.05, delay * 1.5)
+            # Woken at once by a settle in this process. Other processes' commits show in the
+            # data version, which is cheap to read: the status is read again only after one.
+            while self._data_version() == version:
+                left = None if deadline is None else deadline - loop.time()
+                if left is not None and left <= 0:
+                    return None
+                if await self._done.wait((job_id,), poll if left is None else min(poll, left)):
+                    break
+                poll = min(poll * 2, _IDLE_POLL)
 
     async def cancel(self, job_id: str) -> JobState | None:
         state = await self._run(self._cancel, job_id)
