@@ -410,3 +410,16 @@ def test_demo_reports_a_timeout_and_exits_1(tmp_path: Path) -> None:
 # -- helpers ----------------------------------------------------------------------------------
 async def _jobs(app: dromos.App) -> list[JobStatus]:
     return await (await app.abroker()).jobs()
+
+
+@pytest.mark.parametrize(
+    ("target_text", "fragment"),
+    [
+        ("no_such_module_here:app", "cannot import 'no_such_module_here'"),
+        ("no_colon", "write MODULE:ATTR"),
+        ("dromos:__version__", "not a dromos.App"),
+        ("dromos:missing_attr", "has no attribute 'missing_attr'"),
+    ],
+)
+def test_a_wrong_module_app_is_one_line(cli: Cli, target_text: str, fragment: str) -> None:
+    assert_one_line_error(cli("enqueue", target_text, "add"), fragment)
