@@ -28,7 +28,9 @@ _SCALARS = (int, str, bool)
 class Signature:
     """Checks and converts the arguments and the result of one task function."""
 
-    __slots__ = ("_adapter", "_names", "_plain", "_required", "_result", "_sig", "task")
+    __slots__ = (
+        "_adapter", "_exact", "_names", "_plain", "_required", "_result", "_sig", "task",
+    )  # fmt: skip
 
     def __init__(self, task: str, func: Callable[..., Any]) -> None:
         self.task = task
@@ -58,6 +60,9 @@ class Signature:
         # Parameters all hinted exactly int, str or bool: their validated values are their own
         # JSON form, so the dump is skipped when every value is of exactly those types.
         self._plain = all(hints.get(p.name) in (int, str, bool) for p in params)
+        # ... and when the values are of exactly those types, passed by position, validating
+        # them would return them as they are: the hot path of ``enqueue`` skips pydantic.
+        self._exact = tuple(hints[p.name] for p in params) if self._plain and simple else None
         shape: Any = typing_extensions.TypedDict(f"{task}_arguments", fields)  # type: ignore[misc]
         try:
             self._adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(shape)
@@ -95,6 +100,11 @@ class Signature:
 
     def dump(self, args: Any, kwargs: Any) -> tuple[list[Any], dict[str, Any]]:
         """Check arguments at enqueue; return them as JSON values (args, kwargs)."""
+        exact = self._exact
+        if exact is not None and not kwargs and self._required <= len(args):
+            types = tuple(map(type, args))  # compared by identity: a bool is no int here
+            if types == exact[: len(types)]:
+                return list(args), {}
         bound = self._bind(args, kwargs)
         try:
             values = self._adapter.validate_python(bound)

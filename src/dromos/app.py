@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, overload
 
 from dromos._portal import Portal
 from dromos.brokers import create_broker
-from dromos.brokers.base import Broker, BrokerOptions
+from dromos.brokers.base import Broker, BrokerOptions, EnqueueRequest
 from dromos.errors import ConfigurationError, UnknownTaskError
 from dromos.job import Job
 from dromos.message import new_job_ids, utcnow
@@ -197,23 +197,40 @@ class App:
         """A handle for a job id received elsewhere (its result is plain JSON)."""
         return Job(self, job_id)
 
-    async def aenqueue_many(self, calls: Iterable[Call[Any]]) -> list[Job[Any]]:
-        """Check every call, then queue them all in one round trip (all or none)."""
-        calls = list(calls)
+    def _requests(self, calls: list[Call[Any]]) -> list[EnqueueRequest]:
+        """Check every call and build its envelope; raise before anything is queued."""
         window, now = self.idempotency_window, utcnow()
         ids = new_job_ids(len(calls))
         requests = [c.task.request(c, window, i, now) for c, i in zip(calls, ids, strict=True)]
         for c in calls:
             if c.task.app is not self:
                 raise ConfigurationError(f"task {c.task.name!r} belongs to another app")
+        return requests
+
+    async def _enqueue(self, requests: list[EnqueueRequest]) -> list[str]:
+        return await (await self.abroker()).enqueue(requests)
+
+    async def aenqueue_many(self, calls: Iterable[Call[Any]]) -> list[Job[Any]]:
+        """Check every call, then queue them all in one round trip (all or none)."""
+        calls = list(calls)
+        requests = self._requests(calls)
         if not requests:
             return []
-        ids = await (await self.abroker()).enqueue(requests)
+        ids = await self._enqueue(requests)
         return [c.task.handle(i) for c, i in zip(calls, ids, strict=True)]
 
     def enqueue_many(self, calls: Iterable[Call[Any]]) -> list[Job[Any]]:
         """Blocking twin of :meth:`aenqueue_many`."""
-        return self.portal.call(self.aenqueue_many, list(calls))
+        calls = list(calls)
+        requests = self._requests(calls)
+        if not requests:
+            return []
+        # A broker that can insert in this thread spares the hop to the portal and back;
+        # the first call goes through the portal, which connects the broker.
+        ids = self.broker.enqueue_blocking(requests) if self._opened else None
+        if ids is None:
+            ids = self.portal.call(self._enqueue, requests)
+        return [c.task.handle(i) for c, i in zip(calls, ids, strict=True)]
 
     def worker(
         self,

@@ -98,6 +98,11 @@ _last_ms = 0
 _seq = 0
 
 
+# Where the 32 hex digits of a UUID go in its 36-character text (the others are dashes).
+_DIGITS = [q for q in range(36) if q not in (8, 13, 18, 23)]
+_MANY = 32  # from this many ids on, they are formatted all at once (below, one by one)
+
+
 def new_job_ids(count: int) -> list[str]:
     """``count`` UUIDv7s (RFC 9562): 48 bits of Unix milliseconds, a 12-bit counter, randomness.
 
@@ -106,7 +111,7 @@ def new_job_ids(count: int) -> list[str]:
     next milliseconds. One lock and one read of randomness serve the whole batch.
     """
     global _last_ms, _seq
-    stamps = []
+    stamps = []  # the high 64 bits of each id: milliseconds, version 7, counter
     with _lock:
         ms = time.time_ns() // 1_000_000
         if ms <= _last_ms:
@@ -116,16 +121,35 @@ def new_job_ids(count: int) -> list[str]:
         for _ in range(count):
             if seq > 0xFFF:  # counter exhausted within one millisecond: borrow the next
                 ms, seq = ms + 1, 0
-            stamps.append((ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62))
+            stamps.append((ms << 16) | 0x7000 | seq)
             seq += 1
         _last_ms, _seq = ms, seq - 1
+    if count >= _MANY:
+        return _format_many(stamps)
     noise = os.urandom(8 * count)
     ids = []
     for i, stamp in enumerate(stamps):
         rand = int.from_bytes(noise[8 * i : 8 * i + 8], "big") & 0x3FFF_FFFF_FFFF_FFFF
-        h = f"{stamp | rand:032x}"  # str(uuid.UUID(int=...)), without building the object
+        h = f"{(stamp << 64) | (0b10 << 62) | rand:032x}"  # str(uuid.UUID(int=...)), cheaper
         ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
     return ids
+
+
+def _format_many(stamps: list[int]) -> list[str]:
+    """The same text as the loop in :func:`new_job_ids`, built with a few slice copies per
+    batch instead of string formatting per id."""
+    count = len(stamps)
+    high = b"".join([stamp.to_bytes(8, "big") for stamp in stamps])
+    raw = bytearray(os.urandom(16 * count))  # 16 bytes per id: the stamp, then randomness
+    for k in range(8):
+        raw[k::16] = high[k::8]
+    raw[8::16] = bytes([0x80 | (b & 0x3F) for b in raw[8::16]])  # the variant bits: 10
+    digits = raw.hex().encode()
+    text = bytearray(b"-" * (36 * count))
+    for source, target in enumerate(_DIGITS):
+        text[target::36] = digits[source::32]
+    joined = text.decode()
+    return [joined[i : i + 36] for i in range(0, 36 * count, 36)]
 
 
 def new_job_id() -> str:

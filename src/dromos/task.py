@@ -48,6 +48,9 @@ class Options:
     headers: Mapping[str, str] | None = None
 
 
+_NO_OPTIONS = Options()
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Call(Generic[R]):
     """A call of a task not yet enqueued: what ``enqueue_many`` takes."""
@@ -55,7 +58,7 @@ class Call(Generic[R]):
     task: Task[Any, R]
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
-    options: Options = Options()
+    options: Options = _NO_OPTIONS
 
 
 def _seconds(value: float | timedelta | None) -> float | None:
@@ -168,12 +171,19 @@ class Task(Generic[P, R]):
         """
         args, kwargs = self.signature.dump(call.args, call.kwargs)
         o = call.options
+        now = now or utcnow()
+        if o is _NO_OPTIONS:  # the common case: every field from the task
+            message = Message(
+                id=job_id or new_job_id(), task=self.name, queue=self.queue, args=args,
+                kwargs=kwargs, max_attempts=self.retries + 1, priority=self.priority,
+                created_at=now, headers={},
+            )  # fmt: skip
+            return EnqueueRequest(message, encode(message), window)
         headers = dict(o.headers or {})
         if o.idempotency_key is not None:
             headers["idempotency_key"] = o.idempotency_key
         if o.callback_url is not None:
             headers["callback_url"] = o.callback_url
-        now = now or utcnow()
         eta = o.eta.astimezone(UTC) if o.eta else None
         if o.delay:
             eta = now + timedelta(seconds=o.delay)

@@ -174,6 +174,18 @@ class Broker(abc.ABC):
         on a durable backend, of the broker).
         """
 
+    def enqueue_blocking(self, requests: Sequence[EnqueueRequest]) -> list[str] | None:
+        """Optional: :meth:`enqueue` done in the calling thread, blocking it; ``None`` if not.
+
+        The blocking API (``task.enqueue()`` from plain code) tries this first and otherwise
+        awaits :meth:`enqueue` on its portal. A backend whose client can block cheaply (an
+        embedded database) implements it with exactly :meth:`enqueue`'s contract, including
+        its in-process wake-ups; it may be called from any thread at once, and returns
+        ``None`` (storing nothing) whenever it cannot serve the call, e.g. before
+        :meth:`open`. The default always returns ``None``.
+        """
+        return None
+
     # -- consuming ------------------------------------------------------------------------
     @abc.abstractmethod
     async def claim(

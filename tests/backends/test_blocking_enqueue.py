@@ -1,0 +1,92 @@
+"""Enqueue from plain code: the broker's optional blocking hook and the app's blocking path."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+import dromos
+from dromos import Broker, JobState
+from tests.backends._support import request
+
+
+async def test_enqueue_blocking_stores_the_jobs_or_returns_none_storing_nothing(
+    broker: Broker,
+) -> None:
+    reqs = [request(), request(delay=3600), request()]
+    ids = await asyncio.to_thread(broker.enqueue_blocking, reqs)
+    stored = {s.id: s.state for s in await broker.jobs()}
+    if ids is None:
+        assert stored == {}
+    else:
+        assert ids == [r.message.id for r in reqs]
+        assert [stored[i] for i in ids] == [JobState.QUEUED, JobState.SCHEDULED, JobState.QUEUED]
+
+
+async def test_enqueue_blocking_keeps_idempotency_keys(broker: Broker) -> None:
+    first = request(key="order-1")
+    await broker.enqueue([first])
+    again = [request(), request(key="order-1"), request()]
+    ids = await asyncio.to_thread(broker.enqueue_blocking, again)
+    if ids is not None:
+        assert ids == [again[0].message.id, first.message.id, again[2].message.id]
+        assert len(await broker.jobs()) == 3
+
+
+async def test_enqueue_blocking_wakes_a_waiting_worker(broker: Broker) -> None:
+    waiting = asyncio.create_task(broker.wait_for_work(["default"], 30.0))
+    await asyncio.sleep(0.05)  # the waiter is parked
+    ids = await asyncio.to_thread(broker.enqueue_blocking, [request()])
+    if ids is None:  # this backend has no blocking hook: the async enqueue is the path
+        await broker.enqueue([request()])
+    await asyncio.wait_for(waiting, 10)
+    assert len(await broker.claim(["default"], 10, 30.0)) == 1
+
+
+def test_blocking_enqueue_many_stores_a_large_batch_in_order(
+    make_app: Callable[..., dromos.App],
+) -> None:
+    app = make_app()
+
+    @app.task
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    add.enqueue(0, 0)  # the first call connects; the batch takes the blocking path
+    jobs = add.enqueue_many([(i, 1) for i in range(250)])  # more rows than one statement
+    stored = app.portal.call(app.broker.jobs, limit=1000)
+    assert [s.id for s in reversed(stored)][1:] == [j.id for j in jobs]
+    assert {s.state for s in stored} == {JobState.QUEUED}
+
+
+def test_blocking_enqueue_many_returns_the_existing_job_for_a_known_key(
+    make_app: Callable[..., dromos.App],
+) -> None:
+    app = make_app()
+
+    @app.task
+    def charge(order: int) -> None: ...
+
+    first = charge.options(idempotency_key="order-5").enqueue(5)
+    jobs = app.enqueue_many(
+        [charge.call(1), charge.options(idempotency_key="order-5").call(5), charge.call(2)]
+    )
+    assert jobs[1].id == first.id
+    assert len(app.portal.call(app.broker.jobs)) == 3
+
+
+def test_blocking_enqueue_many_queues_nothing_when_one_call_is_invalid(
+    make_app: Callable[..., dromos.App],
+) -> None:
+    app = make_app()
+
+    @app.task
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    first = add.enqueue(0, 0)
+    with pytest.raises(dromos.ValidationError):
+        add.enqueue_many([(1, 2), (3, 4), ("three", 4)])
+    assert [s.id for s in app.portal.call(app.broker.jobs)] == [first.id]
