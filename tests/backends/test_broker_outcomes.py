@@ -126,7 +126,8 @@ async def test_retrying_waits_for_its_eta_then_is_claimable(broker: Broker) -> N
 async def test_failed_is_a_dead_letter_keeping_every_error(broker: Broker) -> None:
     await broker.enqueue([request()])
     d = await _claim_one(broker)
-    retry = Outcome(d.job_id, 1, JobState.RETRYING, error=_error(1, "first"), eta=time.time())
+    due = time.time() - 1.0  # already due: the next claim takes it on any broker's clock
+    retry = Outcome(d.job_id, 1, JobState.RETRYING, error=_error(1, "first"), eta=due)
     await broker.settle([retry])
     d = await _claim_one(broker)
     await broker.settle([Outcome(d.job_id, 2, JobState.FAILED, error=_error(2, "second"))])

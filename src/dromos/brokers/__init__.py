@@ -14,8 +14,6 @@ from dromos.errors import ConfigurationError
 __all__ = ["Broker", "BrokerOptions", "create_broker"]
 
 _PLANNED = {
-    "redis": "the Redis broker",
-    "rediss": "the Redis broker",
     "amqp": "the RabbitMQ broker",
     "amqps": "the RabbitMQ broker",
     "postgresql": "the PostgreSQL broker",
@@ -24,7 +22,7 @@ _PLANNED = {
 
 
 def create_broker(url: str, options: BrokerOptions | None = None) -> Broker:
-    """Make the broker a URL names: ``sqlite:///path`` or ``memory://``."""
+    """Make the broker a URL names: ``sqlite:///path``, ``memory://``, ``redis://...``."""
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
         from dromos.brokers.sqlite import SQLiteBroker
@@ -34,6 +32,14 @@ def create_broker(url: str, options: BrokerOptions | None = None) -> Broker:
         from dromos.brokers.memory import MemoryBroker
 
         return MemoryBroker(options)
+    if scheme in ("redis", "rediss"):
+        try:
+            from dromos.brokers.redis import RedisBroker
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"the Redis broker needs redis-py: pip install 'dromos[redis]' ({exc})"
+            ) from exc
+        return RedisBroker(url, options)
     if scheme in _PLANNED:
         raise ConfigurationError(
             f"{_PLANNED[scheme]} ({scheme}://) is not available in this version; "

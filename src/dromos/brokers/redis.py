@@ -1,0 +1,566 @@
+"""``redis://`` (and ``rediss://``, and Redis Cluster): jobs, status and results in Redis.
+
+Design: each queue is a handful of sorted sets and one hash per job, all under the queue's
+hash tag ``{prefix:queue}``; every operation is one Lua script (``redis.lua``, which opens
+with the map of its keys) run atomically on that one slot, so the same code serves a single
+server and a Cluster. Batches are one script call per queue: one round trip for many jobs.
+Leases and due times use the server's clock (``TIME`` inside the scripts).
+
+Pushes instead of polls: scripts publish on ``<prefix>:work:<queue>`` when jobs become ready
+and on ``<prefix>:done:<id>`` when a job ends; idle workers and waiting callers subscribe
+(and re-check now and then, in case a message was missed during a reconnect).
+
+URL: ``redis://[:password@]host:port[/db]?prefix=NAME``; ``rediss://`` for TLS; a Cluster is
+given by the URL of any of its nodes (detected with ``INFO cluster``). Connection errors are
+retried with backoff by the client; scripts are safe to repeat (enqueue is idempotent by job
+id, settle is fenced). Durability is what the server's AOF settings give
+(``appendfsync always`` for no loss).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from dromos.brokers._notify import Notifier
+from dromos.brokers.base import (
+    Broker,
+    BrokerOptions,
+    Delivery,
+    EnqueueRequest,
+    HeartbeatReply,
+    Lease,
+    Outcome,
+    ProgressUpdate,
+    QueueStats,
+)
+from dromos.errors import BrokerError, ConfigurationError
+from dromos.job import JobError, JobState, JobStatus
+
+__all__ = ["RedisBroker"]
+
+_S = JobState
+_json = msgspec.json.Encoder()
+_errors = msgspec.json.Decoder(list[JobError])
+_NO_MESSAGE = "\0"
+_STATE_SETS = {
+    "scheduled": _S.SCHEDULED,
+    "ready": _S.QUEUED,
+    "running": _S.RUNNING,
+    "retrying": _S.RETRYING,
+    "succeeded": _S.SUCCEEDED,
+    "failed": _S.FAILED,
+    "cancelled": _S.CANCELLED,
+}
+_RECHECK = 1.0  # seconds between re-checks while waiting for a push
+# Connections per client (per loop): many callers waiting at once each borrow one briefly.
+_MAX_CONNECTIONS = 1024
+_PRIORITY_UNIT = 2**40  # ready score = -priority * _PRIORITY_UNIT + seq (see redis.lua)
+
+
+def _scripts() -> dict[str, str]:
+    """The named sections of ``redis.lua``, each prefixed with the ``common`` one."""
+    text = resources.files("dromos.brokers").joinpath("redis.lua").read_text()
+    sections: dict[str, str] = {}
+    for chunk in text.split("\n--- ")[1:]:
+        name, _, body = chunk.partition("\n")
+        sections[name.strip()] = body
+    common = sections.pop("common")
+    return {name: common + body for name, body in sections.items()}
+
+
+def _ms(moment: float) -> int:
+    return int(moment * 1000)
+
+
+def _due_ms(moment: float) -> int:
+    """A due time in ms, rounded up: a job is never ready before its time."""
+    return math.ceil(moment * 1000)
+
+
+def _when(value: bytes | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(int(value) / 1000, UTC)
+
+
+def _status(fields: dict[bytes, bytes]) -> JobStatus:
+    f = {k.decode(): v for k, v in fields.items()}
+    state = JobState(f["state"].decode())
+    if state in (_S.SCHEDULED, _S.RETRYING) and int(f.get("eta", b"0")) <= time.time() * 1000:
+        state = _S.QUEUED  # due: the next claim readies it (as a claim anywhere would in SQL)
+    history = _errors.decode(f["errors"]) if "errors" in f else []
+    return JobStatus(
+        id=f["id"].decode(),
+        task=f["task"].decode(),
+        queue=f["queue"].decode(),
+        state=state,
+        progress=float(f.get("progress", b"0")),
+        message=f["message"].decode() if "message" in f else None,
+        attempts=int(f.get("attempt", b"0")),
+        priority=int(f.get("priority", b"0")),
+        result=msgspec.json.decode(f["result"]) if "result" in f else None,
+        error=history[-1] if history and state is not _S.SUCCEEDED else None,
+        errors=history,
+        created_at=_when(f.get("created_at")),
+        eta=_when(f.get("eta")) if state in (_S.SCHEDULED, _S.RETRYING) else None,
+        started_at=_when(f.get("started_at")),
+        finished_at=_when(f.get("finished_at")),
+        cancel_requested=f.get("cancel") == b"1",
+    )
+
+
+class _LoopState:
+    """What one event loop holds: a client, and a subscriber feeding the notifiers."""
+
+    def __init__(self, client: Any, subscriber: aioredis.Redis) -> None:
+        self.client = client
+        self.subscriber = subscriber
+        self.pubsub = subscriber.pubsub()
+        self.channels: dict[str, int] = {}
+        self.reader: asyncio.Task[None] | None = None
+        self.scripts: dict[str, Any] = {}
+
+
+class RedisBroker(Broker):
+    """Jobs in Redis (single server or Cluster); see the module docstring."""
+
+    schemes = ("redis", "rediss")
+
+    def __init__(self, url: str, options: BrokerOptions | None = None) -> None:
+        super().__init__(options)
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        self.prefix = query.pop("prefix", "dromos")
+        if not self.prefix or any(c in self.prefix for c in "{}"):
+            raise ConfigurationError("prefix= must be a non-empty name without { or }")
+        self.url = urlunsplit(parts._replace(query=urlencode(query)))
+        self._safe_url = urlunsplit(parts._replace(netloc=parts.hostname or "", query=""))
+        self._sources = _scripts()
+        self._loops: dict[asyncio.AbstractEventLoop, _LoopState] = {}
+        self._creating: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+        self._cluster: bool | None = None
+        self._queues: set[str] = set()
+        self._held: dict[str, str] = {}  # job id -> queue, for the jobs this instance leased
+        self._work = Notifier()
+        self._done = Notifier()
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _tag(self, queue: str) -> str:
+        return f"{{{self.prefix}:{queue}}}"
+
+    def _work_channel(self, queue: str) -> str:
+        return f"{self.prefix}:work:{queue}"
+
+    @property
+    def _done_channel(self) -> str:
+        return f"{self.prefix}:done:"
+
+    async def _state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is not None:
+            return state
+        # One state per loop, also when many coroutines ask at once on first use.
+        async with self._creating.setdefault(loop, asyncio.Lock()):
+            return self._loops.get(loop) or await self._new_state(loop)
+
+    async def _new_state(self, loop: asyncio.AbstractEventLoop) -> _LoopState:
+        retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8)
+        errors = [RedisConnectionError, RedisTimeoutError, ConnectionResetError]
+        subscriber = aioredis.Redis.from_url(
+            self.url, retry=retry, retry_on_error=errors, health_check_interval=10
+        )
+        try:
+            if self._cluster is None:
+                info = await subscriber.info("cluster")
+                self._cluster = bool(info.get("cluster_enabled"))
+        except RedisError as exc:
+            await subscriber.aclose()
+            raise BrokerError(f"cannot reach Redis at {self._safe_url}: {exc}") from exc
+        client: Any = (
+            RedisCluster.from_url(self.url, retry=retry, max_connections=_MAX_CONNECTIONS)
+            if self._cluster
+            else aioredis.Redis.from_url(
+                self.url, retry=retry, retry_on_error=errors, max_connections=_MAX_CONNECTIONS
+            )
+        )
+        state = _LoopState(client, subscriber)
+        for name, source in self._sources.items():
+            state.scripts[name] = client.register_script(source)
+            # Loaded up front (on every primary of a Cluster): concurrent first calls would all
+            # miss with NOSCRIPT at once, which redis-py's async Cluster does not survive.
+            await client.script_load(source)
+        self._loops[loop] = state
+        return state
+
+    async def _call(self, script: str, queue: str, *args: Any) -> Any:
+        state = await self._state()
+        tag = self._tag(queue)
+        try:
+            return await state.scripts[script](keys=[f"{tag}:ready"], args=[tag, *args])
+        except RedisError as exc:
+            raise BrokerError(f"Redis at {self._safe_url} failed {script}: {exc}") from exc
+
+    async def _known_queues(self) -> set[str]:
+        state = await self._state()
+        members = await state.client.smembers(f"{self.prefix}:queues")
+        self._queues |= {m.decode() for m in members}
+        return self._queues
+
+    async def _register(self, queues: Iterable[str]) -> None:
+        new = set(queues) - self._queues
+        if new:
+            state = await self._state()
+            await state.client.sadd(f"{self.prefix}:queues", *sorted(new))
+            self._queues |= new
+
+    async def _queue_of(self, job_ids: Iterable[str]) -> dict[str, str]:
+        """The queue of each job: known for jobs this instance leased, else looked up."""
+        found = {j: self._held[j] for j in job_ids if j in self._held}
+        missing = [j for j in job_ids if j not in found]
+        if missing:
+            state = await self._state()
+            queues = sorted(await self._known_queues())
+            for job_id in missing:
+                for queue in queues:
+                    if await state.client.exists(f"{self._tag(queue)}:job:{job_id}"):
+                        found[job_id] = queue
+                        break
+        return found
+
+    def _by_queue(self, queues: dict[str, str], items: Sequence[Any]) -> dict[str, list[Any]]:
+        groups: dict[str, list[Any]] = {}
+        for item in items:
+            queue = queues.get(item.job_id)
+            if queue is not None:
+                groups.setdefault(queue, []).append(item)
+        return groups
+
+    async def open(self) -> None:
+        await self._state()
+
+    async def close(self) -> None:
+        """Close the connections of every loop that used this broker (each on its own loop)."""
+        current = asyncio.get_running_loop()
+        states, self._loops = self._loops, {}
+        self._creating = {}
+        for loop, state in states.items():
+            if loop is current:
+                await self._close_state(state)
+            elif loop.is_running():
+                done = asyncio.run_coroutine_threadsafe(self._close_state(state), loop)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.wrap_future(done), 5.0)
+
+    @staticmethod
+    async def _close_state(state: _LoopState) -> None:
+        if state.reader is not None:
+            state.reader.cancel()
+            with contextlib.suppress(BaseException):
+                await state.reader
+        await state.pubsub.aclose()  # type: ignore[no-untyped-call]
+        await state.subscriber.aclose()
+        await state.client.aclose()
+
+    # -- pushes -----------------------------------------------------------------------------
+    async def _subscribe(self, channels: Sequence[str]) -> None:
+        state = await self._state()
+        new = [c for c in channels if state.channels.get(c, 0) == 0]
+        for channel in channels:
+            state.channels[channel] = state.channels.get(channel, 0) + 1
+        if new:
+            await state.pubsub.subscribe(*new)
+        if state.reader is None or state.reader.done():
+            state.reader = asyncio.create_task(self._read(state))
+
+    async def _unsubscribe(self, channels: Sequence[str]) -> None:
+        state = await self._state()
+        gone = []
+        for channel in channels:
+            state.channels[channel] -= 1
+            if state.channels[channel] <= 0:
+                del state.channels[channel]
+                gone.append(channel)
+        if gone:
+            await state.pubsub.unsubscribe(*gone)
+
+    async def _read(self, state: _LoopState) -> None:
+        while True:
+            try:
+                message = await state.pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=1.0
+                )
+            except (RedisError, OSError):
+                await asyncio.sleep(0.5)  # the client reconnects and resubscribes
+                continue
+            if message is None:
+                continue
+            channel = message["channel"].decode()
+            if channel.startswith(self._done_channel):
+                self._done.notify((channel[len(self._done_channel) :],))
+            else:
+                self._work.notify((channel[len(f"{self.prefix}:work:") :],))
+
+    # -- producing ------------------------------------------------------------------------
+    async def enqueue(self, requests: Sequence[EnqueueRequest]) -> list[str]:
+        groups: dict[str, list[int]] = {}
+        for index, req in enumerate(requests):
+            groups.setdefault(req.message.queue, []).append(index)
+        await self._register(groups)
+        ids = [r.message.id for r in requests]
+        for queue, indexes in groups.items():
+            args: list[Any] = ["", self._work_channel(queue), queue]
+            for index in indexes:
+                req = requests[index]
+                msg = req.message
+                key = msg.headers.get("idempotency_key", "")
+                args += [
+                    msg.id, msg.task, msg.priority,
+                    _due_ms(msg.eta.timestamp()) if msg.eta is not None else "",
+                    req.payload, _ms(msg.created_at.timestamp()), key,
+                    max(1, _ms(req.idempotency_window)),
+                ]  # fmt: skip
+            stored = await self._call("enqueue", queue, *args)
+            for index, job_id in zip(indexes, stored, strict=True):
+                ids[index] = job_id.decode()
+        return ids
+
+    # -- consuming ------------------------------------------------------------------------
+    async def claim(
+        self, queues: Sequence[str], limit: int, lease: float, worker: str = ""
+    ) -> list[Delivery]:
+        if len(queues) == 1:
+            return await self._claim_one(queues[0], limit, lease, worker, None)
+        # Several queues: priorities compare across them. Ready each queue, then take from the
+        # queue with the best head down to the next queue's head priority, and repeat.
+        for queue in queues:
+            await self._claim_one(queue, 0, lease, worker, None)
+        out: list[Delivery] = []
+        pending = list(queues)
+        client = (await self._state()).client
+        while len(out) < limit and pending:
+            heads = {}
+            for queue in pending:
+                head = await client.zrange(f"{self._tag(queue)}:ready", 0, 0, withscores=True)
+                if head:
+                    heads[queue] = -math.floor(head[0][1] / _PRIORITY_UNIT)
+            if not heads:
+                break
+            order = sorted(heads, key=lambda q: -heads[q])
+            floor = heads[order[1]] if len(order) > 1 else None
+            got = await self._claim_one(order[0], limit - len(out), lease, worker, floor)
+            if not got:
+                pending.remove(order[0])
+            out += got
+        return out
+
+    async def _claim_one(
+        self, queue: str, limit: int, lease: float, worker: str, floor: int | None
+    ) -> list[Delivery]:
+        """Lease up to ``limit`` jobs of one queue (only of priority >= ``floor``, if given)."""
+        opts = self.options
+        top = "+inf" if floor is None else repr(-floor * _PRIORITY_UNIT + _PRIORITY_UNIT - 1)
+        flat = await self._call(
+            "claim", queue, "", limit, _ms(lease), worker, opts.max_recoveries,
+            _ms(opts.dead_letter_ttl), self._done_channel, top,
+        )  # fmt: skip
+        out = []
+        for i in range(0, len(flat), 4):
+            job_id = flat[i].decode()
+            self._held[job_id] = queue
+            out.append(Delivery(job_id, int(flat[i + 1]), int(flat[i + 2]), flat[i + 3]))
+        return out
+
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        state = await self._state()
+        # Work channels stay subscribed: an idle worker waits on them again and again.
+        new = [self._work_channel(q) for q in queues if self._work_channel(q) not in state.channels]
+        if new:
+            await self._subscribe(new)
+        now = time.time()
+        wake = now + timeout
+        for queue in queues:
+            tag = self._tag(queue)
+            if await state.client.zcard(f"{tag}:ready"):
+                return
+            for name in ("scheduled", "retrying", "running"):
+                first = await state.client.zrange(f"{tag}:{name}", 0, 0, withscores=True)
+                if first:
+                    wake = min(wake, first[0][1] / 1000)
+        await self._work.wait(queues, max(0.0, wake - now))
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> int:
+        if not outcomes:
+            return 0
+        queues = await self._queue_of([o.job_id for o in outcomes])
+        applied = 0
+        opts = self.options
+        for queue, group in self._by_queue(queues, outcomes).items():
+            args: list[Any] = [
+                "", _ms(opts.result_ttl), _ms(opts.dead_letter_ttl),
+                self._done_channel, self._work_channel(queue),
+            ]  # fmt: skip
+            for o in group:
+                args += [
+                    o.job_id, o.attempt, o.state.value, o.result or b"null",
+                    _json.encode(o.error) if o.error is not None else "",
+                    _due_ms(o.eta) if o.eta is not None else "",
+                ]  # fmt: skip
+            applied += await self._call("settle", queue, *args)
+        for o in outcomes:
+            self._held.pop(o.job_id, None)
+        return applied
+
+    async def extend(self, leases: Sequence[Lease], lease: float) -> HeartbeatReply:
+        queues = await self._queue_of([h.job_id for h in leases])
+        lost = {h.job_id for h in leases if h.job_id not in queues}
+        cancel: set[str] = set()
+        for queue, group in self._by_queue(queues, leases).items():
+            args: list[Any] = [_ms(lease)]
+            for h in group:
+                args += [h.job_id, h.attempt]
+            gone, stop = await self._call("extend", queue, *args)
+            lost |= {j.decode() for j in gone}
+            cancel |= {j.decode() for j in stop}
+        return HeartbeatReply(frozenset(lost), frozenset(cancel))
+
+    async def release(self, leases: Sequence[Lease]) -> None:
+        queues = await self._queue_of([h.job_id for h in leases])
+        for queue, group in self._by_queue(queues, leases).items():
+            args: list[Any] = [self._work_channel(queue)]
+            for h in group:
+                args += [h.job_id, h.attempt]
+            await self._call("release", queue, *args)
+        for h in leases:
+            self._held.pop(h.job_id, None)
+
+    async def progress(self, updates: Sequence[ProgressUpdate]) -> None:
+        queues = await self._queue_of([u.job_id for u in updates])
+        for queue, group in self._by_queue(queues, updates).items():
+            args: list[Any] = []
+            for u in group:
+                message = _NO_MESSAGE if u.message is None else u.message
+                args += [u.job_id, u.attempt, repr(u.progress), message]
+            await self._call("progress", queue, *args)
+
+    # -- status and control -----------------------------------------------------------------
+    async def status(self, job_id: str) -> JobStatus | None:
+        state = await self._state()
+        queues = [self._held[job_id]] if job_id in self._held else []
+        queues += sorted(await self._known_queues())
+        for queue in dict.fromkeys(queues):
+            fields = await state.client.hgetall(f"{self._tag(queue)}:job:{job_id}")
+            if fields:
+                return _status(fields)
+        return None
+
+    async def wait(self, job_id: str, timeout: float | None) -> JobStatus | None:
+        channel = self._done_channel + job_id
+        await self._subscribe([channel])
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        try:
+            while True:
+                status = await self.status(job_id)
+                if status is None or status.state.terminal:
+                    return status
+                left = None if deadline is None else deadline - loop.time()
+                if left is not None and left <= 0:
+                    return None
+                await self._done.wait((job_id,), _RECHECK if left is None else min(left, _RECHECK))
+        finally:
+            await self._unsubscribe([channel])
+
+    async def cancel(self, job_id: str) -> JobState | None:
+        queue = (await self._queue_of([job_id])).get(job_id)
+        if queue is None:
+            return None
+        args = [job_id, "", _ms(self.options.result_ttl), self._done_channel]
+        state = await self._call("cancel", queue, *args)
+        return None if state is None else JobState(state.decode())
+
+    async def jobs(
+        self,
+        *,
+        state: JobState | None = None,
+        task: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[JobStatus]:
+        client = (await self._state()).client
+        queues = [queue] if queue is not None else sorted(await self._known_queues())
+        found: list[JobStatus] = []
+        for name in queues:
+            tag = self._tag(name)
+            upper = f"({before}" if before is not None else "+"
+            matched = 0
+            while matched < limit:
+                ids = await client.zrevrangebylex(f"{tag}:all", upper, "-", start=0, num=200)
+                if not ids:
+                    break
+                for job_id in ids:
+                    fields = await client.hgetall(f"{tag}:job:{job_id.decode()}")
+                    if not fields:
+                        continue
+                    status = _status(fields)
+                    if (state is None or status.state is state) and (
+                        task is None or status.task == task
+                    ):
+                        found.append(status)
+                        matched += 1
+                upper = f"({ids[-1].decode()}"
+        found.sort(key=lambda s: s.id, reverse=True)
+        return found[:limit]
+
+    async def queues(self) -> list[QueueStats]:
+        client = (await self._state()).client
+        stats = []
+        for queue in sorted(await self._known_queues()):
+            tag = self._tag(queue)
+            counts = {}
+            for name, job_state in _STATE_SETS.items():
+                n = await client.zcard(f"{tag}:{name}")
+                if n:
+                    counts[job_state.value] = int(n)
+            if counts:
+                stats.append(QueueStats(queue, counts))
+        return stats
+
+    async def replay(self, job_ids: Sequence[str] | None = None) -> list[str]:
+        moved: list[str] = []
+        if job_ids is None:
+            for queue in sorted(await self._known_queues()):
+                got = await self._call("replay", queue, self._work_channel(queue))
+                moved += [j.decode() for j in got]
+            return moved
+        queues = await self._queue_of(job_ids)
+        groups: dict[str, list[str]] = {}
+        for job_id in job_ids:
+            if job_id in queues:
+                groups.setdefault(queues[job_id], []).append(job_id)
+        for queue, ids in groups.items():
+            got = await self._call("replay", queue, self._work_channel(queue), *ids)
+            moved += [j.decode() for j in got]
+        return moved
+
+    async def purge(self) -> int:
+        gone = 0
+        for queue in sorted(await self._known_queues()):
+            gone += await self._call("purge", queue)
+        return gone
