@@ -27,6 +27,18 @@ async def test_different_idempotency_keys_make_different_jobs(app: dromos.App) -
     assert first.id != second.id
 
 
+async def test_an_idempotency_key_is_scoped_to_its_queue(app: dromos.App) -> None:
+    @app.task
+    async def charge(order: int) -> None: ...
+
+    first = await charge.options(idempotency_key="order-7", queue="eu").aenqueue(7)
+    again = await charge.options(idempotency_key="order-7", queue="eu").aenqueue(7)
+    elsewhere = await charge.options(idempotency_key="order-7", queue="us").aenqueue(7)
+    assert first.id == again.id
+    assert elsewhere.id != first.id
+    assert (await elsewhere.astatus()).queue == "us"
+
+
 async def test_fifty_concurrent_enqueues_with_one_key_make_one_job(app: dromos.App) -> None:
     @app.task
     async def charge(order: int) -> None: ...

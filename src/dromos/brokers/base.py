@@ -168,10 +168,13 @@ class Broker(abc.ABC):
         """Store jobs durably, all or none, and return their ids in the same order.
 
         A job whose ``eta`` is in the future is ``scheduled``, otherwise ``queued``. A job
-        whose ``idempotency_key`` header names a job enqueued within that job's window is not
-        stored: the existing job's id is returned in its place, also when many callers race
-        with the same key. When this returns, the jobs survive a crash of the caller (and,
-        on a durable backend, of the broker).
+        whose ``idempotency_key`` header names a job of the same queue enqueued within that
+        job's window is not stored: the existing job's id is returned in its place, also when
+        many callers race with the same key. Keys are scoped to a queue, so that a broker can
+        keep a key beside its queue's jobs (one Redis Cluster slot per queue). When this
+        returns, the jobs survive a crash of the caller (and, on a durable backend, of the
+        broker). All or none holds per queue on a Redis Cluster, whose queues live in
+        different slots.
         """
 
     def enqueue_blocking(self, requests: Sequence[EnqueueRequest]) -> list[str] | None:

@@ -100,7 +100,7 @@ class MemoryBroker(Broker):
         self._rows: dict[str, _Row] = {}
         self._ready: dict[str, list[tuple[int, int, str]]] = {}  # queue -> (-prio, seq, id)
         self._delayed: list[tuple[float, int, str]] = []  # (eta, seq, id)
-        self._idem: dict[str, str] = {}  # idempotency key -> job id
+        self._idem: dict[tuple[str, str], str] = {}  # (queue, idempotency key) -> job id
         self._seq = 0
         self._work = Notifier()  # keyed by queue
         self._done = Notifier()  # keyed by job id
@@ -115,7 +115,7 @@ class MemoryBroker(Broker):
                 msg = req.message
                 key = msg.headers.get("idempotency_key")
                 if key is not None:
-                    existing = self._rows.get(self._idem.get(key, ""))
+                    existing = self._rows.get(self._idem.get((msg.queue, key), ""))
                     if existing is not None and existing.idempotency_until > now:
                         ids.append(existing.id)
                         continue
@@ -135,7 +135,7 @@ class MemoryBroker(Broker):
                 if key is not None:
                     row.idempotency_key = key
                     row.idempotency_until = now + req.idempotency_window
-                    self._idem[key] = row.id
+                    self._idem[(msg.queue, key)] = row.id
                 self._rows[row.id] = row
                 self._place(row)
                 woken.add(row.queue)
@@ -409,6 +409,7 @@ class MemoryBroker(Broker):
             gone = [r for r in self._rows.values() if (r.expires_at or now) < now]
             for row in gone:
                 del self._rows[row.id]
-                if row.idempotency_key and self._idem.get(row.idempotency_key) == row.id:
-                    del self._idem[row.idempotency_key]
+                slot = (row.queue, row.idempotency_key or "")
+                if row.idempotency_key and self._idem.get(slot) == row.id:
+                    del self._idem[slot]
         return len(gone)

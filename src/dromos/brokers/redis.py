@@ -323,6 +323,7 @@ class RedisBroker(Broker):
             groups.setdefault(req.message.queue, []).append(index)
         await self._register(groups)
         ids = [r.message.id for r in requests]
+        batches: list[tuple[str, list[Any]]] = []
         for queue, indexes in groups.items():
             args: list[Any] = ["", self._work_channel(queue), queue]
             for index in indexes:
@@ -335,10 +336,27 @@ class RedisBroker(Broker):
                     req.payload, _ms(msg.created_at.timestamp()), key,
                     max(1, _ms(req.idempotency_window)),
                 ]  # fmt: skip
-            stored = await self._call("enqueue", queue, *args)
+            batches.append((queue, args))
+        for (_, indexes), stored in zip(groups.items(), await self._enqueue(batches), strict=True):
             for index, job_id in zip(indexes, stored, strict=True):
                 ids[index] = job_id.decode()
         return ids
+
+    async def _enqueue(self, batches: list[tuple[str, list[Any]]]) -> list[Any]:
+        """One script call per queue; several queues in one MULTI/EXEC (all or none), except
+        on a Cluster, where queues live in different slots and each is all or none alone."""
+        if len(batches) == 1 or self._cluster:
+            return [await self._call("enqueue", queue, *args) for queue, args in batches]
+        state = await self._state()
+        script = state.scripts["enqueue"]
+        try:
+            async with state.client.pipeline(transaction=True) as pipe:
+                for queue, args in batches:
+                    tag = self._tag(queue)
+                    await script(keys=[f"{tag}:ready"], args=[tag, *args], client=pipe)
+                return list(await pipe.execute())
+        except RedisError as exc:
+            raise BrokerError(f"Redis at {self._safe_url} failed enqueue: {exc}") from exc
 
     # -- consuming ------------------------------------------------------------------------
     async def claim(

@@ -311,12 +311,13 @@ class SQLiteBroker(Broker):
             for index, key, row in keyed:
                 db.execute(
                     "UPDATE dromos_jobs SET idempotency_key = NULL "
-                    "WHERE idempotency_key = ? AND idempotency_until <= ?",
-                    (key, now),
+                    "WHERE queue = ? AND idempotency_key = ? AND idempotency_until <= ?",
+                    (row[2], key, now),
                 )
                 if db.execute(_INSERT, row).rowcount == 0:
                     found = db.execute(
-                        "SELECT id FROM dromos_jobs WHERE idempotency_key = ?", (key,)
+                        "SELECT id FROM dromos_jobs WHERE queue = ? AND idempotency_key = ?",
+                        (row[2], key),
                     ).fetchone()
                     if found is not None:
                         ids[index] = found[0]

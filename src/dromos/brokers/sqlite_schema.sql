@@ -12,7 +12,7 @@
 --   lease_until     unix time the current holder's lease ends (state = running)
 --   errors          JSON array of every failed run's error, oldest first
 --   expires_at      unix time an ended job may be deleted (result / dead-letter retention)
---   idempotency_*   the caller's key and until when it keeps naming this job
+--   idempotency_*   the caller's key (unique within the queue) and until when it names this job
 -- dromos_meta     key/value: schema_version
 --
 -- Indexes are partial so that each hot query touches only the rows it can want:
@@ -51,8 +51,9 @@ CREATE INDEX IF NOT EXISTS dromos_jobs_lease
     ON dromos_jobs (lease_until) WHERE state = 'running';
 CREATE INDEX IF NOT EXISTS dromos_jobs_expiry
     ON dromos_jobs (expires_at) WHERE expires_at IS NOT NULL;
-CREATE UNIQUE INDEX IF NOT EXISTS dromos_jobs_idempotency
-    ON dromos_jobs (idempotency_key) WHERE idempotency_key IS NOT NULL;
+DROP INDEX IF EXISTS dromos_jobs_idempotency;
+CREATE UNIQUE INDEX IF NOT EXISTS dromos_jobs_queue_idempotency
+    ON dromos_jobs (queue, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS dromos_meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
