@@ -61,6 +61,18 @@ class Call(Generic[R]):
     options: Options = _NO_OPTIONS
 
 
+#: Priorities span this range on every broker (Redis packs them with the enqueue order).
+MAX_PRIORITY = 4095
+
+
+def _priority(value: int) -> int:
+    if not -MAX_PRIORITY <= value <= MAX_PRIORITY:
+        raise ConfigurationError(
+            f"priority {value} is out of range: use -{MAX_PRIORITY} to {MAX_PRIORITY}"
+        )
+    return value
+
+
 def _seconds(value: float | timedelta | None) -> float | None:
     return value.total_seconds() if isinstance(value, timedelta) else value
 
@@ -94,7 +106,7 @@ class Task(Generic[P, R]):
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.timeout = timeout
-        self.priority = priority
+        self.priority = _priority(priority)
         self.executor: Executor = executor
         self.is_async = inspect.iscoroutinefunction(func)
         if self.is_async and executor == "process":
@@ -129,7 +141,8 @@ class Task(Generic[P, R]):
         if eta is not None and eta.tzinfo is None:
             raise ConfigurationError("eta= must be timezone-aware, e.g. datetime.now(UTC)")
         opts = Options(
-            delay=_seconds(delay), eta=eta, priority=priority, idempotency_key=idempotency_key,
+            delay=_seconds(delay), eta=eta, idempotency_key=idempotency_key,
+            priority=None if priority is None else _priority(priority),
             queue=queue, timeout=_seconds(timeout), retries=retries,
             callback_url=callback_url, headers=headers,
         )  # fmt: skip

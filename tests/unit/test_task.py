@@ -167,3 +167,16 @@ def test_retry_delay_is_capped_by_max_backoff(app: dromos.App) -> None:
 
     for failures in (6, 10, 50, 1000, 5000):
         assert 15.0 <= work.retry_delay(failures) <= 30.0
+
+
+@pytest.mark.parametrize("priority", [-4096, 4096, 10**9])
+def test_priority_outside_the_range_every_broker_orders_is_refused(priority: int) -> None:
+    app = dromos.App("t", broker="memory://")
+
+    @app.task
+    def f() -> None: ...
+
+    with pytest.raises(dromos.ConfigurationError, match="-4095 to 4095"):
+        f.options(priority=priority)
+    with pytest.raises(dromos.ConfigurationError, match="out of range"):
+        app.task(name="g", priority=priority)(lambda: None)

@@ -32,11 +32,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry  # not redis.retry.Retry: it never retries a coroutine
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from dromos.brokers._notify import Notifier
 from dromos.brokers.base import (
@@ -52,6 +52,7 @@ from dromos.brokers.base import (
 )
 from dromos.errors import BrokerError, ConfigurationError
 from dromos.job import JobError, JobState, JobStatus
+from dromos.task import MAX_PRIORITY
 
 __all__ = ["RedisBroker"]
 
@@ -149,7 +150,8 @@ class RedisBroker(Broker):
         if not self.prefix or any(c in self.prefix for c in "{}"):
             raise ConfigurationError("prefix= must be a non-empty name without { or }")
         self.url = urlunsplit(parts._replace(query=urlencode(query)))
-        self._safe_url = urlunsplit(parts._replace(netloc=parts.hostname or "", query=""))
+        host = parts.netloc.rpartition("@")[2]  # host:port, without the credentials
+        self._safe_url = urlunsplit(parts._replace(netloc=host, query=""))
         self._sources = _scripts()
         self._loops: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._creating: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
@@ -331,7 +333,7 @@ class RedisBroker(Broker):
                 msg = req.message
                 key = msg.headers.get("idempotency_key", "")
                 args += [
-                    msg.id, msg.task, msg.priority,
+                    msg.id, msg.task, max(-MAX_PRIORITY, min(MAX_PRIORITY, msg.priority)),
                     _due_ms(msg.eta.timestamp()) if msg.eta is not None else "",
                     req.payload, _ms(msg.created_at.timestamp()), key,
                     max(1, _ms(req.idempotency_window)),

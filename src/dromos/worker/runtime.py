@@ -209,7 +209,13 @@ class Worker:
                 backoff = min(backoff * 2, 5.0)
                 continue
             if not deliveries:
-                await self._until_stopped(broker.wait_for_work(self.queues, 1.0), self._stopping)
+                try:
+                    waiting = broker.wait_for_work(self.queues, 1.0)
+                    await self._until_stopped(waiting, self._stopping)
+                except Exception as exc:  # as for a failed claim: back off, never crash
+                    log.warning("waiting for work failed (%s); retrying in %.1fs", exc, backoff)
+                    await self._until_stopped(asyncio.sleep(backoff), self._stopping)
+                    backoff = min(backoff * 2, 5.0)
                 continue
             for delivery in deliveries:
                 run = _Run(delivery)
