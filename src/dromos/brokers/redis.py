@@ -534,10 +534,13 @@ class RedisBroker(Broker):
                 ids = await client.zrevrangebylex(f"{tag}:all", upper, "-", start=0, num=200)
                 if not ids:
                     break
-                for job_id in ids:
-                    fields = await client.hgetall(f"{tag}:job:{job_id.decode()}")
+                async with client.pipeline(transaction=False) as pipe:
+                    for job_id in ids:
+                        pipe.hgetall(f"{tag}:job:{job_id.decode()}")
+                    rows = await pipe.execute()
+                for fields in rows:
                     if not fields:
-                        continue
+                        continue  # its retention ended; purge drops the id
                     status = _status(fields)
                     if (state is None or status.state is state) and (
                         task is None or status.task == task
