@@ -20,14 +20,14 @@ import os
 import platform
 import signal
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from _common import _fmt, _latencies, _rate, _span_rate, _stop, _summary, _wait_until
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -50,32 +50,6 @@ PHASES = ("enqueue", "bulk", "drain", "latency")
 
 
 # -- helpers shared by both systems ---------------------------------------------------------
-def _rate(n: int, seconds: float) -> float:
-    return n / seconds if seconds > 0 else float("inf")
-
-
-def _span_rate(times: list[float]) -> float:
-    """Jobs/s from the first completion to the last.
-
-    Counts the jobs that finished after the first completion time: dromos stamps a whole
-    settled batch with one time, so the first batch is part of the start, not the span.
-    """
-    first, last = min(times), max(times)
-    return _rate(sum(1 for t in times if t > first), last - first)
-
-
-def _wait_until(
-    check: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[bytes] | None
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the consumer exited ({proc.returncode}) while waiting for {what}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 def _count(db: str, sql: str) -> int:
     conn = sqlite3.connect(db, timeout=30)
     try:
@@ -84,29 +58,6 @@ def _count(db: str, sql: str) -> int:
         return 0
     finally:
         conn.close()
-
-
-def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def _latencies(call: Callable[[int], object], n: int) -> dict[str, float]:
-    samples = []
-    for i in range(n):
-        t0 = time.perf_counter()
-        call(i)
-        samples.append((time.perf_counter() - t0) * 1000.0)
-    samples.sort()
-    return {
-        "latency_p50": statistics.median(samples),
-        "latency_p99": samples[min(n - 1, round(0.99 * (n - 1)))],
-    }
 
 
 # -- dromos (runs in a child process of the benchmark, in dromos's venv) ----------------------
@@ -281,23 +232,6 @@ def _child(python: Path | str, system: str, opts: argparse.Namespace) -> dict[st
                 opts.synchronous, "--task", opts.task, "--only", *opts.only]  # fmt: skip
         proc = subprocess.run(argv, check=True, stdout=subprocess.PIPE, cwd=HERE)
     return json.loads(proc.stdout.decode().strip().splitlines()[-1])  # type: ignore[no-any-return]
-
-
-def _summary(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    keys = {k for run in runs for k in run}
-    return {
-        k: {
-            "median": statistics.median(v),
-            "min": min(v),
-            "max": max(v),
-        }
-        for k in sorted(keys)
-        if (v := [run[k] for run in runs if k in run])
-    }
-
-
-def _fmt(value: float, unit: str) -> str:
-    return f"{value:,.1f}" if unit == "ms" else f"{value:,.0f}"
 
 
 def _versions(huey_python: Path | None) -> dict[str, str]:

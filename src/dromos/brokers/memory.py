@@ -224,13 +224,14 @@ class MemoryBroker(Broker):
         self._done.notify((row.id,))
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
-        with self._lock:
-            # Work enqueued between the caller's empty claim and this wait sent its wake-up
-            # to nobody: look before sleeping, or it would wait the whole timeout.
-            if any(self._has_ready(q) for q in queues):
-                return
-            soon = self._delayed[0][0] - time.time() if self._delayed else timeout
-        await self._work.wait(queues, max(0.0, min(timeout, soon)))
+        with self._work.listen(queues) as listener:
+            with self._lock:
+                # Work enqueued between the caller's empty claim and this wait sent its
+                # wake-up to nobody: look before sleeping, or it would wait the whole timeout.
+                if any(self._has_ready(q) for q in queues):
+                    return
+                soon = self._delayed[0][0] - time.time() if self._delayed else timeout
+            await listener.wait(max(0.0, min(timeout, soon)))
 
     def _has_ready(self, queue: str) -> bool:
         """True if ``queue`` has a claimable job; drops stale heap tops (caller holds the lock)."""
@@ -324,17 +325,17 @@ class MemoryBroker(Broker):
 
     async def wait(self, job_id: str, timeout: float | None) -> JobStatus | None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            status = await self.status(job_id)
-            if status is None:
-                return None
-            if status.state.terminal:
-                return status
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return None
-            # Wake on our job's end, and re-check now and then in case we raced the notify.
-            await self._done.wait((job_id,), 0.25 if left is None else min(left, 0.25))
+        with self._done.listen((job_id,)) as listener:  # before the check: no lost wake-up
+            while True:
+                status = await self.status(job_id)
+                if status is None:
+                    return None
+                if status.state.terminal:
+                    return status
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                await listener.wait(left)
 
     async def cancel(self, job_id: str) -> JobState | None:
         now = time.time()

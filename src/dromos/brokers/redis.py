@@ -160,6 +160,7 @@ class RedisBroker(Broker):
         self._held: dict[str, str] = {}  # job id -> queue, for the jobs this instance leased
         self._work = Notifier()
         self._done = Notifier()
+        self._confirmed = Notifier()  # keyed by channel: the server confirmed the subscription
 
     # -- plumbing ---------------------------------------------------------------------------
     def _tag(self, queue: str) -> str:
@@ -285,10 +286,14 @@ class RedisBroker(Broker):
         new = [c for c in channels if state.channels.get(c, 0) == 0]
         for channel in channels:
             state.channels[channel] = state.channels.get(channel, 0) + 1
-        if new:
-            await state.pubsub.subscribe(*new)
         if state.reader is None or state.reader.done():
             state.reader = asyncio.create_task(self._read(state))
+        if new:
+            # Wait for the server's confirmation (it confirms in order: the last one will do),
+            # so that a check made after this cannot miss a message published meanwhile.
+            with self._confirmed.listen(new[-1:]) as confirmed:
+                await state.pubsub.subscribe(*new)
+                await confirmed.wait(_RECHECK)
 
     async def _unsubscribe(self, channels: Sequence[str]) -> None:
         state = await self._state()
@@ -304,16 +309,17 @@ class RedisBroker(Broker):
     async def _read(self, state: _LoopState) -> None:
         while True:
             try:
-                message = await state.pubsub.get_message(
-                    ignore_subscribe_messages=True, timeout=1.0
-                )
+                message = await state.pubsub.get_message(timeout=1.0)
             except (RedisError, OSError):
                 await asyncio.sleep(0.5)  # the client reconnects and resubscribes
                 continue
             if message is None:
                 continue
             channel = message["channel"].decode()
-            if channel.startswith(self._done_channel):
+            if message["type"] != "message":
+                if message["type"] == "subscribe":
+                    self._confirmed.notify((channel,))
+            elif channel.startswith(self._done_channel):
                 self._done.notify((channel[len(self._done_channel) :],))
             else:
                 self._work.notify((channel[len(f"{self.prefix}:work:") :],))
@@ -412,17 +418,18 @@ class RedisBroker(Broker):
         new = [self._work_channel(q) for q in queues if self._work_channel(q) not in state.channels]
         if new:
             await self._subscribe(new)
-        now = time.time()
-        wake = now + timeout
-        for queue in queues:
-            tag = self._tag(queue)
-            if await state.client.zcard(f"{tag}:ready"):
-                return
-            for name in ("scheduled", "retrying", "running"):
-                first = await state.client.zrange(f"{tag}:{name}", 0, 0, withscores=True)
-                if first:
-                    wake = min(wake, first[0][1] / 1000)
-        await self._work.wait(queues, max(0.0, wake - now))
+        with self._work.listen(queues) as listener:  # before the checks: no lost wake-up
+            now = time.time()
+            wake = now + timeout
+            for queue in queues:
+                tag = self._tag(queue)
+                if await state.client.zcard(f"{tag}:ready"):
+                    return
+                for name in ("scheduled", "retrying", "running"):
+                    first = await state.client.zrange(f"{tag}:{name}", 0, 0, withscores=True)
+                    if first:
+                        wake = min(wake, first[0][1] / 1000)
+            await listener.wait(max(0.0, wake - now))
 
     async def settle(self, outcomes: Sequence[Outcome]) -> int:
         if not outcomes:
@@ -495,14 +502,15 @@ class RedisBroker(Broker):
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         try:
-            while True:
-                status = await self.status(job_id)
-                if status is None or status.state.terminal:
-                    return status
-                left = None if deadline is None else deadline - loop.time()
-                if left is not None and left <= 0:
-                    return None
-                await self._done.wait((job_id,), _RECHECK if left is None else min(left, _RECHECK))
+            with self._done.listen((job_id,)) as listener:  # before the first status read
+                while True:
+                    status = await self.status(job_id)
+                    if status is None or status.state.terminal:
+                        return status
+                    left = None if deadline is None else deadline - loop.time()
+                    if left is not None and left <= 0:
+                        return None
+                    await listener.wait(_RECHECK if left is None else min(left, _RECHECK))
         finally:
             await self._unsubscribe([channel])
 

@@ -366,16 +366,17 @@ class SQLiteBroker(Broker):
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        version = self._data_version()
-        wake_at = await self._run(self._next_due, list(queues))
-        deadline = min(deadline, loop.time() + max(0.0, wake_at - time.time()))
-        poll = _FIRST_POLL  # right after work, another job is likely soon: look often
-        while (left := deadline - loop.time()) > 0:
-            if await self._work.wait(queues, min(left, poll)):
-                return
-            if self._data_version() != version:
-                return
-            poll = min(poll * 2, _IDLE_POLL)
+        with self._work.listen(queues) as listener:  # before the checks: no lost wake-up
+            version = self._data_version()
+            wake_at = await self._run(self._next_due, list(queues))
+            deadline = min(deadline, loop.time() + max(0.0, wake_at - time.time()))
+            poll = _FIRST_POLL  # right after work, another job is likely soon: look often
+            while (left := deadline - loop.time()) > 0:
+                if await listener.wait(min(left, poll)):
+                    return
+                if self._data_version() != version:
+                    return
+                poll = min(poll * 2, _IDLE_POLL)
 
     def _data_version(self) -> int:
         """Read on a connection of its own, in the caller's thread: a few microseconds, so an
@@ -498,20 +499,21 @@ class SQLiteBroker(Broker):
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         poll = _FIRST_POLL
-        while True:
-            version = self._data_version()
-            status = await self.status(job_id)
-            if status is None or status.state.terminal:
-                return status
-            # Woken at once by a settle in this process. Other processes' commits show in the
-            # data version, which is cheap to read: the status is read again only after one.
-            while self._data_version() == version:
-                left = None if deadline is None else deadline - loop.time()
-                if left is not None and left <= 0:
-                    return None
-                if await self._done.wait((job_id,), poll if left is None else min(poll, left)):
-                    break
-                poll = min(poll * 2, _IDLE_POLL)
+        with self._done.listen((job_id,)) as listener:  # before the first read of the status
+            while True:
+                version = self._data_version()
+                status = await self.status(job_id)
+                if status is None or status.state.terminal:
+                    return status
+                # Woken at once by a settle in this process. Other processes' commits show in
+                # the data version, which is cheap to read: the status is read again after one.
+                while self._data_version() == version:
+                    left = None if deadline is None else deadline - loop.time()
+                    if left is not None and left <= 0:
+                        return None
+                    if await listener.wait(poll if left is None else min(poll, left)):
+                        break
+                    poll = min(poll * 2, _IDLE_POLL)
 
     async def cancel(self, job_id: str) -> JobState | None:
         state = await self._run(self._cancel, job_id)

@@ -1,0 +1,80 @@
+"""Helpers shared by the benchmarks (``sqlite_bench.py``, ``redis_bench.py``).
+
+Imports nothing from dromos: huey's child process of ``sqlite_bench.py`` uses it too.
+"""
+
+from __future__ import annotations
+
+import signal
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+
+
+def _rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("inf")
+
+
+def _span_rate(times: list[float]) -> float:
+    """Jobs/s from the first completion to the last.
+
+    Counts the jobs that finished after the first completion time: dromos stamps a whole
+    settled batch with one time, so the first batch is part of the start, not the span.
+    """
+    first, last = min(times), max(times)
+    return _rate(sum(1 for t in times if t > first), last - first)
+
+
+def _wait_until(
+    check: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[bytes] | None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the consumer exited ({proc.returncode}) while waiting for {what}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _latencies(call: Callable[[int], object], n: int) -> dict[str, float]:
+    samples = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        call(i)
+        samples.append((time.perf_counter() - t0) * 1000.0)
+    samples.sort()
+    return {
+        "latency_p50": statistics.median(samples),
+        "latency_p99": samples[min(n - 1, round(0.99 * (n - 1)))],
+        "latency_max": samples[-1],
+        "latency_slow": float(sum(1 for s in samples if s >= 100.0)),  # round trips >= 100 ms
+    }
+
+
+def _summary(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    keys = {k for run in runs for k in run}
+    return {
+        k: {
+            "median": statistics.median(v),
+            "min": min(v),
+            "max": max(v),
+        }
+        for k in sorted(keys)
+        if (v := [run[k] for run in runs if k in run])
+    }
+
+
+def _fmt(value: float, unit: str) -> str:
+    return f"{value:,.1f}" if unit == "ms" else f"{value:,.0f}"
