@@ -23,6 +23,9 @@ import pytest
 
 import dromos
 from tests.integration.ledger_app import BOOT, create_app
+from tests.redis_servers import private_redis
+
+__all__ = ["HERE", "Cluster", "Entry", "Ledger", "alive", "children", "cluster", "private_redis"]
 
 T = TypeVar("T")
 HERE = Path(__file__).parent
@@ -88,11 +91,14 @@ def alive(pid: int) -> bool:
 
 
 class Cluster:
-    """Worker processes, the test's own app on the same SQLite file, and the ledger."""
+    """Worker processes, the test's own app on the same broker, and the ledger.
 
-    def __init__(self, tmp_path: Path) -> None:
+    The broker is a SQLite file in ``tmp_path`` unless ``url`` names another one.
+    """
+
+    def __init__(self, tmp_path: Path, url: str | None = None) -> None:
         self.dir = tmp_path
-        self.url = f"sqlite:///{tmp_path / 'x.db'}"
+        self.url = url or f"sqlite:///{tmp_path / 'x.db'}"
         self.ledger = Ledger(tmp_path / "ledger.txt")
         self.log = tmp_path / "workers.log"
         self.procs: list[subprocess.Popen[bytes]] = []
