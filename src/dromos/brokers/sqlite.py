@@ -209,10 +209,28 @@ class SQLiteBroker(Broker):
         return self._db
 
     def _connect(self) -> sqlite3.Connection:
+        # Several processes may open a new file at once; switching it to WAL takes a lock that
+        # SQLite's busy handler does not always wait for, so a "locked" open is tried again.
+        deadline = time.monotonic() + self.busy_timeout / 1000
+        delay = 0.01
+        while True:
+            try:
+                return self._connect_once()
+            except sqlite3.OperationalError as exc:
+                locked = "locked" in str(exc) or "busy" in str(exc)
+                if not locked or time.monotonic() + delay > deadline:
+                    raise BrokerError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 0.25)
+            except sqlite3.Error as exc:
+                raise BrokerError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
+
+    def _connect_once(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute(f"PRAGMA busy_timeout = {self.busy_timeout}")
-            db.execute("PRAGMA journal_mode = WAL")
+            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                db.execute("PRAGMA journal_mode = WAL")  # once per file: it is persistent
             db.execute(f"PRAGMA synchronous = {self.synchronous}")
             schema = resources.files("dromos.brokers").joinpath("sqlite_schema.sql").read_text()
             db.execute("BEGIN IMMEDIATE")
@@ -220,8 +238,9 @@ class SQLiteBroker(Broker):
                 if statement.strip():
                     db.execute(statement)
             db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise BrokerError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
+        except BaseException:
+            db.close()
+            raise
         return db
 
     @contextmanager
