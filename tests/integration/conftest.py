@@ -12,6 +12,7 @@ import collections
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ import pytest
 
 import dromos
 from tests.integration.ledger_app import BOOT, create_app
-from tests.redis_servers import private_redis
+from tests.redis_servers import SHARED_HOST, SHARED_PORT, delete_prefix, new_prefix, private_redis
 
 __all__ = ["HERE", "Cluster", "Entry", "Ledger", "alive", "children", "cluster", "private_redis"]
 
@@ -186,8 +187,46 @@ class Cluster:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """Workers on a SQLite file: for the scenarios specific to one machine (-p, poison)."""
     c = Cluster(tmp_path)
     try:
         yield c
     finally:
         c.close()
+
+
+def _require_shared_redis() -> None:
+    try:
+        socket.create_connection((SHARED_HOST, SHARED_PORT), timeout=0.5).close()
+    except OSError as exc:
+        why = f"redis is not reachable at {SHARED_HOST}:{SHARED_PORT} ({exc})"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{why}: CI must run the Redis tests")
+        pytest.skip(why)
+
+
+@contextlib.contextmanager
+def redis_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """Workers on the shared Redis under a fresh prefix; only that prefix's keys are deleted."""
+    _require_shared_redis()
+    prefix = new_prefix()
+    c = Cluster(tmp_path, f"redis://{SHARED_HOST}:{SHARED_PORT}/0?prefix={prefix}")
+    try:
+        yield c
+    finally:
+        c.close()
+        delete_prefix(SHARED_HOST, SHARED_PORT, prefix)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def any_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    """The same process-level scenario on every broker (a new broker adds a param here)."""
+    if request.param == "redis":
+        with redis_cluster(tmp_path) as c:
+            yield c
+    else:
+        c = Cluster(tmp_path)
+        try:
+            yield c
+        finally:
+            c.close()

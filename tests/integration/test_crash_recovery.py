@@ -1,4 +1,7 @@
-"""A worker killed with SIGKILL mid-job: its lease expires and the job runs again (#1)."""
+"""A worker killed with SIGKILL mid-job: its lease expires and the job runs again (#1).
+
+Run on every broker (``any_cluster``).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ pytestmark = pytest.mark.slow
 LEASE = 2.0
 
 
-def test_job_of_a_killed_worker_runs_again_after_its_lease(cluster: Cluster) -> None:
+def test_job_of_a_killed_worker_runs_again_after_its_lease(any_cluster: Cluster) -> None:
+    cluster = any_cluster
     job = cluster.task("nap").enqueue(60.0, later=0.0)
     first = cluster.start("-c", "2", lease=LEASE)
     started = cluster.wait_until(lambda: cluster.ledger.runs("start", job.id), 30.0, "job start")

@@ -16,7 +16,8 @@ GRACE = 3.0
 EXIT_MARGIN = 1.5  # seconds after the grace period by which the process must be gone
 
 
-def test_sigterm_acks_jobs_done_in_grace_and_hands_back_the_rest(cluster: Cluster) -> None:
+def test_sigterm_acks_jobs_done_in_grace_and_hands_back_the_rest(any_cluster: Cluster) -> None:
+    cluster = any_cluster  # on every broker
     nap, nap_sync = cluster.task("nap"), cluster.task("nap_sync")
     # 20 jobs fill the 20 slots: 10 end within the grace period, 10 would take a minute
     # (half async, half plain functions in threads). 10 more wait, claimed, for a slot.

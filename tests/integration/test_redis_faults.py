@@ -1,8 +1,9 @@
-"""Real worker processes on Redis under faults, judged by the ledger (RELIABILITY #1-#4).
+"""Real worker processes on Redis under faults, judged by the ledger (RELIABILITY #3, #4).
 
-Scenarios 1 and 2 (kill -9, SIGTERM) run on the shared server under a key prefix of their
-own, deleted afterwards; scenario 3 kills and restarts a private ``redis-server --appendonly
-yes --appendfsync always`` while jobs are enqueued and run; the connection tests cut the
+Scenarios 1 and 2 (kill -9, SIGTERM) run on every broker, Redis included, in
+test_crash_recovery.py and test_graceful_shutdown.py (``any_cluster``). Here, scenario 3 kills
+and restarts a private ``redis-server --appendonly yes --appendfsync always`` while jobs are
+enqueued and run; the connection tests cut the
 clients' connections of a private server, refuse a command the idle worker sends, and point
 at a closed port. Every worker is killed at teardown (``Cluster.close``), before the server
 stops or the prefix is deleted.
@@ -13,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -26,44 +26,10 @@ import pytest
 import redis
 
 import dromos
-from dromos import JobState
 from tests.integration.conftest import HERE, Cluster
-from tests.redis_servers import (
-    SHARED_HOST,
-    SHARED_PORT,
-    PrivateRedis,
-    delete_prefix,
-    new_prefix,
-)
+from tests.redis_servers import PrivateRedis, new_prefix
 
 pytestmark = pytest.mark.slow
-
-LEASE = 2.0
-GRACE = 3.0
-EXIT_MARGIN = 1.5  # seconds after the grace period by which the process must be gone
-
-
-def _require_shared_redis() -> None:
-    try:
-        socket.create_connection((SHARED_HOST, SHARED_PORT), timeout=0.5).close()
-    except OSError as exc:
-        why = f"redis is not reachable at {SHARED_HOST}:{SHARED_PORT} ({exc})"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{why}: CI must run the Redis tests")
-        pytest.skip(why)
-
-
-@pytest.fixture
-def shared(tmp_path: Path) -> Iterator[Cluster]:
-    """Workers on the shared Redis under a fresh prefix; only that prefix's keys are deleted."""
-    _require_shared_redis()
-    prefix = new_prefix()
-    cluster = Cluster(tmp_path, f"redis://{SHARED_HOST}:{SHARED_PORT}/0?prefix={prefix}")
-    try:
-        yield cluster
-    finally:
-        cluster.close()
-        delete_prefix(SHARED_HOST, SHARED_PORT, prefix)
 
 
 @pytest.fixture
@@ -86,73 +52,6 @@ def _closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-# -- 1. kill -9 mid-job ----------------------------------------------------------------------
-def test_job_of_a_worker_killed_on_redis_runs_again_after_its_lease(shared: Cluster) -> None:
-    job = shared.task("nap").enqueue(60.0, later=0.0)
-    first = shared.start("-c", "2", lease=LEASE)
-    started = shared.wait_until(lambda: shared.ledger.runs("start", job.id), 30.0, "job start")
-    assert [e.pid for e in started] == [first.pid]
-
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=10)
-    assert shared.status(job.id).state is JobState.RUNNING  # the dead worker's lease holds it
-
-    shared.start("-c", "2", lease=LEASE)
-    assert job.result(timeout=30.0) == 2
-
-    status = shared.status(job.id)
-    assert status.state is JobState.SUCCEEDED
-    assert status.attempts == 2
-    assert [e.type for e in status.errors] == ["WorkerLost"]
-    assert status.errors[0].attempt == 1
-    assert [(e.attempt, e.outcome) for e in shared.ledger.entries() if e.job_id == job.id] == [
-        (1, "start"),
-        (2, "start"),
-        (2, "ok"),
-    ]
-    assert [e.pid for e in shared.ledger.runs("ok", job.id)] != [first.pid]
-
-
-# -- 2. SIGTERM under load -------------------------------------------------------------------
-def test_sigterm_on_redis_acks_jobs_done_in_grace_and_hands_back_the_rest(
-    shared: Cluster,
-) -> None:
-    nap, nap_sync = shared.task("nap"), shared.task("nap_sync")
-    # 20 jobs fill the 20 slots: 10 end within the grace period, 10 would take a minute
-    # (half async, half plain functions in threads). 10 more wait, claimed, for a slot.
-    quick = nap.enqueue_many([nap.call(0.5 + i * 0.15) for i in range(10)])
-    slow = nap.enqueue_many([nap.call(60.0)] * 5) + nap_sync.enqueue_many([(60.0,)] * 5)
-    waiting = nap.enqueue_many([nap.call(60.0)] * 10)
-    quick_ids = {j.id for j in quick}
-    handed_back = {j.id for j in slow + waiting}
-
-    worker = shared.start("-c", "20", "--grace", str(GRACE))
-    shared.wait_until(lambda: len(shared.ledger.runs("start")) >= 20, 30.0, "20 running jobs")
-    assert shared.counts()["running"] == 30  # 20 in slots + 10 prefetched
-
-    sent = time.monotonic()
-    worker.send_signal(signal.SIGTERM)
-    assert worker.wait(timeout=GRACE + 30.0) == 0
-    assert time.monotonic() - sent < GRACE + EXIT_MARGIN
-
-    started = {e.job_id for e in shared.ledger.runs("start")}
-    assert started == quick_ids | {j.id for j in slow}  # the waiting ones never started
-    states = {s.id: s.state for s in shared.call(shared.app.broker.jobs, limit=1000)}
-    assert {i for i, s in states.items() if s is JobState.SUCCEEDED} == quick_ids
-    assert {i for i, s in states.items() if s is JobState.QUEUED} == handed_back
-    assert len(states) == 30
-    oks = shared.ledger.count("ok")
-    assert set(oks) == quick_ids
-    assert set(oks.values()) == {1}
-
-    shared.start("-c", "20")
-    shared.wait_until(lambda: shared.counts()["succeeded"] == 30, 30.0, "all 30 jobs")
-    oks = shared.ledger.count("ok")
-    assert set(oks) == quick_ids | handed_back
-    assert set(oks.values()) == {1}
-    assert {shared.status(i).attempts for i in handed_back} == {2}
 
 
 # -- 3. the server killed and restarted under load -------------------------------------------
