@@ -51,12 +51,12 @@ local function finish(jk, id, state, now, ttl, channel)
 end
 
 --- enqueue
--- ARGV: T, (unused), work channel, queue, then per job 8 values:
+-- ARGV: T, work channel, queue, then per job 8 values:
 --   id task priority eta(ms or '') payload created_at idem_key('' for none) idem_window(ms)
 local now = clock()
 local out = {}
 local woken = false
-for i = 5, #ARGV, 8 do
+for i = 4, #ARGV, 8 do
   local id, task, prio, eta = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local key = ARGV[i + 6]
   local found = false
@@ -73,7 +73,7 @@ for i = 5, #ARGV, 8 do
       local seq = redis.call('INCR', T .. ':seq')
       local state = 'queued'
       if eta ~= '' and tonumber(eta) > now then state = 'scheduled' end
-      redis.call('HSET', jk, 'id', id, 'task', task, 'queue', ARGV[4], 'state', state,
+      redis.call('HSET', jk, 'id', id, 'task', task, 'queue', ARGV[3], 'state', state,
         'priority', prio, 'seq', seq, 'payload', ARGV[i + 4], 'created_at', ARGV[i + 5],
         'attempt', 0, 'failures', 0, 'recoveries', 0, 'progress', 0)
       if eta ~= '' then redis.call('HSET', jk, 'eta', eta) end
@@ -92,14 +92,14 @@ for i = 5, #ARGV, 8 do
     out[#out + 1] = id
   end
 end
-if woken then redis.call('PUBLISH', ARGV[3], '1') end
+if woken then redis.call('PUBLISH', ARGV[2], '1') end
 return out
 
 --- claim
--- ARGV: T, (unused), limit, lease (ms), worker, max recoveries, dead-letter ttl, done channel,
+-- ARGV: T, limit, lease (ms), worker, max recoveries, dead-letter ttl, done channel,
 --   highest ready score to take ('+inf' for any: a priority floor when several queues compete)
-local now, limit = clock(), tonumber(ARGV[3])
-local lease_end = now + tonumber(ARGV[4])
+local now, limit = clock(), tonumber(ARGV[2])
+local lease_end = now + tonumber(ARGV[3])
 -- Recover runs whose worker stopped renewing its lease.
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', T .. ':running', '-inf', '(' .. now)) do
   local jk = jkey(id)
@@ -109,10 +109,10 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', T .. ':running', '-inf', '(' .. 
   redis.call('HDEL', jk, 'lease_until')
   append_error(jk, '{"type":"WorkerLost","message":"the worker holding this job stopped ' ..
     'renewing its lease","attempt":' .. attempt .. '}')
-  if lost > tonumber(ARGV[6]) then
+  if lost > tonumber(ARGV[5]) then
     append_error(jk, '{"type":"Poison","message":"the job\'s worker was lost ' .. lost ..
       ' times","attempt":' .. attempt .. '}')
-    finish(jk, id, 'failed', now, tonumber(ARGV[7]), ARGV[8])
+    finish(jk, id, 'failed', now, tonumber(ARGV[6]), ARGV[7])
   else
     make_ready(jk, id)
   end
@@ -127,12 +127,13 @@ end
 -- Lease the best ready jobs.
 local out = {}
 if limit > 0 then
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', T .. ':ready', '-inf', ARGV[9], 'LIMIT', 0, limit)) do
+  local ids = redis.call('ZRANGEBYSCORE', T .. ':ready', '-inf', ARGV[8], 'LIMIT', 0, limit)
+  for _, id in ipairs(ids) do
     local jk = jkey(id)
     redis.call('ZREM', T .. ':ready', id)
     local attempt = redis.call('HINCRBY', jk, 'attempt', 1)
     redis.call('HSET', jk, 'state', 'running', 'lease_until', lease_end, 'started_at', now,
-      'worker', ARGV[5])
+      'worker', ARGV[4])
     redis.call('ZADD', T .. ':running', lease_end, id)
     local f = redis.call('HMGET', jk, 'failures', 'payload')
     out[#out + 1] = id
@@ -144,11 +145,11 @@ end
 return out
 
 --- settle
--- ARGV: T, (unused), result ttl, dead-letter ttl, done channel, work channel,
+-- ARGV: T, result ttl, dead-letter ttl, done channel, work channel,
 --   then per outcome 6 values: id attempt state result error('' for none) eta(ms or '')
 local now = clock()
 local applied = 0
-for i = 7, #ARGV, 6 do
+for i = 6, #ARGV, 6 do
   local id, attempt, state = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local jk = jkey(id)
   local f = redis.call('HMGET', jk, 'state', 'attempt')
@@ -158,18 +159,18 @@ for i = 7, #ARGV, 6 do
     if ARGV[i + 4] ~= '' then append_error(jk, ARGV[i + 4]) end
     if state == 'succeeded' then
       redis.call('HSET', jk, 'result', ARGV[i + 3], 'progress', 1)
-      finish(jk, id, state, now, tonumber(ARGV[3]), ARGV[5])
+      finish(jk, id, state, now, tonumber(ARGV[2]), ARGV[4])
     elseif state == 'retrying' then
       redis.call('HINCRBY', jk, 'failures', 1)
       redis.call('HSET', jk, 'state', 'retrying', 'eta', ARGV[i + 5])
       redis.call('HDEL', jk, 'lease_until')
       redis.call('ZADD', T .. ':retrying', tonumber(ARGV[i + 5]), id)
-      redis.call('PUBLISH', ARGV[6], '1')
+      redis.call('PUBLISH', ARGV[5], '1')
     elseif state == 'failed' then
       redis.call('HINCRBY', jk, 'failures', 1)
-      finish(jk, id, state, now, tonumber(ARGV[4]), ARGV[5])
+      finish(jk, id, state, now, tonumber(ARGV[3]), ARGV[4])
     else
-      finish(jk, id, state, now, tonumber(ARGV[3]), ARGV[5])
+      finish(jk, id, state, now, tonumber(ARGV[2]), ARGV[4])
     end
   end
 end
@@ -225,7 +226,7 @@ end
 return 0
 
 --- cancel
--- ARGV: T, id, (unused), result ttl, done channel. Returns the state left, or false if none.
+-- ARGV: T, id, result ttl, done channel. Returns the state left, or false if there is none.
 local id, now = ARGV[2], clock()
 local jk = jkey(id)
 local state = redis.call('HGET', jk, 'state')
@@ -234,7 +235,7 @@ if state == 'scheduled' or state == 'queued' or state == 'retrying' then
   local set = state
   if state == 'queued' then set = 'ready' end
   redis.call('ZREM', T .. ':' .. set, id)
-  finish(jk, id, 'cancelled', now, tonumber(ARGV[4]), ARGV[5])
+  finish(jk, id, 'cancelled', now, tonumber(ARGV[3]), ARGV[4])
   return 'cancelled'
 end
 if state == 'running' then redis.call('HSET', jk, 'cancel', '1') end

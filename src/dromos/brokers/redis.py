@@ -214,8 +214,11 @@ class RedisBroker(Broker):
     async def _call(self, script: str, queue: str, *args: Any) -> Any:
         state = await self._state()
         tag = self._tag(queue)
+        call = state.scripts[script](keys=[f"{tag}:ready"], args=[tag, *args])
         try:
-            return await state.scripts[script](keys=[f"{tag}:ready"], args=[tag, *args])
+            # Shielded: a caller cancelled mid-command (a worker stopping) must not leave the
+            # connection half-read; the command finishes on its own and its reply is dropped.
+            return await asyncio.shield(call)
         except RedisError as exc:
             raise BrokerError(f"Redis at {self._safe_url} failed {script}: {exc}") from exc
 
@@ -333,7 +336,7 @@ class RedisBroker(Broker):
         ids = [r.message.id for r in requests]
         batches: list[tuple[str, list[Any]]] = []
         for queue, indexes in groups.items():
-            args: list[Any] = ["", self._work_channel(queue), queue]
+            args: list[Any] = [self._work_channel(queue), queue]
             for index in indexes:
                 req = requests[index]
                 msg = req.message
@@ -402,7 +405,7 @@ class RedisBroker(Broker):
         opts = self.options
         top = "+inf" if floor is None else repr(-floor * _PRIORITY_UNIT + _PRIORITY_UNIT - 1)
         flat = await self._call(
-            "claim", queue, "", limit, _ms(lease), worker, opts.max_recoveries,
+            "claim", queue, limit, _ms(lease), worker, opts.max_recoveries,
             _ms(opts.dead_letter_ttl), self._done_channel, top,
         )  # fmt: skip
         out = []
@@ -420,16 +423,21 @@ class RedisBroker(Broker):
             await self._subscribe(new)
         with self._work.listen(queues) as listener:  # before the checks: no lost wake-up
             now = time.time()
-            wake = now + timeout
-            for queue in queues:
-                tag = self._tag(queue)
-                if await state.client.zcard(f"{tag}:ready"):
-                    return
-                for name in ("scheduled", "retrying", "running"):
-                    first = await state.client.zrange(f"{tag}:{name}", 0, 0, withscores=True)
-                    if first:
-                        wake = min(wake, first[0][1] / 1000)
-            await listener.wait(max(0.0, wake - now))
+            due = await asyncio.shield(self._next_due(state, queues))  # see _call
+            await listener.wait(max(0.0, min(now + timeout, due) - now))
+
+    async def _next_due(self, state: _LoopState, queues: Sequence[str]) -> float:
+        """0 if a queue has ready jobs, else when the next delayed job or lease comes due."""
+        due = math.inf
+        for queue in queues:
+            tag = self._tag(queue)
+            if await state.client.zcard(f"{tag}:ready"):
+                return 0.0
+            for name in ("scheduled", "retrying", "running"):
+                first = await state.client.zrange(f"{tag}:{name}", 0, 0, withscores=True)
+                if first:
+                    due = min(due, first[0][1] / 1000)
+        return due
 
     async def settle(self, outcomes: Sequence[Outcome]) -> int:
         if not outcomes:
@@ -439,7 +447,7 @@ class RedisBroker(Broker):
         opts = self.options
         for queue, group in self._by_queue(queues, outcomes).items():
             args: list[Any] = [
-                "", _ms(opts.result_ttl), _ms(opts.dead_letter_ttl),
+                _ms(opts.result_ttl), _ms(opts.dead_letter_ttl),
                 self._done_channel, self._work_channel(queue),
             ]  # fmt: skip
             for o in group:
@@ -491,7 +499,8 @@ class RedisBroker(Broker):
         queues = [self._held[job_id]] if job_id in self._held else []
         queues += sorted(await self._known_queues())
         for queue in dict.fromkeys(queues):
-            fields = await state.client.hgetall(f"{self._tag(queue)}:job:{job_id}")
+            key = f"{self._tag(queue)}:job:{job_id}"
+            fields = await asyncio.shield(state.client.hgetall(key))  # see _call
             if fields:
                 return _status(fields)
         return None
@@ -518,7 +527,7 @@ class RedisBroker(Broker):
         queue = (await self._queue_of([job_id])).get(job_id)
         if queue is None:
             return None
-        args = [job_id, "", _ms(self.options.result_ttl), self._done_channel]
+        args = [job_id, _ms(self.options.result_ttl), self._done_channel]
         state = await self._call("cancel", queue, *args)
         return None if state is None else JobState(state.decode())
 
