@@ -20,9 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-import os
 import re
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ from dromos.brokers import create_broker
 from dromos.brokers.base import Broker, BrokerOptions
 from tests import redis_servers
 from tests.redis_servers import private_redis, redis_cluster
+from tests.servers import require_server
 
 __all__ = ["BACKENDS", "Target", "Workers", "private_redis", "redis_cluster", "require_server"]
 
@@ -50,17 +49,6 @@ class Target:
 
 
 BackendFactory = Callable[[Path, str], AbstractContextManager[Target]]
-
-
-def require_server(name: str, host: str, port: int) -> None:
-    """Skip (or under ``CI=true``, fail) unless a server listens at ``host:port``."""
-    try:
-        socket.create_connection((host, port), timeout=0.5).close()
-    except OSError as exc:
-        why = f"{name} is not reachable at {host}:{port} ({exc})"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{why}: CI must run the conformance suite against every backend")
-        pytest.skip(why)
 
 
 @contextlib.contextmanager

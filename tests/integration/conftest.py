@@ -12,7 +12,6 @@ import collections
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import pytest
 import dromos
 from tests.integration.ledger_app import BOOT, create_app
 from tests.redis_servers import SHARED_HOST, SHARED_PORT, delete_prefix, new_prefix, private_redis
+from tests.servers import require_server
 
 __all__ = ["HERE", "Cluster", "Entry", "Ledger", "alive", "children", "cluster", "private_redis"]
 
@@ -195,20 +195,10 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         c.close()
 
 
-def _require_shared_redis() -> None:
-    try:
-        socket.create_connection((SHARED_HOST, SHARED_PORT), timeout=0.5).close()
-    except OSError as exc:
-        why = f"redis is not reachable at {SHARED_HOST}:{SHARED_PORT} ({exc})"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{why}: CI must run the Redis tests")
-        pytest.skip(why)
-
-
 @contextlib.contextmanager
 def redis_cluster(tmp_path: Path) -> Iterator[Cluster]:
     """Workers on the shared Redis under a fresh prefix; only that prefix's keys are deleted."""
-    _require_shared_redis()
+    require_server("redis", SHARED_HOST, SHARED_PORT)
     prefix = new_prefix()
     c = Cluster(tmp_path, f"redis://{SHARED_HOST}:{SHARED_PORT}/0?prefix={prefix}")
     try:
