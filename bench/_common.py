@@ -5,11 +5,13 @@ Imports nothing from dromos: huey's child process of ``sqlite_bench.py`` uses it
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import statistics
 import subprocess
 import time
 from collections.abc import Callable
+from typing import Any
 
 
 def _rate(n: int, seconds: float) -> float:
@@ -78,3 +80,42 @@ def _summary(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 
 def _fmt(value: float, unit: str) -> str:
     return f"{value:,.1f}" if unit == "ms" else f"{value:,.0f}"
+
+
+def measure_enqueue(
+    fresh: Callable[[str], tuple[Any, Any, Any, dict[str, str]]],
+    n: int,
+    batch: int,
+    only: list[str],
+    out: dict[str, float],
+) -> None:
+    """Time single (blocking and ``await``) and bulk enqueue of ``n`` jobs into ``out``.
+
+    The same for every broker: ``fresh(name)`` gives a new app on an empty store. A first
+    call connects (and loads scripts, opens files) outside the timing.
+    """
+    if "enqueue" in only:
+        app, task, _, _ = fresh("single")
+        task.enqueue(-1)
+        t0 = time.perf_counter()
+        for i in range(n):
+            task.enqueue(i)
+        out["enqueue"] = _rate(n, time.perf_counter() - t0)
+
+        async def single() -> float:
+            await task.aenqueue(-1)  # this loop's connection
+            t0 = time.perf_counter()
+            for i in range(n):
+                await task.aenqueue(i)
+            return _rate(n, time.perf_counter() - t0)
+
+        out["aenqueue"] = asyncio.run(single())
+        app.close()
+    if "bulk" in only:
+        app, task, _, _ = fresh("bulk")
+        task.enqueue(-1)
+        t0 = time.perf_counter()
+        for start in range(0, n, batch):
+            task.enqueue_many([(i,) for i in range(start, min(n, start + batch))])
+        out["enqueue_many"] = _rate(n, time.perf_counter() - t0)
+        app.close()

@@ -14,7 +14,6 @@ JSON to ``bench/results/``. See docs/benchmarks.md for what each figure means.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -27,7 +26,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import _fmt, _latencies, _rate, _span_rate, _stop, _summary, _wait_until
+from _common import (
+    _fmt,
+    _latencies,
+    _rate,
+    _span_rate,
+    _stop,
+    _summary,
+    _wait_until,
+    measure_enqueue,
+)
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -109,30 +117,7 @@ def dromos_child(opts: argparse.Namespace) -> dict[str, float]:
         return app, app.tasks[opts.task], db, dict(os.environ)
 
     n = opts.jobs
-    if "enqueue" in opts.only:
-        app, task, _, _ = fresh("single")
-        task.enqueue(-1)  # open the file and start the portal outside the timing
-        t0 = time.perf_counter()
-        for i in range(n):
-            task.enqueue(i)
-        out["enqueue"] = _rate(n, time.perf_counter() - t0)
-
-        async def single() -> float:
-            t0 = time.perf_counter()
-            for i in range(n):
-                await task.aenqueue(i)
-            return _rate(n, time.perf_counter() - t0)
-
-        out["aenqueue"] = asyncio.run(single())
-        app.close()
-    if "bulk" in opts.only:
-        app, task, _, _ = fresh("bulk")
-        task.enqueue(-1)
-        t0 = time.perf_counter()
-        for start in range(0, n, opts.batch):
-            task.enqueue_many([(i,) for i in range(start, min(n, start + opts.batch))])
-        out["enqueue_many"] = _rate(n, time.perf_counter() - t0)
-        app.close()
+    measure_enqueue(fresh, n, opts.batch, opts.only, out)
     if "drain" in opts.only:
         for procs, key in ((1, "drain_1p"), (2, "drain_2p")):
             app, task, db, env = fresh(f"drain{procs}")
