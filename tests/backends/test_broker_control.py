@@ -199,3 +199,16 @@ async def test_a_due_job_once_ready_shows_no_eta(broker: Broker) -> None:
     status = await broker.status(req.message.id)
     assert status is not None
     assert (status.state, status.eta) == (JobState.QUEUED, None)
+
+
+async def test_a_due_job_reads_queued_before_any_claim(broker: Broker) -> None:
+    req = request(delay=0.05)
+    await broker.enqueue([req])
+    status = await broker.status(req.message.id)
+    assert status is not None
+    assert status.state is JobState.SCHEDULED
+    assert status.eta is not None
+    await asyncio.sleep(0.1)  # due now; no worker has claimed anything since
+    status = await broker.status(req.message.id)
+    assert status is not None
+    assert (status.state, status.eta) == (JobState.QUEUED, None)

@@ -23,9 +23,13 @@ Batch methods take and return sequences so that one round trip serves many jobs.
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from dromos.job import JobError, JobState, JobStatus
 
@@ -42,6 +46,7 @@ __all__ = [
     "Outcome",
     "ProgressUpdate",
     "QueueStats",
+    "job_status",
 ]
 
 
@@ -136,6 +141,57 @@ class QueueStats:
 
     queue: str
     counts: dict[str, int] = field(default_factory=dict)
+
+
+def _ts(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def job_status(
+    *,
+    job_id: str,
+    task: str,
+    queue: str,
+    state: JobState,
+    progress: float,
+    message: str | None,
+    attempts: int,
+    priority: int,
+    result: bytes | None,
+    errors: list[JobError],
+    created_at: float | None,
+    eta: float | None,
+    started_at: float | None,
+    finished_at: float | None,
+    cancel_requested: bool,
+) -> JobStatus:
+    """A job's status from what a broker stores (times in Unix seconds, result as JSON bytes).
+
+    One place for what every broker derives, so that they report alike: a delayed or retrying
+    job whose time has come reads ``queued`` (the next claim readies it) and shows no eta;
+    ``error`` is the last entry of the history unless the job succeeded.
+    """
+    if state in (JobState.SCHEDULED, JobState.RETRYING) and (eta or 0.0) <= time.time():
+        state = JobState.QUEUED
+    decoded: Any = None if result is None else msgspec.json.decode(result)
+    return JobStatus(
+        id=job_id,
+        task=task,
+        queue=queue,
+        state=state,
+        progress=progress,
+        message=message,
+        attempts=attempts,
+        priority=priority,
+        result=decoded,
+        error=errors[-1] if errors and state is not JobState.SUCCEEDED else None,
+        errors=errors,
+        created_at=_ts(created_at),
+        eta=_ts(eta) if state in (JobState.SCHEDULED, JobState.RETRYING) else None,
+        started_at=_ts(started_at),
+        finished_at=_ts(finished_at),
+        cancel_requested=cancel_requested,
+    )
 
 
 class Broker(abc.ABC):

@@ -12,10 +12,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
-
-import msgspec
 
 from dromos.brokers._notify import Notifier
 from dromos.brokers.base import (
@@ -28,16 +25,13 @@ from dromos.brokers.base import (
     Outcome,
     ProgressUpdate,
     QueueStats,
+    job_status,
 )
 from dromos.job import PENDING_STATES, JobError, JobState, JobStatus
 
 __all__ = ["MemoryBroker"]
 
 _S = JobState
-
-
-def _ts(value: float | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
 @dataclass(slots=True)
@@ -69,24 +63,13 @@ class _Row:
     cancel_requested: bool = False
 
     def to_status(self) -> JobStatus:
-        return JobStatus(
-            id=self.id,
-            task=self.task,
-            queue=self.queue,
-            state=self.state,
-            progress=self.progress,
-            message=self.message,
-            attempts=self.attempt,
-            priority=self.priority,
-            result=None if self.result is None else msgspec.json.decode(self.result),
-            error=self.errors[-1] if self.errors and self.state is not _S.SUCCEEDED else None,
-            errors=list(self.errors),
-            created_at=_ts(self.created_at),
-            eta=_ts(self.eta) if self.state in (_S.SCHEDULED, _S.RETRYING) else None,
-            started_at=_ts(self.started_at),
-            finished_at=_ts(self.finished_at),
-            cancel_requested=self.cancel_requested,
-        )
+        return job_status(
+            job_id=self.id, task=self.task, queue=self.queue, state=self.state,
+            progress=self.progress, message=self.message, attempts=self.attempt,
+            priority=self.priority, result=self.result, errors=list(self.errors),
+            created_at=self.created_at, eta=self.eta, started_at=self.started_at,
+            finished_at=self.finished_at, cancel_requested=self.cancel_requested,
+        )  # fmt: skip
 
 
 class MemoryBroker(Broker):

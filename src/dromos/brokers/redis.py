@@ -24,7 +24,6 @@ import contextlib
 import math
 import time
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -49,6 +48,7 @@ from dromos.brokers.base import (
     Outcome,
     ProgressUpdate,
     QueueStats,
+    job_status,
 )
 from dromos.errors import BrokerError, ConfigurationError
 from dromos.job import JobError, JobState, JobStatus
@@ -95,34 +95,24 @@ def _due_ms(moment: float) -> int:
     return math.ceil(moment * 1000)
 
 
-def _when(value: bytes | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(int(value) / 1000, UTC)
+def _seconds(value: bytes | None) -> float | None:
+    """A stored time in ms as Unix seconds."""
+    return None if value is None else int(value) / 1000
 
 
 def _status(fields: dict[bytes, bytes]) -> JobStatus:
     f = {k.decode(): v for k, v in fields.items()}
-    state = JobState(f["state"].decode())
-    if state in (_S.SCHEDULED, _S.RETRYING) and int(f.get("eta", b"0")) <= time.time() * 1000:
-        state = _S.QUEUED  # due: the next claim readies it (as a claim anywhere would in SQL)
-    history = _errors.decode(f["errors"]) if "errors" in f else []
-    return JobStatus(
-        id=f["id"].decode(),
-        task=f["task"].decode(),
-        queue=f["queue"].decode(),
-        state=state,
-        progress=float(f.get("progress", b"0")),
+    return job_status(
+        job_id=f["id"].decode(), task=f["task"].decode(), queue=f["queue"].decode(),
+        state=JobState(f["state"].decode()), progress=float(f.get("progress", b"0")),
         message=f["message"].decode() if "message" in f else None,
-        attempts=int(f.get("attempt", b"0")),
-        priority=int(f.get("priority", b"0")),
-        result=msgspec.json.decode(f["result"]) if "result" in f else None,
-        error=history[-1] if history and state is not _S.SUCCEEDED else None,
-        errors=history,
-        created_at=_when(f.get("created_at")),
-        eta=_when(f.get("eta")) if state in (_S.SCHEDULED, _S.RETRYING) else None,
-        started_at=_when(f.get("started_at")),
-        finished_at=_when(f.get("finished_at")),
+        attempts=int(f.get("attempt", b"0")), priority=int(f.get("priority", b"0")),
+        result=f.get("result"),
+        errors=_errors.decode(f["errors"]) if "errors" in f else [],
+        created_at=_seconds(f.get("created_at")), eta=_seconds(f.get("eta")),
+        started_at=_seconds(f.get("started_at")), finished_at=_seconds(f.get("finished_at")),
         cancel_requested=f.get("cancel") == b"1",
-    )
+    )  # fmt: skip
 
 
 class _LoopState:

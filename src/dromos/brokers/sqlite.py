@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -43,6 +42,7 @@ from dromos.brokers.base import (
     Outcome,
     ProgressUpdate,
     QueueStats,
+    job_status,
 )
 from dromos.errors import BrokerError, ConfigurationError
 from dromos.job import JobError, JobState, JobStatus
@@ -124,33 +124,15 @@ _PICK_ONE = (
 )
 
 
-def _ts(value: float | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, UTC)
-
-
 def _status(row: sqlite3.Row | tuple[Any, ...]) -> JobStatus:
     (job_id, task, queue, state, progress, message, attempt, priority, result, errors,
      created, eta, started, finished, cancel) = row  # fmt: skip
-    state = JobState(state)
-    history = _errors_decoder.decode(errors) if errors else []
-    return JobStatus(
-        id=job_id,
-        task=task,
-        queue=queue,
-        state=state,
-        progress=progress,
-        message=message,
-        attempts=attempt,
-        priority=priority,
-        result=None if result is None else msgspec.json.decode(result),
-        error=history[-1] if history and state is not _S.SUCCEEDED else None,
-        errors=history,
-        created_at=_ts(created),
-        eta=_ts(eta) if state in (_S.SCHEDULED, _S.RETRYING) else None,
-        started_at=_ts(started),
-        finished_at=_ts(finished),
-        cancel_requested=bool(cancel),
-    )
+    return job_status(
+        job_id=job_id, task=task, queue=queue, state=JobState(state), progress=progress,
+        message=message, attempts=attempt, priority=priority, result=result,
+        errors=_errors_decoder.decode(errors) if errors else [], created_at=created, eta=eta,
+        started_at=started, finished_at=finished, cancel_requested=bool(cancel),
+    )  # fmt: skip
 
 
 def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
