@@ -14,10 +14,16 @@
 --   T:idem:<key> string: the job id an idempotency key names, expiring with its window
 --
 -- Job hash fields: id task queue state priority seq payload created_at eta attempt failures
--- recoveries lease_until worker started_at finished_at progress message result errors
--- cancel idem. Times are Unix milliseconds. errors is a JSON array of
--- {type, message, traceback, attempt}, appended to as text.
--- Channels: <prefix>:work:<queue> (jobs became ready), <prefix>:done:<id> (job ended).
+-- recoveries worker started_at finished_at expires_at progress message result errors cancel
+-- idem. Times are Unix milliseconds. errors is a JSON array of {type, message, traceback,
+-- attempt}, appended to as text. A lease's end is its score in T:running (nowhere else).
+-- Channels: <prefix>:work:<queue> (jobs became ready), <prefix>:done:<queue> (jobs ended:
+-- their ids, space-separated, one message per script call).
+--
+-- The hot scripts (enqueue, settle) take their per-job values as one MessagePack array
+-- (cmsgpack): one argument per batch instead of six or eight per job, which the client would
+-- otherwise encode one by one. Per job they run only what is per job (a hash write, a check);
+-- index updates and the push are one variadic command per batch.
 
 --- common
 local T = ARGV[1]
@@ -28,6 +34,12 @@ local function clock()
 end
 local function jkey(id) return T .. ':job:' .. id end
 local function ready_score(prio, seq) return -tonumber(prio) * 1099511627776 + tonumber(seq) end
+-- One command over many values (ZADD pairs, ZREM members), in chunks: unpack() is bounded.
+local function variadic(cmd, key, items)
+  for s = 1, #items, 1000 do
+    redis.call(cmd, key, unpack(items, s, math.min(s + 999, #items)))
+  end
+end
 local function append_error(jk, err)
   local errors = redis.call('HGET', jk, 'errors')
   if not errors then
@@ -41,24 +53,34 @@ local function make_ready(jk, id)
   redis.call('HSET', jk, 'state', 'queued')
   redis.call('ZADD', T .. ':ready', ready_score(f[1], f[2]), id)
 end
-local function finish(jk, id, state, now, ttl, channel)
+-- Ended jobs of this call, by end state: {state = {expires, id, ...}}; done = their ids.
+local ended, done = {}, {}
+-- extra: more fields of the same HSET (the result, on success).
+local function finish(jk, id, state, now, ttl, extra)
   local expires = now + ttl
-  redis.call('HSET', jk, 'state', state, 'finished_at', now, 'expires_at', expires)
-  redis.call('HDEL', jk, 'lease_until')
-  redis.call('ZADD', T .. ':' .. state, expires, id)
+  redis.call('HSET', jk, 'state', state, 'finished_at', now, 'expires_at', expires, unpack(extra))
   redis.call('PEXPIREAT', jk, expires)
-  redis.call('PUBLISH', channel .. id, state)
+  local set = ended[state]
+  if not set then set = {}; ended[state] = set end
+  set[#set + 1] = expires
+  set[#set + 1] = id
+  done[#done + 1] = id
+end
+-- Index the ended jobs and tell waiting callers, once per call.
+local function publish_ended(channel)
+  for state, set in pairs(ended) do variadic('ZADD', T .. ':' .. state, set) end
+  if #done > 0 then redis.call('PUBLISH', channel, table.concat(done, ' ')) end
 end
 
 --- enqueue
--- ARGV: T, work channel, queue, then per job 8 values:
---   id task priority eta(ms or '') payload created_at idem_key('' for none) idem_window(ms)
+-- ARGV: T, work channel, queue, then one MessagePack array of jobs, each an array:
+--   id task priority eta(ms or '') payload created_at(ms) idem_key('' for none) idem_window(ms)
 local now = clock()
-local out = {}
-local woken = false
-for i = 4, #ARGV, 8 do
-  local id, task, prio, eta = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local key = ARGV[i + 6]
+local jobs = cmsgpack.unpack(ARGV[4])
+local out, ready, scheduled, all = {}, {}, {}, {}
+local seq = redis.call('INCRBY', T .. ':seq', #jobs) - #jobs
+for _, job in ipairs(jobs) do
+  local id, task, prio, eta, key = job[1], job[2], job[3], job[4], job[7]
   local found = false
   if key ~= '' then
     local existing = redis.call('GET', T .. ':idem:' .. key)
@@ -70,29 +92,34 @@ for i = 4, #ARGV, 8 do
   if not found then
     local jk = jkey(id)
     if redis.call('EXISTS', jk) == 0 then
-      local seq = redis.call('INCR', T .. ':seq')
+      seq = seq + 1
       local state = 'queued'
       if eta ~= '' and tonumber(eta) > now then state = 'scheduled' end
       redis.call('HSET', jk, 'id', id, 'task', task, 'queue', ARGV[3], 'state', state,
-        'priority', prio, 'seq', seq, 'payload', ARGV[i + 4], 'created_at', ARGV[i + 5],
+        'priority', prio, 'seq', seq, 'payload', job[5], 'created_at', job[6],
         'attempt', 0, 'failures', 0, 'recoveries', 0, 'progress', 0)
       if eta ~= '' then redis.call('HSET', jk, 'eta', eta) end
       if state == 'queued' then
-        redis.call('ZADD', T .. ':ready', ready_score(prio, seq), id)
-        woken = true
+        ready[#ready + 1] = ready_score(prio, seq)
+        ready[#ready + 1] = id
       else
-        redis.call('ZADD', T .. ':scheduled', tonumber(eta), id)
+        scheduled[#scheduled + 1] = tonumber(eta)
+        scheduled[#scheduled + 1] = id
       end
-      redis.call('ZADD', T .. ':all', 0, id)
+      all[#all + 1] = 0
+      all[#all + 1] = id
       if key ~= '' then
-        redis.call('SET', T .. ':idem:' .. key, id, 'PX', ARGV[i + 7])
+        redis.call('SET', T .. ':idem:' .. key, id, 'PX', job[8])
         redis.call('HSET', jk, 'idem', key)
       end
     end
     out[#out + 1] = id
   end
 end
-if woken then redis.call('PUBLISH', ARGV[2], '1') end
+variadic('ZADD', T .. ':ready', ready)
+variadic('ZADD', T .. ':scheduled', scheduled)
+variadic('ZADD', T .. ':all', all)
+if #ready > 0 then redis.call('PUBLISH', ARGV[2], '1') end
 return out
 
 --- claim
@@ -101,79 +128,86 @@ return out
 local now, limit = clock(), tonumber(ARGV[2])
 local lease_end = now + tonumber(ARGV[3])
 -- Recover runs whose worker stopped renewing its lease.
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', T .. ':running', '-inf', '(' .. now)) do
+local expired = redis.call('ZRANGEBYSCORE', T .. ':running', '-inf', '(' .. now)
+if #expired > 0 then variadic('ZREM', T .. ':running', expired) end
+for _, id in ipairs(expired) do
   local jk = jkey(id)
-  redis.call('ZREM', T .. ':running', id)
   local attempt = redis.call('HGET', jk, 'attempt') or '0'
   local lost = redis.call('HINCRBY', jk, 'recoveries', 1)
-  redis.call('HDEL', jk, 'lease_until')
   append_error(jk, '{"type":"WorkerLost","message":"the worker holding this job stopped ' ..
     'renewing its lease","attempt":' .. attempt .. '}')
   if lost > tonumber(ARGV[5]) then
     append_error(jk, '{"type":"Poison","message":"the job\'s worker was lost ' .. lost ..
       ' times","attempt":' .. attempt .. '}')
-    finish(jk, id, 'failed', now, tonumber(ARGV[6]), ARGV[7])
+    finish(jk, id, 'failed', now, tonumber(ARGV[6]), {})
   else
     make_ready(jk, id)
   end
 end
+publish_ended(ARGV[7])
 -- Promote due delayed and retrying jobs.
 for _, set in ipairs({'scheduled', 'retrying'}) do
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', T .. ':' .. set, '-inf', now)) do
-    redis.call('ZREM', T .. ':' .. set, id)
-    make_ready(jkey(id), id)
-  end
+  local due = redis.call('ZRANGEBYSCORE', T .. ':' .. set, '-inf', now)
+  if #due > 0 then variadic('ZREM', T .. ':' .. set, due) end
+  for _, id in ipairs(due) do make_ready(jkey(id), id) end
 end
 -- Lease the best ready jobs.
 local out = {}
 if limit > 0 then
   local ids = redis.call('ZRANGEBYSCORE', T .. ':ready', '-inf', ARGV[8], 'LIMIT', 0, limit)
+  if #ids > 0 then variadic('ZREM', T .. ':ready', ids) end
+  local running = {}
   for _, id in ipairs(ids) do
     local jk = jkey(id)
-    redis.call('ZREM', T .. ':ready', id)
-    local attempt = redis.call('HINCRBY', jk, 'attempt', 1)
-    redis.call('HSET', jk, 'state', 'running', 'lease_until', lease_end, 'started_at', now,
+    local f = redis.call('HMGET', jk, 'attempt', 'failures', 'payload')
+    local attempt = tonumber(f[1]) + 1
+    redis.call('HSET', jk, 'state', 'running', 'attempt', attempt, 'started_at', now,
       'worker', ARGV[4])
-    redis.call('ZADD', T .. ':running', lease_end, id)
-    local f = redis.call('HMGET', jk, 'failures', 'payload')
+    running[#running + 1] = lease_end
+    running[#running + 1] = id
     out[#out + 1] = id
     out[#out + 1] = attempt
-    out[#out + 1] = f[1]
     out[#out + 1] = f[2]
+    out[#out + 1] = f[3]
   end
+  variadic('ZADD', T .. ':running', running)
 end
 return out
 
 --- settle
--- ARGV: T, result ttl, dead-letter ttl, done channel, work channel,
---   then per outcome 6 values: id attempt state result error('' for none) eta(ms or '')
+-- ARGV: T, result ttl, dead-letter ttl, done channel, work channel, then one MessagePack
+--   array of outcomes, each an array: id attempt state result error('' for none) eta(ms or '')
 local now = clock()
-local applied = 0
-for i = 6, #ARGV, 6 do
-  local id, attempt, state = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+local applied, settled, retrying = 0, {}, {}
+for _, o in ipairs(cmsgpack.unpack(ARGV[6])) do
+  local id, attempt, state = o[1], o[2], o[3]
   local jk = jkey(id)
   local f = redis.call('HMGET', jk, 'state', 'attempt')
   if f[1] == 'running' and f[2] == attempt then
     applied = applied + 1
-    redis.call('ZREM', T .. ':running', id)
-    if ARGV[i + 4] ~= '' then append_error(jk, ARGV[i + 4]) end
+    settled[#settled + 1] = id
+    if o[5] ~= '' then append_error(jk, o[5]) end
     if state == 'succeeded' then
-      redis.call('HSET', jk, 'result', ARGV[i + 3], 'progress', 1)
-      finish(jk, id, state, now, tonumber(ARGV[2]), ARGV[4])
+      finish(jk, id, state, now, tonumber(ARGV[2]), {'result', o[4], 'progress', 1})
     elseif state == 'retrying' then
       redis.call('HINCRBY', jk, 'failures', 1)
-      redis.call('HSET', jk, 'state', 'retrying', 'eta', ARGV[i + 5])
-      redis.call('HDEL', jk, 'lease_until')
-      redis.call('ZADD', T .. ':retrying', tonumber(ARGV[i + 5]), id)
-      redis.call('PUBLISH', ARGV[5], '1')
+      redis.call('HSET', jk, 'state', 'retrying', 'eta', o[6])
+      retrying[#retrying + 1] = tonumber(o[6])
+      retrying[#retrying + 1] = id
     elseif state == 'failed' then
       redis.call('HINCRBY', jk, 'failures', 1)
-      finish(jk, id, state, now, tonumber(ARGV[3]), ARGV[4])
+      finish(jk, id, state, now, tonumber(ARGV[3]), {})
     else
-      finish(jk, id, state, now, tonumber(ARGV[2]), ARGV[4])
+      finish(jk, id, state, now, tonumber(ARGV[2]), {})
     end
   end
 end
+if #settled > 0 then variadic('ZREM', T .. ':running', settled) end
+if #retrying > 0 then
+  variadic('ZADD', T .. ':retrying', retrying)
+  redis.call('PUBLISH', ARGV[5], '1')
+end
+publish_ended(ARGV[4])
 return applied
 
 --- extend
@@ -185,7 +219,6 @@ for i = 3, #ARGV, 2 do
   local jk = jkey(id)
   local f = redis.call('HMGET', jk, 'state', 'attempt', 'cancel')
   if f[1] == 'running' and f[2] == ARGV[i + 1] then
-    redis.call('HSET', jk, 'lease_until', lease_end)
     redis.call('ZADD', T .. ':running', 'XX', lease_end, id)
     if f[3] == '1' then cancel[#cancel + 1] = id end
   else
@@ -202,7 +235,6 @@ for i = 3, #ARGV, 2 do
   local f = redis.call('HMGET', jk, 'state', 'attempt')
   if f[1] == 'running' and f[2] == ARGV[i + 1] then
     redis.call('ZREM', T .. ':running', id)
-    redis.call('HDEL', jk, 'lease_until')
     make_ready(jk, id)
   end
 end
@@ -235,7 +267,8 @@ if state == 'scheduled' or state == 'queued' or state == 'retrying' then
   local set = state
   if state == 'queued' then set = 'ready' end
   redis.call('ZREM', T .. ':' .. set, id)
-  finish(jk, id, 'cancelled', now, tonumber(ARGV[3]), ARGV[4])
+  finish(jk, id, 'cancelled', now, tonumber(ARGV[3]), {})
+  publish_ended(ARGV[4])
   return 'cancelled'
 end
 if state == 'running' then redis.call('HSET', jk, 'cancel', '1') end

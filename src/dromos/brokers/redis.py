@@ -7,8 +7,9 @@ server and a Cluster. Batches are one script call per queue: one round trip for 
 Leases and due times use the server's clock (``TIME`` inside the scripts).
 
 Pushes instead of polls: scripts publish on ``<prefix>:work:<queue>`` when jobs become ready
-and on ``<prefix>:done:<id>`` when a job ends; idle workers and waiting callers subscribe
-(and re-check now and then, in case a message was missed during a reconnect).
+and on ``<prefix>:done:<queue>`` (the ids, one message per batch) when jobs end; idle workers
+and waiting callers subscribe (and re-check now and then, in case a message was missed during
+a reconnect).
 
 URL: ``redis://[:password@]host:port[/db]?prefix=NAME``; ``rediss://`` for TLS; a Cluster is
 given by the URL of any of its nodes (detected with ``INFO cluster``). Connection errors are
@@ -58,6 +59,25 @@ __all__ = ["RedisBroker"]
 
 _S = JobState
 _json = msgspec.json.Encoder()
+_pack = msgspec.msgpack.Encoder().encode  # the per-job values of a batch: one argument
+
+
+def _text(data: bytes) -> msgspec.Raw:
+    """``data`` as a MessagePack str, byte for byte.
+
+    Redis's Lua cmsgpack cannot read the bin type that bytes become, and decoding a payload
+    to ``str`` first would cost a copy and a UTF-8 check for nothing.
+    """
+    n = len(data)
+    if n < 32:
+        head = bytes((0xA0 | n,))
+    elif n < 0x100:
+        head = bytes((0xD9, n))
+    elif n < 0x10000:
+        head = b"\xda" + n.to_bytes(2, "big")
+    else:
+        head = b"\xdb" + n.to_bytes(4, "big")
+    return msgspec.Raw(head + data)
 _errors = msgspec.json.Decoder(list[JobError])
 _NO_MESSAGE = "\0"
 _STATE_SETS = {
@@ -72,6 +92,7 @@ _STATE_SETS = {
 _RECHECK = 1.0  # seconds between re-checks while waiting for a push
 # Connections per client (per loop): many callers waiting at once each borrow one briefly.
 _MAX_CONNECTIONS = 1024
+_REMEMBERED = 100_000  # job ids whose queue an instance remembers (see RedisBroker._enqueued)
 _PRIORITY_UNIT = 2**40  # ready score = -priority * _PRIORITY_UNIT + seq (see redis.lua)
 
 
@@ -151,6 +172,10 @@ class RedisBroker(Broker):
         self._work = Notifier()
         self._done = Notifier()
         self._confirmed = Notifier()  # keyed by channel: the server confirmed the subscription
+        self._done_prefix = f"{self.prefix}:done:"
+        # job id -> queue of the jobs this instance enqueued lately, so that waiting for one
+        # needs no lookup first (bounded: forgotten all at once past _REMEMBERED).
+        self._enqueued: dict[str, str] = {}
 
     # -- plumbing ---------------------------------------------------------------------------
     def _tag(self, queue: str) -> str:
@@ -159,9 +184,8 @@ class RedisBroker(Broker):
     def _work_channel(self, queue: str) -> str:
         return f"{self.prefix}:work:{queue}"
 
-    @property
-    def _done_channel(self) -> str:
-        return f"{self.prefix}:done:"
+    def _done_channel(self, queue: str) -> str:
+        return f"{self.prefix}:done:{queue}"
 
     async def _state(self) -> _LoopState:
         loop = asyncio.get_running_loop()
@@ -312,8 +336,8 @@ class RedisBroker(Broker):
             if message["type"] != "message":
                 if message["type"] == "subscribe":
                     self._confirmed.notify((channel,))
-            elif channel.startswith(self._done_channel):
-                self._done.notify((channel[len(self._done_channel) :],))
+            elif channel.startswith(self._done_prefix):
+                self._done.notify(message["data"].decode().split(" "))
             else:
                 self._work.notify((channel[len(f"{self.prefix}:work:") :],))
 
@@ -326,21 +350,25 @@ class RedisBroker(Broker):
         ids = [r.message.id for r in requests]
         batches: list[tuple[str, list[Any]]] = []
         for queue, indexes in groups.items():
-            args: list[Any] = [self._work_channel(queue), queue]
+            jobs = []
             for index in indexes:
                 req = requests[index]
                 msg = req.message
-                key = msg.headers.get("idempotency_key", "")
-                args += [
+                jobs.append((
                     msg.id, msg.task, max(-MAX_PRIORITY, min(MAX_PRIORITY, msg.priority)),
                     _due_ms(msg.eta.timestamp()) if msg.eta is not None else "",
-                    req.payload, _ms(msg.created_at.timestamp()), key,
-                    max(1, _ms(req.idempotency_window)),
-                ]  # fmt: skip
-            batches.append((queue, args))
-        for (_, indexes), stored in zip(groups.items(), await self._enqueue(batches), strict=True):
+                    _text(req.payload), _ms(msg.created_at.timestamp()),
+                    msg.headers.get("idempotency_key", ""), max(1, _ms(req.idempotency_window)),
+                ))  # fmt: skip
+            batches.append((queue, [self._work_channel(queue), queue, _pack(jobs)]))
+        if len(self._enqueued) > _REMEMBERED:
+            self._enqueued.clear()
+        for (queue, indexes), stored in zip(
+            groups.items(), await self._enqueue(batches), strict=True
+        ):
             for index, job_id in zip(indexes, stored, strict=True):
-                ids[index] = job_id.decode()
+                ids[index] = job_id = job_id.decode()
+                self._enqueued[job_id] = queue
         return ids
 
     async def _enqueue(self, batches: list[tuple[str, list[Any]]]) -> list[Any]:
@@ -396,7 +424,7 @@ class RedisBroker(Broker):
         top = "+inf" if floor is None else repr(-floor * _PRIORITY_UNIT + _PRIORITY_UNIT - 1)
         flat = await self._call(
             "claim", queue, limit, _ms(lease), worker, opts.max_recoveries,
-            _ms(opts.dead_letter_ttl), self._done_channel, top,
+            _ms(opts.dead_letter_ttl), self._done_channel(queue), top,
         )  # fmt: skip
         out = []
         for i in range(0, len(flat), 4):
@@ -436,17 +464,18 @@ class RedisBroker(Broker):
         applied = 0
         opts = self.options
         for queue, group in self._by_queue(queues, outcomes).items():
-            args: list[Any] = [
-                _ms(opts.result_ttl), _ms(opts.dead_letter_ttl),
-                self._done_channel, self._work_channel(queue),
-            ]  # fmt: skip
-            for o in group:
-                args += [
-                    o.job_id, o.attempt, o.state.value, o.result or b"null",
-                    _json.encode(o.error) if o.error is not None else "",
+            packed = _pack([
+                (
+                    o.job_id, str(o.attempt), o.state.value, _text(o.result or b"null"),
+                    _text(_json.encode(o.error)) if o.error is not None else "",
                     _due_ms(o.eta) if o.eta is not None else "",
-                ]  # fmt: skip
-            applied += await self._call("settle", queue, *args)
+                )
+                for o in group
+            ])  # fmt: skip
+            applied += await self._call(
+                "settle", queue, _ms(opts.result_ttl), _ms(opts.dead_letter_ttl),
+                self._done_channel(queue), self._work_channel(queue), packed,
+            )  # fmt: skip
         for o in outcomes:
             self._held.pop(o.job_id, None)
         return applied
@@ -486,7 +515,8 @@ class RedisBroker(Broker):
     # -- status and control -----------------------------------------------------------------
     async def status(self, job_id: str) -> JobStatus | None:
         state = await self._state()
-        queues = [self._held[job_id]] if job_id in self._held else []
+        hint = self._enqueued.get(job_id) or self._held.get(job_id)
+        queues = [hint] if hint is not None else []
         queues += sorted(await self._known_queues())
         for queue in dict.fromkeys(queues):
             key = f"{self._tag(queue)}:job:{job_id}"
@@ -496,28 +526,34 @@ class RedisBroker(Broker):
         return None
 
     async def wait(self, job_id: str, timeout: float | None) -> JobStatus | None:
-        channel = self._done_channel + job_id
-        await self._subscribe([channel])
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        try:
-            with self._done.listen((job_id,)) as listener:  # before the first status read
-                while True:
-                    status = await self.status(job_id)
-                    if status is None or status.state.terminal:
-                        return status
-                    left = None if deadline is None else deadline - loop.time()
-                    if left is not None and left <= 0:
-                        return None
-                    await listener.wait(_RECHECK if left is None else min(left, _RECHECK))
-        finally:
-            await self._unsubscribe([channel])
+        queue = self._enqueued.get(job_id) or self._held.get(job_id)
+        if queue is None:
+            status = await self.status(job_id)
+            if status is None or status.state.terminal:
+                return status
+            queue = status.queue
+        # The queue's done channel stays subscribed, as the work channels do: a caller that
+        # waits for one job usually waits for more, and one subscription serves them all.
+        channel = self._done_channel(queue)
+        if channel not in (await self._state()).channels:
+            await self._subscribe([channel])
+        with self._done.listen((job_id,)) as listener:  # before the status read
+            while True:
+                status = await self.status(job_id)
+                if status is None or status.state.terminal:
+                    return status
+                left = None if deadline is None else deadline - loop.time()
+                if left is not None and left <= 0:
+                    return None
+                await listener.wait(_RECHECK if left is None else min(left, _RECHECK))
 
     async def cancel(self, job_id: str) -> JobState | None:
         queue = (await self._queue_of([job_id])).get(job_id)
         if queue is None:
             return None
-        args = [job_id, _ms(self.options.result_ttl), self._done_channel]
+        args = [job_id, _ms(self.options.result_ttl), self._done_channel(queue)]
         state = await self._call("cancel", queue, *args)
         return None if state is None else JobState(state.decode())
 

@@ -1,0 +1,223 @@
+"""The one measuring loop every system goes through (dromos and each peer alike).
+
+A peer module (``<name>_peer.py``, run by its own virtualenv's Python) defines one class per
+variant with the ``Peer`` methods below and ends with ``main(Variant1(), Variant2())``;
+``--variant NAME`` picks one (``name`` attribute, e.g. ``celery-threads``). This driver owns
+the timing, the completion count and the process handling, so every system is measured alike:
+
+- the task every system runs takes an int, INCRs the Redis counter ``bench:count`` on the
+  private server and returns the int (``count_done`` below, for the peers' task modules);
+- ``enqueue``: ``n`` calls one at a time through the system's normal API (timed by the peer,
+  after one warm-up call that connects);
+- ``enqueue_many``: ``n`` jobs through the system's bulk API in batches of ``batch``;
+- ``drain_1p`` / ``drain_2p``: ``n`` jobs are put on the queue first (not timed), then the
+  worker starts; the rate runs from the first completion the counter shows to the ``n``-th,
+  so start-up is not counted; ``rss_mb`` is the worker's resident memory after the drain
+  (the sum over its process tree: a prefork or forking worker counts its children);
+- ``latency_*``: on an idle worker, enqueue one job and wait for its result through the
+  system's own result API, ``samples`` times.
+
+Stdlib and the sync redis-py client only (every peer's virtualenv has redis-py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+HERE = Path(__file__).resolve().parent
+BENCH = HERE.parent
+sys.path.insert(0, str(BENCH))
+
+from _common import _rate  # noqa: E402
+
+COUNTER = "bench:count"
+SHARED_PORT = 6379
+PHASES = ("enqueue", "bulk", "drain", "latency")
+
+
+class Peer(Protocol):
+    """What a system's module provides; ``port`` is always the private Redis."""
+
+    name: str
+
+    def enqueue_single(self, port: int, n: int) -> float:
+        """Seconds to enqueue ``n`` jobs one call at a time (a warm-up call first, untimed)."""
+        ...
+
+    def enqueue_bulk(self, port: int, n: int, batch: int) -> float | None:
+        """Seconds for ``n`` jobs through the bulk API, or None where there is none."""
+        ...
+
+    def fill(self, port: int, n: int) -> None:
+        """Put ``n`` jobs on the queue by the fastest means the system offers (not timed)."""
+        ...
+
+    def worker(self, port: int, procs: int, results: bool) -> tuple[list[str], dict[str, str]]:
+        """argv and extra environment of a worker with ``procs`` processes.
+
+        ``results`` False: results off where the system allows it (the drain)."""
+        ...
+
+    def round_trip(self, port: int, samples: int) -> list[float]:
+        """Milliseconds of ``samples`` enqueue-and-wait-for-result round trips, one at a
+        time, on the idle worker that is already running (a warm-up trip first, untimed)."""
+        ...
+
+
+def count_done(port: int) -> Any:
+    """The sync client a task body uses: ``client.incr(COUNTER)``."""
+    import redis
+
+    if port == SHARED_PORT:
+        raise RuntimeError("refusing the shared Redis")
+    return redis.Redis(host="127.0.0.1", port=port)
+
+
+def _flush(port: int) -> None:
+    client = count_done(port)  # the private server only
+    client.flushall()
+    client.close()
+
+
+def _tree_rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and every descendant, in MiB (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def _start(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    full = {**os.environ, **env}
+    # Its own process group, so that stopping it reaches every child it forked.
+    return subprocess.Popen(argv, env=full, cwd=HERE, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    with contextlib.suppress(ProcessLookupError):  # stragglers: forked children left behind
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _drain(peer: Peer, port: int, n: int, procs: int, timeout: float) -> dict[str, float]:
+    _flush(port)
+    peer.fill(port, n)
+    client = count_done(port)
+    argv, env = peer.worker(port, procs, results=False)
+    proc = _start(argv, env)
+    try:
+        deadline = time.monotonic() + timeout
+        first_t, first_c = 0.0, 0
+        while True:
+            c = int(client.get(COUNTER) or 0)
+            now = time.perf_counter()
+            if c and not first_t:
+                first_t, first_c = now, c
+            if c >= n:
+                break
+            if proc.poll() is not None:
+                raise RuntimeError(f"{peer.name}: the worker exited ({proc.returncode})")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{peer.name}: {c} of {n} jobs done after {timeout:.0f} s")
+            time.sleep(0.002)
+        rate = _rate(c - first_c, now - first_t)
+        time.sleep(0.2)  # the worker settles its last batch
+        rss = _tree_rss_mb(proc.pid)
+    finally:
+        _stop(proc)
+        client.close()
+    return {f"drain_{procs}p": rate, f"rss_{procs}p_mb": rss}
+
+
+def _latency(peer: Peer, port: int, samples: int) -> dict[str, float]:
+    _flush(port)
+    argv, env = peer.worker(port, 1, results=True)
+    proc = _start(argv, env)
+    try:
+        trips = peer.round_trip(port, samples)
+        if proc.poll() is not None:
+            raise RuntimeError(f"{peer.name}: the worker exited ({proc.returncode})")
+    finally:
+        _stop(proc)
+    if not trips:
+        raise RuntimeError(f"{peer.name}: no round trips measured")
+    return _from_samples(trips)
+
+
+def _from_samples(samples: list[float]) -> dict[str, float]:
+    import statistics
+
+    samples.sort()
+    n = len(samples)
+    return {
+        "latency_p50": statistics.median(samples),
+        "latency_p99": samples[min(n - 1, round(0.99 * (n - 1)))],
+        "latency_max": samples[-1],
+    }
+
+
+def main(*peers: Peer) -> None:
+    """Measure the peer named by ``--variant`` (default: the first) and print JSON."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--variant", choices=[p.name for p in peers], default=peers[0].name)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--timeout", type=float, default=300, help="per drain, seconds")
+    parser.add_argument("--only", nargs="+", choices=PHASES, default=list(PHASES))
+    opts = parser.parse_args()
+    if opts.port == SHARED_PORT:
+        raise SystemExit("refusing the shared Redis")
+    peer = next(p for p in peers if p.name == opts.variant)
+    out: dict[str, float] = {}
+    n, port = opts.jobs, opts.port
+    if "enqueue" in opts.only:
+        _flush(port)
+        out["enqueue"] = _rate(n, peer.enqueue_single(port, n))
+        extra = getattr(peer, "extra", None)  # figures only one system has (dromos's aenqueue)
+        if extra is not None:
+            _flush(port)
+            out.update(extra(port, n))
+    if "bulk" in opts.only:
+        _flush(port)
+        seconds = peer.enqueue_bulk(port, n, opts.batch)
+        if seconds is not None:
+            out["enqueue_many"] = _rate(n, seconds)
+    if "drain" in opts.only:
+        for procs in (1, 2):
+            out.update(_drain(peer, port, n, procs, opts.timeout))
+    if "latency" in opts.only:
+        out.update(_latency(peer, port, opts.samples))
+    _flush(port)
+    print(json.dumps(out))
