@@ -14,6 +14,7 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, overload
 
+from dromos._coalesce import Coalescer
 from dromos._portal import Portal
 from dromos.brokers import create_broker
 from dromos.brokers.base import Broker, BrokerOptions, EnqueueRequest
@@ -90,6 +91,7 @@ class App:
         self._broker: Broker | None = create_broker(self.broker_url, self.broker_options)
         self._opened = False
         self._lock = threading.Lock()
+        self._coalescers: dict[asyncio.AbstractEventLoop, Coalescer] = {}
         self.portal = Portal(f"dromos-portal-{name}")
 
     def __repr__(self) -> str:
@@ -210,13 +212,23 @@ class App:
     async def _enqueue(self, requests: list[EnqueueRequest]) -> list[str]:
         return await (await self.abroker()).enqueue(requests)
 
+    async def _enqueue_together(self, requests: list[EnqueueRequest]) -> list[str]:
+        """``_enqueue``, sharing a round trip with the calls that arrive while one is out."""
+        loop = asyncio.get_running_loop()
+        coalescer = self._coalescers.get(loop)
+        if coalescer is None:
+            if len(self._coalescers) > 16:  # loops come and go (asyncio.run per call)
+                self._coalescers = {k: v for k, v in self._coalescers.items() if not k.is_closed()}
+            coalescer = self._coalescers[loop] = Coalescer(self._enqueue)
+        return await coalescer.enqueue(requests)
+
     async def aenqueue_many(self, calls: Iterable[Call[Any]]) -> list[Job[Any]]:
         """Check every call, then queue them all in one round trip (all or none)."""
         calls = list(calls)
         requests = self._requests(calls)
         if not requests:
             return []
-        ids = await self._enqueue(requests)
+        ids = await self._enqueue_together(requests)
         return [c.task.handle(i) for c, i in zip(calls, ids, strict=True)]
 
     def enqueue_many(self, calls: Iterable[Call[Any]]) -> list[Job[Any]]:

@@ -78,6 +78,8 @@ def _text(data: bytes) -> msgspec.Raw:
     else:
         head = b"\xdb" + n.to_bytes(4, "big")
     return msgspec.Raw(head + data)
+
+
 _errors = msgspec.json.Decoder(list[JobError])
 _NO_MESSAGE = "\0"
 _STATE_SETS = {
@@ -148,6 +150,29 @@ class _LoopState:
         self.scripts: dict[str, Any] = {}
 
 
+class _SyncClient:
+    """A blocking client for :meth:`RedisBroker.enqueue_blocking` (thread-safe: it pools).
+
+    Same retries as the asyncio clients; the enqueue script is already loaded by then (and
+    redis-py's Script loads it again after a server restart).
+    """
+
+    def __init__(self, url: str, cluster: bool | None, enqueue_source: str) -> None:
+        import redis
+        from redis.backoff import ExponentialBackoff as Backoff
+        from redis.retry import Retry as SyncRetry
+
+        retry = SyncRetry(Backoff(cap=2.0, base=0.05), retries=8)
+        self.client: Any = (
+            redis.RedisCluster.from_url(url, retry=retry)
+            if cluster
+            else redis.Redis.from_url(
+                url, retry=retry, retry_on_error=[RedisConnectionError, RedisTimeoutError]
+            )
+        )
+        self.enqueue = self.client.register_script(enqueue_source)
+
+
 class RedisBroker(Broker):
     """Jobs in Redis (single server or Cluster); see the module docstring."""
 
@@ -173,6 +198,7 @@ class RedisBroker(Broker):
         self._done = Notifier()
         self._confirmed = Notifier()  # keyed by channel: the server confirmed the subscription
         self._done_prefix = f"{self.prefix}:done:"
+        self._sync: _SyncClient | None = None  # for enqueue_blocking; made when opened
         # job id -> queue of the jobs this instance enqueued lately, so that waiting for one
         # needs no lookup first (bounded: forgotten all at once past _REMEMBERED).
         self._enqueued: dict[str, str] = {}
@@ -223,6 +249,8 @@ class RedisBroker(Broker):
             # miss with NOSCRIPT at once, which redis-py's async Cluster does not survive.
             await client.script_load(source)
         self._loops[loop] = state
+        if self._sync is None:
+            self._sync = _SyncClient(self.url, self._cluster, self._sources["enqueue"])
         return state
 
     async def _call(self, script: str, queue: str, *args: Any) -> Any:
@@ -276,6 +304,9 @@ class RedisBroker(Broker):
 
     async def close(self) -> None:
         """Close the connections of every loop that used this broker (each on its own loop)."""
+        sync, self._sync = self._sync, None
+        if sync is not None:
+            sync.client.close()
         current = asyncio.get_running_loop()
         states, self._loops = self._loops, {}
         self._creating = {}
@@ -343,11 +374,44 @@ class RedisBroker(Broker):
 
     # -- producing ------------------------------------------------------------------------
     async def enqueue(self, requests: Sequence[EnqueueRequest]) -> list[str]:
+        groups, batches = self._batches(requests)
+        await self._register(groups)
+        return self._stored(requests, groups, await self._enqueue(batches))
+
+    def enqueue_blocking(self, requests: Sequence[EnqueueRequest]) -> list[str] | None:
+        # A blocking caller sends the script from its own thread on a plain client: handing
+        # the call to the portal's loop and back costs more than the round trip itself.
+        sync = self._sync
+        if sync is None:
+            return None
+        groups, batches = self._batches(requests)
+        try:
+            new = set(groups) - self._queues
+            if new:
+                sync.client.sadd(f"{self.prefix}:queues", *sorted(new))
+                self._queues |= new
+            if len(batches) == 1 or self._cluster:
+                stored = [
+                    sync.enqueue(keys=[f"{self._tag(q)}:ready"], args=[self._tag(q), *args])
+                    for q, args in batches
+                ]
+            else:
+                with sync.client.pipeline(transaction=True) as pipe:
+                    for q, args in batches:
+                        tag = self._tag(q)
+                        sync.enqueue(keys=[f"{tag}:ready"], args=[tag, *args], client=pipe)
+                    stored = pipe.execute()
+        except RedisError as exc:
+            raise BrokerError(f"Redis at {self._safe_url} failed enqueue: {exc}") from exc
+        return self._stored(requests, groups, stored)
+
+    def _batches(
+        self, requests: Sequence[EnqueueRequest]
+    ) -> tuple[dict[str, list[int]], list[tuple[str, list[Any]]]]:
+        """The requests' indexes per queue, and the enqueue script's arguments per queue."""
         groups: dict[str, list[int]] = {}
         for index, req in enumerate(requests):
             groups.setdefault(req.message.queue, []).append(index)
-        await self._register(groups)
-        ids = [r.message.id for r in requests]
         batches: list[tuple[str, list[Any]]] = []
         for queue, indexes in groups.items():
             jobs = []
@@ -361,12 +425,17 @@ class RedisBroker(Broker):
                     msg.headers.get("idempotency_key", ""), max(1, _ms(req.idempotency_window)),
                 ))  # fmt: skip
             batches.append((queue, [self._work_channel(queue), queue, _pack(jobs)]))
+        return groups, batches
+
+    def _stored(
+        self, requests: Sequence[EnqueueRequest], groups: dict[str, list[int]], stored: list[Any]
+    ) -> list[str]:
+        """The ids the scripts returned (an existing job's for a known idempotency key)."""
+        ids = [r.message.id for r in requests]
         if len(self._enqueued) > _REMEMBERED:
             self._enqueued.clear()
-        for (queue, indexes), stored in zip(
-            groups.items(), await self._enqueue(batches), strict=True
-        ):
-            for index, job_id in zip(indexes, stored, strict=True):
+        for (queue, indexes), got in zip(groups.items(), stored, strict=True):
+            for index, job_id in zip(indexes, got, strict=True):
                 ids[index] = job_id = job_id.decode()
                 self._enqueued[job_id] = queue
         return ids
