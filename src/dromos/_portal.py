@@ -12,6 +12,8 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
+from dromos._loop import new_loop
+
 __all__ = ["Portal", "in_portal"]
 
 P = ParamSpec("P")
@@ -43,7 +45,7 @@ class Portal:
     def _start(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None:
-                loop = asyncio.new_event_loop()
+                loop = new_loop()
                 ready = threading.Event()
 
                 def _serve() -> None:

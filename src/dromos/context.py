@@ -7,7 +7,6 @@ tasks and worker threads each get their own), and ``current_job()`` reads it.
 from __future__ import annotations
 
 import contextvars
-import threading
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -53,7 +52,9 @@ class JobContext:
         self.attempt = attempt
         self.headers = headers or {}
         self._report = report
-        self._cancelled = threading.Event()
+        # A plain flag: set by the worker's thread, read by the task's; a bool assignment is
+        # atomic, and nothing waits on it (an Event per job cost more than the job).
+        self._cancelled = False
 
     def __repr__(self) -> str:
         return f"<JobContext {self.task} {self.id} attempt={self.attempt}>"
@@ -77,10 +78,10 @@ class JobContext:
         Plain (non-async) tasks cannot be interrupted from outside: a long one should check
         this now and then and return early.
         """
-        return self._cancelled.is_set()
+        return self._cancelled
 
     def _cancel(self) -> None:
-        self._cancelled.set()
+        self._cancelled = True
 
 
 _current: contextvars.ContextVar[JobContext] = contextvars.ContextVar("dromos_current_job")

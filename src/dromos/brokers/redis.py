@@ -518,10 +518,14 @@ class RedisBroker(Broker):
         due = math.inf
         for queue in queues:
             tag = self._tag(queue)
-            if await state.client.zcard(f"{tag}:ready"):
+            async with state.client.pipeline(transaction=False) as pipe:  # one round trip
+                pipe.zcard(f"{tag}:ready")
+                for name in ("scheduled", "retrying", "running"):
+                    pipe.zrange(f"{tag}:{name}", 0, 0, withscores=True)
+                ready, *firsts = await pipe.execute()
+            if ready:
                 return 0.0
-            for name in ("scheduled", "retrying", "running"):
-                first = await state.client.zrange(f"{tag}:{name}", 0, 0, withscores=True)
+            for first in firsts:
                 if first:
                     due = min(due, first[0][1] / 1000)
         return due

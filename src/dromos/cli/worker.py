@@ -10,6 +10,7 @@ import sys
 
 import click
 
+from dromos._loop import loop_factory
 from dromos.cli._load import load_app
 from dromos.worker.runtime import Worker
 from dromos.worker.supervisor import SUPERVISOR_ENV, Supervisor
@@ -71,7 +72,8 @@ def worker(
         watch.cancel()
         await app.aclose()
 
-    asyncio.run(serve())
+    with asyncio.Runner(loop_factory=loop_factory()) as loop_runner:
+        loop_runner.run(serve())
     sys.stdout.flush()
     sys.stderr.flush()
     if runner.executors is not None and runner.executors.abandoned:

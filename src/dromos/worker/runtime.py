@@ -330,6 +330,8 @@ class Worker:
         if task.is_async:
             token = set_current(ctx)
             try:
+                if timeout is None:  # the common case: no timer to arm and disarm
+                    return await task.func(*args, **kwargs)
                 async with asyncio.timeout(timeout) as limit:
                     return await task.func(*args, **kwargs)
             except TimeoutError:
