@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check bench bench-redis clean
+.PHONY: demo test lint typecheck check bench bench-redis bench-sqlite clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,11 +28,14 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
-bench: $(STAMP)
-	$(BIN)/python bench/sqlite_bench.py
+# dromos beside its peers: on a private Redis (each peer in its own venv), then on SQLite.
+bench: bench-redis bench-sqlite
 
 bench-redis: $(STAMP)
 	$(BIN)/python bench/redis_bench.py
+
+bench-sqlite: $(STAMP)
+	$(BIN)/python bench/sqlite_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,16 +1,20 @@
-"""dromos on Redis beside the ceiling: raw redis-py and ``redis-benchmark`` on the same server.
+"""``make bench-redis``: dromos and its peers side by side on one private Redis, with the ceiling.
 
 The benchmark starts a private ``redis-server`` (no persistence, 127.0.0.1, a free port, a
 temporary directory) and stops it by its pid at the end, also on failure; it never touches
-any other Redis. Every figure has status tracking on (dromos always keeps each job's status
-and result). In each repeat the private server is flushed before each figure, dromos runs in
-a child process of its own, then the raw redis-py loop (pipelined LPUSH, then pipelined LPOP,
-batches of 1,000) in another, then ``redis-benchmark``. The median of ``--repeat`` runs is
-printed with the min-max range, and everything is written as JSON to ``bench/results/``.
-See docs/benchmarks.md for what each figure means.
+any other Redis. Each system runs in its own virtualenv (``bench/.venvs/<name>``, created on
+first use at the current PyPI release; ``--upgrade`` refreshes them) through the one
+measuring driver, ``bench/peers/_driver.py``: the same task (INCR a counter, return the
+int), the same N, the same completion count. dromos runs from the project's own ``.venv``
+with status tracking on. Beside them, the ceiling: a raw redis-py loop (one command per
+call, and pipelined push and pop of N small payloads) and ``redis-benchmark``.
 
-    .venv/bin/python bench/redis_bench.py --jobs 20000 --repeat 3
-    .venv/bin/python bench/redis_bench.py --only drain raw
+Each repeat runs every system in turn (the server is flushed between figures); the median
+of ``--repeat`` runs is printed with the min-max range, as Markdown, and written as JSON with
+every version to ``bench/results/``. See bench/README.md and docs/benchmarks.md.
+
+    .venv/bin/python bench/redis_bench.py                      # everything, median of 3
+    .venv/bin/python bench/redis_bench.py --systems dromos arq --repeat 1 --jobs 5000
 """
 
 from __future__ import annotations
@@ -31,33 +35,43 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import (
-    _fmt,
-    _latencies,
-    _rate,
-    _span_rate,
-    _stop,
-    _summary,
-    _wait_until,
-    measure_enqueue,
-)
+from _common import _fmt, _rate, _stop, _summary, _wait_until
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
+import venvs  # bench/peers/venvs.py
 
 HERE = Path(__file__).resolve().parent
+PEERS = HERE / "peers"
 RESULTS = HERE / "results"
 SHARED_PORT = 6379  # the shared server: never used here
 
+# system -> (venv name or None for the project's own, its variants in table order)
+SYSTEMS: dict[str, tuple[str | None, list[str]]] = {
+    "dromos": (None, ["dromos"]),
+    "celery": ("celery", ["celery-threads", "celery-prefork"]),
+    "rq": ("rq", ["rq-simple", "rq-fork"]),
+    "dramatiq": ("dramatiq", ["dramatiq"]),
+    "huey": ("huey", ["huey"]),
+    "arq": ("arq", ["arq"]),
+    "taskiq": ("taskiq", ["taskiq"]),
+    "saq": ("saq", ["saq"]),
+}
+# (key, column heading, unit, higher is better)
 METRICS = [
-    ("enqueue", "single enqueue, blocking `enqueue(i)`", "jobs/s"),
-    ("aenqueue", "single enqueue, `await aenqueue(i)`", "jobs/s"),
-    ("enqueue_many", "bulk enqueue, `enqueue_many` of 1,000", "jobs/s"),
-    ("drain_1p", "drain, 1 worker process", "jobs/s"),
-    ("drain_2p", "drain, 2 worker processes", "jobs/s"),
-    ("latency_p50", "round trip enqueue + result(), p50", "ms"),
-    ("latency_p99", "round trip enqueue + result(), p99", "ms"),
-    ("latency_max", "round trip enqueue + result(), max", "ms"),
-    ("latency_slow", "round trips of 100 ms or more", "count"),
+    ("enqueue", "enqueue 1 at a time", "jobs/s", True),
+    ("enqueue_many", "bulk enqueue", "jobs/s", True),
+    ("drain_1p", "drain, 1 process", "jobs/s", True),
+    ("drain_2p", "drain, 2 processes", "jobs/s", True),
+    ("latency_p50", "round trip p50", "ms", False),
+    ("latency_p99", "round trip p99", "ms", False),
+    ("rss_1p_mb", "worker RSS", "MiB", False),
+]
+EXTRA = [  # dromos only
+    ("aenqueue", "dromos: `await aenqueue(i)` one at a time", "jobs/s"),
+    ("aenqueue_64", "dromos: `aenqueue` from 64 coroutines at once", "jobs/s"),
 ]
 CEILING = [
+    ("raw_single", "raw redis-py: one LPUSH per call (sync client)", "ops/s"),
     ("raw_lpush", "raw redis-py: pipelined LPUSH, batches of 1,000", "ops/s"),
     ("raw_lpop", "raw redis-py: pipelined LPOP, batches of 1,000", "ops/s"),
     ("rb_lpush", "redis-benchmark LPUSH (50 clients)", "ops/s"),
@@ -65,13 +79,7 @@ CEILING = [
     ("rb_lpush_p16", "redis-benchmark LPUSH -P 16", "ops/s"),
     ("rb_lpop_p16", "redis-benchmark LPOP -P 16", "ops/s"),
 ]
-# dromos figure -> the raw figure it compares with (the same work without dromos's bookkeeping)
-RATIOS = [
-    ("enqueue_many", "raw_lpush"),
-    ("drain_1p", "raw_lpop"),
-    ("drain_2p", "raw_lpop"),
-]
-PHASES = ("enqueue", "bulk", "drain", "latency", "raw", "redis-benchmark")
+PHASES = ("enqueue", "bulk", "drain", "latency")
 PAYLOAD = b'{"v":1,"task":"noop","args":[%d],"kwargs":{},"queue":"default"}'  # about 60 bytes
 
 
@@ -119,86 +127,24 @@ def _client(port: int) -> Any:
     return redis.Redis(host="127.0.0.1", port=port)
 
 
-# -- dromos (a child process) -----------------------------------------------------------------
-def _dromos_worker(env: dict[str, str], procs: int, concurrency: int) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "dromos", "worker", "bench_app:app", "-c", str(concurrency),
-            "-q", "default", "--log-level", "warning"]  # fmt: skip
-    if procs > 1:
-        argv += ["-p", str(procs)]
-    return subprocess.Popen(argv, cwd=HERE, env=env)
-
-
-def _finished_times(client: Any, tag: str) -> list[float]:
-    """Every succeeded job's finished_at (s), read with pipelined HGETs."""
-    ids = client.zrange(f"{tag}:succeeded", 0, -1)
-    times: list[float] = []
-    for start in range(0, len(ids), 1000):
-        pipe = client.pipeline(transaction=False)
-        for job_id in ids[start : start + 1000]:
-            pipe.hget(f"{tag}:job:{job_id.decode()}", "finished_at")
-        times += [int(v) / 1000 for v in pipe.execute() if v is not None]
-    return times
-
-
-def dromos_child(opts: argparse.Namespace) -> dict[str, float]:
-    out: dict[str, float] = {}
-    client = _client(opts.port)
-
-    def fresh(name: str) -> tuple[Any, Any, str, dict[str, str]]:
-        """A new app on the emptied private server, with bench_app's tasks registered."""
-        import dromos
-
-        sys.path.insert(0, str(HERE))
-        import bench_app  # type: ignore[import-not-found]
-
-        client.flushall()  # the private server only (see _client)
-        prefix = f"bench-{name}"
-        url = f"redis://127.0.0.1:{opts.port}/0?prefix={prefix}"
-        os.environ["DROMOS_BROKER"] = url  # for the worker processes, and it wins over App()
-        app = dromos.App("bench", url)
-        for t in (bench_app.noop, bench_app.noop_sync):
-            app.task(name=t.name)(t.func)
-        return app, app.tasks[opts.task], f"{{{prefix}:default}}", dict(os.environ)
-
-    n = opts.jobs
-    measure_enqueue(fresh, n, opts.batch, opts.only, out)
-    if "drain" in opts.only:
-        for procs, key in ((1, "drain_1p"), (2, "drain_2p")):
-            app, task, tag, env = fresh(f"drain{procs}")
-            for start in range(0, n, 1000):
-                task.enqueue_many([(i,) for i in range(start, min(n, start + 1000))])
-            worker = _dromos_worker(env, procs, opts.concurrency)
-            try:
-                done = f"{tag}:succeeded"
-                _wait_until(lambda d=done: client.zcard(d) >= n, 600, f"{n} jobs", worker)
-            finally:
-                _stop(worker)
-            out[key] = _span_rate(_finished_times(client, tag))
-            app.close()
-    if "latency" in opts.only:
-        app, task, _, env = fresh("latency")
-        worker = _dromos_worker(env, 1, opts.concurrency)
-        try:
-            task.enqueue(-1).result(timeout=60)  # the worker is up and idle
-            time.sleep(0.5)
-            out.update(_latencies(lambda i: task.enqueue(i).result(timeout=60), opts.samples))
-        finally:
-            _stop(worker)
-            app.close()
-    return out
-
-
 # -- the ceiling: raw redis-py (a child process) and redis-benchmark ----------------------------
 def raw_child(opts: argparse.Namespace) -> dict[str, float]:
-    """LPUSH n small payloads, pipelined in batches, then LPOP them the same way."""
+    """LPUSH n small payloads one call at a time; then pipelined in batches, and LPOP them so."""
     import redis.asyncio as aioredis
 
-    _client(opts.port).flushall()
+    sync = _client(opts.port)
+    sync.flushall()
+    payloads = [PAYLOAD % i for i in range(opts.jobs)]
+    sync.ping()
+    t0 = time.perf_counter()
+    for p in payloads:
+        sync.lpush("bench-raw:single", p)
+    single = _rate(opts.jobs, time.perf_counter() - t0)
+    sync.flushall()
 
     async def run() -> dict[str, float]:
         client = aioredis.Redis(host="127.0.0.1", port=opts.port)
         n, batch, key = opts.jobs, opts.batch, "bench-raw:list"
-        payloads = [PAYLOAD % i for i in range(n)]
         await client.ping()
         t0 = time.perf_counter()
         for start in range(0, n, batch):
@@ -218,7 +164,7 @@ def raw_child(opts: argparse.Namespace) -> dict[str, float]:
         await client.aclose()
         if got != n:
             raise RuntimeError(f"popped {got} of {n}")
-        return {"raw_lpush": _rate(n, pushed), "raw_lpop": _rate(n, popped)}
+        return {"raw_single": single, "raw_lpush": _rate(n, pushed), "raw_lpop": _rate(n, popped)}
 
     return asyncio.run(run())
 
@@ -240,35 +186,48 @@ def redis_benchmark(binary: str, port: int, requests: int) -> dict[str, float]:
     return out
 
 
-# -- the parent: server, repeats, summary, table, JSON ----------------------------------------
-def _child(kind: str, port: int, opts: argparse.Namespace) -> dict[str, float]:
-    argv = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--port", str(port),
+# -- the parent: server, venvs, repeats, summary, tables, JSON ---------------------------------
+def _system_run(system: str, variant: str, port: int, opts: argparse.Namespace) -> dict[str, float]:
+    venv, _ = SYSTEMS[system]
+    python = sys.executable if venv is None else str(venvs.python_of(venv))
+    argv = [python, str(PEERS / f"{system}_peer.py"), "--port", str(port), "--variant", variant,
             "--jobs", str(opts.jobs), "--batch", str(opts.batch), "--samples", str(opts.samples),
-            "--concurrency", str(opts.concurrency), "--task", opts.task,
-            "--only", *opts.only]  # fmt: skip
+            "--timeout", str(opts.timeout), "--only", *opts.only]  # fmt: skip
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, cwd=PEERS, timeout=opts.timeout * 4 + 600)
+    if proc.returncode != 0:
+        print(f"  {variant} failed (exit {proc.returncode}); left out of this run", file=sys.stderr)
+        return {}
+    return json.loads(proc.stdout.decode().strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def _raw(port: int, opts: argparse.Namespace) -> dict[str, float]:
+    argv = [sys.executable, str(Path(__file__).resolve()), "--child-raw", "--port", str(port),
+            "--jobs", str(opts.jobs), "--batch", str(opts.batch)]  # fmt: skip
     proc = subprocess.run(argv, check=True, stdout=subprocess.PIPE, cwd=HERE)
     return json.loads(proc.stdout.decode().strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def _versions(server: str) -> dict[str, str]:
+def _versions(server: str, systems: list[str]) -> dict[str, Any]:
     import redis
 
     import dromos
 
     text = subprocess.run([server, "--version"], capture_output=True, text=True).stdout
     m = re.search(r"v=(\S+)", text)
-    found = {
+    found: dict[str, Any] = {
         "python": platform.python_version(),
         "redis-server": m.group(1) if m else text.strip(),
-        "redis-py": redis.__version__,
-        "dromos": getattr(dromos, "__version__", "?"),
+        "dromos": {"dromos": getattr(dromos, "__version__", "?"), "redis": redis.__version__},
     }
-    try:
-        import hiredis
-
-        found["hiredis"] = hiredis.__version__
-    except ImportError:
-        found["hiredis"] = "not installed"
+    for name in ("hiredis", "uvloop", "msgspec", "pydantic"):
+        try:
+            found["dromos"][name] = __import__(name).__version__
+        except ImportError:
+            found["dromos"][name] = "not installed"
+    for system in systems:
+        venv = SYSTEMS[system][0]
+        if venv is not None:
+            found[system] = venvs.versions(venv)
     return found
 
 
@@ -278,43 +237,126 @@ def _cell(s: dict[str, float] | None, unit: str) -> str:
     return f"{_fmt(s['median'], unit)} ({_fmt(s['min'], unit)}-{_fmt(s['max'], unit)})"
 
 
-def _table(summary: dict[str, dict[str, float]], opts: argparse.Namespace) -> list[str]:
-    lines = [f"| figure (N = {opts.jobs:,}, median of {opts.repeat}) | median (min-max) |",
-             "|---|---|"]  # fmt: skip
-    for key, label, unit in METRICS + CEILING:
-        if key in summary:
-            lines.append(f"| {label} ({unit}) | {_cell(summary[key], unit)} |")
-    ratios = [(d, r) for d, r in RATIOS if d in summary and r in summary]
-    if ratios:
-        labels = {k: label for k, label, _ in METRICS + CEILING}
-        lines += ["", "| dromos / raw redis-py (same run, same server) | ratio |", "|---|---|"]
-        for d, r in ratios:
-            ratio = summary[d]["median"] / summary[r]["median"]
-            lines.append(f"| {labels[d]} / {labels[r]} | {ratio:.1%} |")
+def _tables(summary: dict[str, dict[str, dict[str, float]]], opts: argparse.Namespace) -> list[str]:
+    """The systems table, dromos's ratios to each peer, its own extras and the ceiling."""
+    head = f"| system (N = {opts.jobs:,}, median of {opts.repeat}, min-max) |"
+    lines = [head + "".join(f" {label} ({unit}) |" for _, label, unit, _ in METRICS)]
+    lines.append("|---|" + "---|" * len(METRICS))
+    for variant, figures in summary.items():
+        if variant == "ceiling":
+            continue
+        cells = "".join(f" {_cell(figures.get(k), unit)} |" for k, _, unit, _ in METRICS)
+        lines.append(f"| {variant} |{cells}")
+    ours = summary.get("dromos", {})
+    peers = [v for v in summary if v not in ("dromos", "ceiling")]
+    if ours and peers:
+        lines += ["", "dromos / peer, same run (above 1 is better for dromos in every column: "
+                  "rates are dromos/peer, latency and memory peer/dromos):", ""]  # fmt: skip
+        lines.append("| peer |" + "".join(f" {label} |" for _, label, _, _ in METRICS))
+        lines.append("|---|" + "---|" * len(METRICS))
+        for peer in peers:
+            cells = ""
+            for key, _, _, higher in METRICS:
+                a, b = ours.get(key), summary[peer].get(key)
+                if a is None or b is None or not a["median"] or not b["median"]:
+                    cells += " n/a |"
+                    continue
+                ratio = a["median"] / b["median"] if higher else b["median"] / a["median"]
+                cells += f" {ratio:.2f}x |"
+            lines.append(f"| {peer} |{cells}")
+    rows = [(k, label, unit) for k, label, unit in EXTRA if k in ours]
+    rows += [(k, label, unit) for k, label, unit in CEILING if k in summary.get("ceiling", {})]
+    if rows:
+        lines += ["", "| dromos alone, and the ceiling | median (min-max) |", "|---|---|"]
+        for key, label, unit in rows:
+            figures = ours if key in ours else summary["ceiling"]
+            lines.append(f"| {label} ({unit}) | {_cell(figures[key], unit)} |")
     return lines
+
+
+def _targets(summary: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    """Issue 4's targets, each with the figures it compares, met or not."""
+    ours = {k: v["median"] for k, v in summary.get("dromos", {}).items()}
+    ceiling = {k: v["median"] for k, v in summary.get("ceiling", {}).items()}
+    peers = {
+        p: {k: v["median"] for k, v in f.items()}
+        for p, f in summary.items()
+        if p not in ("dromos", "ceiling")
+    }
+
+    def best(key: str, high: bool) -> tuple[str, float] | None:
+        found = [(p, f[key]) for p, f in peers.items() if key in f]
+        if not found:
+            return None
+        return max(found, key=lambda x: x[1]) if high else min(found, key=lambda x: x[1])
+
+    out = []
+
+    def check(name: str, ok: bool, detail: str) -> None:
+        out.append(f"- [{'x' if ok else ' '}] {name}: {detail}")
+
+    if "drain_1p" in ours and (b := best("drain_1p", True)):
+        r = ours["drain_1p"] / b[1]
+        check("drain >= 3x the fastest peer", r >= 3, f"{r:.2f}x ({b[0]})")
+    if "enqueue" in ours:
+        b = best("enqueue", True)
+        raw = ceiling.get("raw_single")
+        detail = "" if b is None else f"{ours['enqueue'] / b[1]:.2f}x {b[0]}"
+        ok = b is None or ours["enqueue"] >= b[1]
+        if raw:
+            detail += f", {ours['enqueue'] / raw:.0%} of raw single LPUSH"
+            ok = ok and ours["enqueue"] >= 0.85 * raw
+        check("single enqueue >= fastest peer and >= 85% of raw", ok, detail)
+    if "aenqueue_64" in ours:
+        v = ours["aenqueue_64"]
+        check("64 concurrent aenqueue >= 50,000/s", v >= 50_000, f"{v:,.0f}/s")
+    if "enqueue_many" in ours:
+        v = ours["enqueue_many"]
+        check("bulk enqueue >= 100,000/s", v >= 100_000, f"{v:,.0f}/s")
+    if "latency_p50" in ours:
+        p50, p99 = ours["latency_p50"], ours["latency_p99"]
+        b50, b99 = best("latency_p50", False), best("latency_p99", False)
+        ok = p50 <= 1 and p99 <= 3 and (b50 is None or p50 < b50[1])
+        ok = ok and (b99 is None or p99 < b99[1])
+        check("round trip p50 <= 1 ms, p99 <= 3 ms, below every peer", ok,
+              f"p50 {p50:.2f} ms, p99 {p99:.2f} ms")  # fmt: skip
+    if "drain_1p" in ours and "drain_2p" in ours:
+        r = ours["drain_2p"] / ours["drain_1p"]
+        check("2 processes >= 1.5x one", r >= 1.5, f"{r:.2f}x")
+    if "rss_1p_mb" in ours and (b := best("rss_1p_mb", False)):
+        r = ours["rss_1p_mb"] / b[1]
+        check("worker memory <= leanest peer + 20%", r <= 1.2, f"{r:.2f}x ({b[0]})")
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=20_000, help="jobs per figure (N)")
     parser.add_argument("--repeat", type=int, default=3, help="runs; medians shown")
-    parser.add_argument("--batch", type=int, default=1000, help="jobs per enqueue_many / pipeline")
+    parser.add_argument("--batch", type=int, default=1000, help="jobs per bulk call / pipeline")
     parser.add_argument("--samples", type=int, default=200, help="round trips for latency")
-    parser.add_argument("--concurrency", type=int, default=32, help="dromos worker -c")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds per drain at most")
     parser.add_argument("--bench-requests", type=int, default=100_000, help="redis-benchmark -n")
-    parser.add_argument("--task", choices=["noop", "noop_sync"], default="noop",
-                        help="async no-op, or the plain-def one (run in threads)")  # fmt: skip
+    parser.add_argument("--systems", nargs="+", choices=list(SYSTEMS), default=list(SYSTEMS))
+    parser.add_argument("--variants", nargs="+", help="only these variants (e.g. rq-simple)")
     parser.add_argument("--only", nargs="+", choices=PHASES, default=list(PHASES))
+    parser.add_argument("--no-ceiling", action="store_true", help="skip raw redis-py and "
+                        "redis-benchmark")  # fmt: skip
+    parser.add_argument("--upgrade", action="store_true", help="upgrade the peers' venvs first")
     parser.add_argument("--redis-server", default=shutil.which("redis-server") or "redis-server")
-    parser.add_argument("--child", choices=["dromos", "raw"], help=argparse.SUPPRESS)
+    parser.add_argument("--child-raw", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     opts = parser.parse_args()
 
-    if opts.child:
-        result = dromos_child(opts) if opts.child == "dromos" else raw_child(opts)
-        print(json.dumps(result))
+    if opts.child_raw:
+        print(json.dumps(raw_child(opts)))
         return
 
+    for system in opts.systems:
+        venv = SYSTEMS[system][0]
+        if venv is not None:
+            print(f"virtualenv for {system} ...", file=sys.stderr, flush=True)
+            venvs.ensure(venv, upgrade=opts.upgrade)
     rb_binary = str(Path(opts.redis_server).with_name("redis-benchmark"))
     if not Path(rb_binary).exists():
         rb_binary = shutil.which("redis-benchmark") or "redis-benchmark"
@@ -322,43 +364,43 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     server = PrivateRedis(opts.redis_server)
     print(f"private redis-server pid {server.proc.pid} on port {server.port}", file=sys.stderr)
-    runs: list[dict[str, float]] = []
+    runs: dict[str, list[dict[str, float]]] = {}
     try:
-        dromos_phases = {"enqueue", "bulk", "drain", "latency"} & set(opts.only)
         for r in range(opts.repeat):
-            run: dict[str, float] = {}
-            if dromos_phases:
-                print(f"run {r + 1}/{opts.repeat}: dromos ...", file=sys.stderr, flush=True)
-                run.update(_child("dromos", server.port, opts))
-            if "raw" in opts.only:
-                print(f"run {r + 1}/{opts.repeat}: raw redis-py ...", file=sys.stderr, flush=True)
-                run.update(_child("raw", server.port, opts))
-            if "redis-benchmark" in opts.only:
-                print(f"run {r + 1}/{opts.repeat}: redis-benchmark ...", file=sys.stderr)
+            for system in opts.systems:
+                for variant in SYSTEMS[system][1]:
+                    if opts.variants and variant not in opts.variants:
+                        continue
+                    print(f"run {r + 1}/{opts.repeat}: {variant} ...", file=sys.stderr, flush=True)
+                    got = _system_run(system, variant, server.port, opts)
+                    runs.setdefault(variant, []).append(got)
+            if not opts.no_ceiling:
+                print(f"run {r + 1}/{opts.repeat}: the ceiling ...", file=sys.stderr, flush=True)
+                ceiling = _raw(server.port, opts)
                 _client(server.port).flushall()
-                run.update(redis_benchmark(rb_binary, server.port, opts.bench_requests))
-            runs.append(run)
+                ceiling.update(redis_benchmark(rb_binary, server.port, opts.bench_requests))
+                runs.setdefault("ceiling", []).append(ceiling)
     finally:
         server.stop()
-    summary = _summary(runs)
-    lines = _table(summary, opts)
+    summary = {name: _summary(got) for name, got in runs.items()}
+    lines = _tables(summary, opts)
+    targets = _targets(summary)
     print()
     print("\n".join(lines))
+    if targets:
+        print("\nIssue 4's targets (dromos, one worker process unless said):\n")
+        print("\n".join(targets))
 
     RESULTS.mkdir(exist_ok=True)
     record = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "options": {k: v for k, v in vars(opts).items() if k not in ("child", "port")},
+        "options": {k: v for k, v in vars(opts).items() if k not in ("child_raw", "port")},
         "machine": {"nproc": os.cpu_count(), "platform": platform.platform()},
-        "versions": _versions(opts.redis_server),
+        "versions": _versions(opts.redis_server, opts.systems),
         "summary": summary,
-        "ratios": {
-            f"{d}/{r}": summary[d]["median"] / summary[r]["median"]
-            for d, r in RATIOS
-            if d in summary and r in summary
-        },
         "table": lines,
+        "targets": targets,
         "runs": runs,
     }
     path = RESULTS / f"redis-{time.strftime('%Y%m%d-%H%M%S')}.json"

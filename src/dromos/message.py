@@ -9,6 +9,7 @@ that ends up in the dead-letter list.
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 from datetime import UTC, datetime
@@ -96,6 +97,10 @@ def utcnow() -> datetime:
 _lock = threading.Lock()
 _last_ms = 0
 _seq = 0
+# The ids' random bits: a generator seeded from the OS, not a system call per id (an id needs
+# uniqueness, not secrecy). A forked child reseeds, or it would repeat its parent's bits.
+_rng = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _rng.seed(os.urandom(32)))
 
 
 # Where the 32 hex digits of a UUID go in its 36-character text (the others are dashes).
@@ -108,7 +113,7 @@ def new_job_ids(count: int) -> list[str]:
 
     Within one process the ids are strictly increasing, so jobs enqueued in a burst keep their
     order when a broker sorts by id; a burst of more than 4,096 in one millisecond borrows the
-    next milliseconds. One lock and one read of randomness serve the whole batch.
+    next milliseconds. One lock serves the whole batch.
     """
     global _last_ms, _seq
     stamps = []  # the high 64 bits of each id: milliseconds, version 7, counter
@@ -117,7 +122,7 @@ def new_job_ids(count: int) -> list[str]:
         if ms <= _last_ms:
             ms, seq = _last_ms, _seq + 1
         else:
-            seq = int.from_bytes(os.urandom(2), "big") & 0x3FF  # leave room to count up
+            seq = _rng.getrandbits(10)  # leave room to count up
         for _ in range(count):
             if seq > 0xFFF:  # counter exhausted within one millisecond: borrow the next
                 ms, seq = ms + 1, 0
@@ -126,10 +131,9 @@ def new_job_ids(count: int) -> list[str]:
         _last_ms, _seq = ms, seq - 1
     if count >= _MANY:
         return _format_many(stamps)
-    noise = os.urandom(8 * count)
     ids = []
-    for i, stamp in enumerate(stamps):
-        rand = int.from_bytes(noise[8 * i : 8 * i + 8], "big") & 0x3FFF_FFFF_FFFF_FFFF
+    for stamp in stamps:
+        rand = _rng.getrandbits(62)
         h = f"{(stamp << 64) | (0b10 << 62) | rand:032x}"  # str(uuid.UUID(int=...)), cheaper
         ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
     return ids
@@ -140,7 +144,7 @@ def _format_many(stamps: list[int]) -> list[str]:
     batch instead of string formatting per id."""
     count = len(stamps)
     high = b"".join([stamp.to_bytes(8, "big") for stamp in stamps])
-    raw = bytearray(os.urandom(16 * count))  # 16 bytes per id: the stamp, then randomness
+    raw = bytearray(_rng.randbytes(16 * count))  # 16 bytes per id: the stamp, then randomness
     for k in range(8):
         raw[k::16] = high[k::8]
     raw[8::16] = bytes([0x80 | (b & 0x3F) for b in raw[8::16]])  # the variant bits: 10

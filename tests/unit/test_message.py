@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import os
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -11,7 +12,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dromos.message import DecodeError, Message, decode, encode, new_job_id, utcnow
+from dromos.message import (
+    DecodeError,
+    Message,
+    decode,
+    encode,
+    new_job_id,
+    new_job_ids,
+    utcnow,
+)
 
 _json_scalars = (
     st.none()
@@ -138,3 +147,19 @@ def test_job_ids_strictly_increase_within_a_process() -> None:
 def test_utcnow_is_aware_utc() -> None:
     now = utcnow()
     assert now.utcoffset() == timedelta(0)
+
+
+def test_a_forked_child_draws_other_random_bits_than_its_parent() -> None:
+    # Without reseeding after fork, both would continue the same generator and the ids made
+    # in the same millisecond would collide.
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.write(write, new_job_ids(1)[0].encode())
+        os._exit(0)
+    os.close(write)
+    mine = new_job_ids(1)[0]
+    os.waitpid(pid, 0)
+    theirs = os.read(read, 64).decode()
+    os.close(read)
+    assert mine[-12:] != theirs[-12:]
