@@ -13,6 +13,7 @@ import typing
 from collections.abc import Callable
 from typing import Any, NotRequired, Required
 
+import msgspec
 import pydantic
 import typing_extensions
 from pydantic_core import PydanticSerializationError
@@ -23,13 +24,16 @@ __all__ = ["Signature"]
 
 _P = inspect.Parameter
 _SCALARS = (int, str, bool)
+_RESULT_SCALARS = (int, str, bool, type(None))
+_json_encode = msgspec.json.encode
 
 
 class Signature:
     """Checks and converts the arguments and the result of one task function."""
 
     __slots__ = (
-        "_adapter", "_exact", "_names", "_plain", "_required", "_result", "_sig", "task",
+        "_adapter", "_exact", "_names", "_plain", "_required", "_result", "_result_fast",
+        "_sig", "task",
     )  # fmt: skip
 
     def __init__(self, task: str, func: Callable[..., Any]) -> None:
@@ -63,6 +67,15 @@ class Signature:
         # ... and when the values are of exactly those types, passed by position, validating
         # them would return them as they are: the hot path of ``enqueue`` skips pydantic.
         self._exact = tuple(hints[p.name] for p in params) if self._plain and simple else None
+        # Results whose JSON form msgspec writes exactly as pydantic would (a declared int,
+        # str, bool or None, or any of those under no annotation) skip pydantic on the worker.
+        ret = hints.get("return", Any)
+        ret = type(None) if ret is None else ret
+        self._result_fast = (
+            frozenset(_RESULT_SCALARS) if ret is Any
+            else frozenset((ret,)) if ret in _RESULT_SCALARS
+            else frozenset()
+        )  # fmt: skip
         shape: Any = typing_extensions.TypedDict(f"{task}_arguments", fields)  # type: ignore[misc]
         try:
             self._adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(shape)
@@ -126,6 +139,11 @@ class Signature:
 
     def load(self, args: list[Any], kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
         """Check JSON arguments on the worker; return them as the declared types."""
+        exact = self._exact
+        if exact is not None and not kwargs and self._required <= len(args):
+            types = tuple(map(type, args))  # JSON's int, str and bool are already the types
+            if types == exact[: len(types)]:
+                return args, {}
         bound = self._bind(args, kwargs)
         try:
             return self._split(self._adapter.validate_python(bound))
@@ -134,6 +152,8 @@ class Signature:
 
     def dump_result(self, value: Any) -> bytes:
         """The return value as JSON bytes (raises if it cannot be carried as JSON)."""
+        if type(value) in self._result_fast:
+            return _json_encode(value)
         return self._result.dump_json(value)
 
     def load_result(self, value: Any) -> Any:

@@ -1,12 +1,16 @@
 """Arguments are checked against the task's type hints at enqueue and turned into JSON."""
 
 import dataclasses
+import json
 from typing import Any
 
 import pydantic
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import dromos
+from dromos._signature import Signature
 from dromos.message import decode
 
 
@@ -177,3 +181,25 @@ def test_a_bad_argument_is_refused_by_enqueue_without_queueing(app: dromos.App) 
     with pytest.raises(dromos.ValidationError):
         add.enqueue(1, "x")  # type: ignore[arg-type]
     assert app.portal.call(app.broker.jobs) == []
+
+
+@given(st.one_of(st.integers(), st.text(), st.booleans(), st.none()))
+def test_a_scalar_result_is_written_as_pydantic_would_write_it(value: Any) -> None:
+    # Scalar results skip pydantic on the worker (msgspec writes them); the JSON must mean
+    # the same, or a result would read back differently depending on its type.
+    def untyped():  # no return annotation: any scalar takes the fast path
+        return value
+
+    fast = Signature("t", untyped).dump_result(value)
+    assert json.loads(fast) == json.loads(pydantic.TypeAdapter(Any).dump_json(value))
+
+
+def test_worker_side_loading_of_exact_scalars_refuses_what_pydantic_refuses() -> None:
+    def f(i: int, s: str) -> None: ...
+
+    sig = Signature("t", f)
+    assert sig.load([1, "a"], {}) == ([1, "a"], {})
+    with pytest.raises(dromos.ValidationError):
+        sig.load(["1x", "a"], {})
+    with pytest.raises(dromos.ValidationError):
+        sig.load([1], {})
