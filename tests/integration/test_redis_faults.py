@@ -182,16 +182,14 @@ def test_worker_survives_its_connections_being_killed_between_jobs(
 def test_an_error_while_the_worker_waits_for_work_does_not_stop_it(
     on_durable: Cluster, durable: PrivateRedis
 ) -> None:
-    # Deterministically, where a dropped connection hits only by chance: ZCARD (which the
-    # idle worker's wait_for_work sends, and no script does) is refused for a while.
+    # Deterministically, where a dropped connection hits only by chance: SUBSCRIBE (which an
+    # idle worker sends when it first waits for work, and nothing else does) is refused
+    # until the worker has met the error.
     cluster = on_durable
-    worker = cluster.start("-c", "2")
-    noop = cluster.task("noop")
-    first = noop.enqueue(1)
-    cluster.wait_until(lambda: cluster.ledger.runs("ok", first.id), 30.0, "the first job")
     with redis.Redis(host="127.0.0.1", port=durable.port, socket_timeout=5) as admin:
-        admin.acl_setuser("default", enabled=True, commands=["-zcard"], reset_keys=False)
+        admin.acl_setuser("default", enabled=True, commands=["-subscribe"], reset_keys=False)
         try:
+            worker = cluster.start("-c", "2")
             cluster.wait_until(
                 lambda: "waiting for work failed" in cluster.log_tail(),
                 30.0,
@@ -200,8 +198,9 @@ def test_an_error_while_the_worker_waits_for_work_does_not_stop_it(
         finally:
             admin.acl_setuser("default", enabled=True, commands=["+@all"])
     assert worker.poll() is None, f"the worker exited:\n{cluster.log_tail()}"
-    second = noop.enqueue(2)
-    cluster.wait_until(lambda: cluster.ledger.runs("ok", second.id), 30.0, "the next job")
+    noop = cluster.task("noop")
+    job = noop.enqueue(2)
+    cluster.wait_until(lambda: cluster.ledger.runs("ok", job.id), 30.0, "the next job")
     assert worker.poll() is None
 
 

@@ -125,6 +125,9 @@ return out
 --- claim
 -- ARGV: T, limit, lease (ms), worker, max recoveries, dead-letter ttl, done channel,
 --   highest ready score to take ('+inf' for any: a priority floor when several queues compete)
+-- Returns {due, then 4 values per job: id attempt failures payload}: due is when a claim may
+-- next find work without a push (0: ready jobs are left; else the earliest delayed job,
+-- retry or lease end, in ms; -1: none), so an idle worker needs no round trip to learn it.
 local now, limit = clock(), tonumber(ARGV[2])
 local lease_end = now + tonumber(ARGV[3])
 -- Recover runs whose worker stopped renewing its lease.
@@ -152,7 +155,7 @@ for _, set in ipairs({'scheduled', 'retrying'}) do
   for _, id in ipairs(due) do make_ready(jkey(id), id) end
 end
 -- Lease the best ready jobs.
-local out = {}
+local out = {-1}
 if limit > 0 then
   local ids = redis.call('ZRANGEBYSCORE', T .. ':ready', '-inf', ARGV[8], 'LIMIT', 0, limit)
   if #ids > 0 then variadic('ZREM', T .. ':ready', ids) end
@@ -171,6 +174,17 @@ if limit > 0 then
     out[#out + 1] = f[3]
   end
   variadic('ZADD', T .. ':running', running)
+end
+if redis.call('ZCARD', T .. ':ready') > 0 then
+  out[1] = 0
+else
+  for _, set in ipairs({'scheduled', 'retrying', 'running'}) do
+    local first = redis.call('ZRANGE', T .. ':' .. set, 0, 0, 'WITHSCORES')
+    if first[2] then
+      local score = tonumber(first[2])
+      if out[1] < 0 or score < out[1] then out[1] = score end
+    end
+  end
 end
 return out
 

@@ -199,6 +199,12 @@ class RedisBroker(Broker):
         self._confirmed = Notifier()  # keyed by channel: the server confirmed the subscription
         self._done_prefix = f"{self.prefix}:done:"
         self._sync: _SyncClient | None = None  # for enqueue_blocking; made when opened
+        # Idle workers: pushes counted per work channel (once its subscription is confirmed,
+        # it is in _listening), and per queue what the last claim said comes due next (the
+        # push count when it was sent, Unix seconds); see wait_for_work.
+        self._pushes: dict[str, int] = {}
+        self._listening: set[str] = set()
+        self._due: dict[str, tuple[int | None, float]] = {}
         # job id -> queue of the jobs this instance enqueued lately, so that waiting for one
         # needs no lookup first (bounded: forgotten all at once past _REMEMBERED).
         self._enqueued: dict[str, str] = {}
@@ -329,7 +335,8 @@ class RedisBroker(Broker):
         await state.client.aclose()
 
     # -- pushes -----------------------------------------------------------------------------
-    async def _subscribe(self, channels: Sequence[str]) -> None:
+    async def _subscribe(self, channels: Sequence[str]) -> bool:
+        """Subscribe (counted per channel); False if the server did not confirm in time."""
         state = await self._state()
         new = [c for c in channels if state.channels.get(c, 0) == 0]
         for channel in channels:
@@ -341,7 +348,8 @@ class RedisBroker(Broker):
             # so that a check made after this cannot miss a message published meanwhile.
             with self._confirmed.listen(new[-1:]) as confirmed:
                 await state.pubsub.subscribe(*new)
-                await confirmed.wait(_RECHECK)
+                return await confirmed.wait(_RECHECK)
+        return True
 
     async def _unsubscribe(self, channels: Sequence[str]) -> None:
         state = await self._state()
@@ -359,7 +367,10 @@ class RedisBroker(Broker):
             try:
                 message = await state.pubsub.get_message(timeout=1.0)
             except (RedisError, OSError):
-                await asyncio.sleep(0.5)  # the client reconnects and resubscribes
+                # Pushes may be lost while the client reconnects and resubscribes: no claim's
+                # report of what comes due can be trusted until the next claim.
+                self._due.clear()
+                await asyncio.sleep(0.5)
                 continue
             if message is None:
                 continue
@@ -370,6 +381,7 @@ class RedisBroker(Broker):
             elif channel.startswith(self._done_prefix):
                 self._done.notify(message["data"].decode().split(" "))
             else:
+                self._pushes[channel] = self._pushes.get(channel, 0) + 1
                 self._work.notify((channel[len(f"{self.prefix}:work:") :],))
 
     # -- producing ------------------------------------------------------------------------
@@ -491,12 +503,19 @@ class RedisBroker(Broker):
         """Lease up to ``limit`` jobs of one queue (only of priority >= ``floor``, if given)."""
         opts = self.options
         top = "+inf" if floor is None else repr(-floor * _PRIORITY_UNIT + _PRIORITY_UNIT - 1)
+        # Pushes seen on the queue's work channel before this claim ran: if none arrives
+        # before the worker waits, the claim's own report of what comes due is still true.
+        channel = self._work_channel(queue)
+        snapshot = self._pushes.get(channel, 0) if channel in self._listening else None
         flat = await self._call(
             "claim", queue, limit, _ms(lease), worker, opts.max_recoveries,
             _ms(opts.dead_letter_ttl), self._done_channel(queue), top,
         )  # fmt: skip
+        if floor is None and snapshot is not None:
+            due = int(flat[0])
+            self._due[queue] = (snapshot, math.inf if due < 0 else due / 1000)
         out = []
-        for i in range(0, len(flat), 4):
+        for i in range(1, len(flat), 4):
             job_id = flat[i].decode()
             self._held[job_id] = queue
             out.append(Delivery(job_id, int(flat[i + 1]), int(flat[i + 2]), flat[i + 3]))
@@ -507,10 +526,24 @@ class RedisBroker(Broker):
         # Work channels stay subscribed: an idle worker waits on them again and again.
         new = [self._work_channel(q) for q in queues if self._work_channel(q) not in state.channels]
         if new:
-            await self._subscribe(new)
+            if not await self._subscribe(new):
+                # Refused (an ACL, say) or lost: without pushes the worker would only wake
+                # on its timeout. Undo, so that the next wait subscribes again, and say so.
+                await self._unsubscribe(new)
+                raise BrokerError(f"Redis at {self._safe_url} did not confirm SUBSCRIBE {new}")
+            self._listening.update(new)
         with self._work.listen(queues) as listener:  # before the checks: no lost wake-up
             now = time.time()
-            due = await asyncio.shield(self._next_due(state, queues))  # see _call
+            hints = [self._due.pop(q, None) for q in queues]
+            if all(
+                h is not None and h[0] == self._pushes.get(self._work_channel(q), 0)
+                for q, h in zip(queues, hints, strict=True)
+            ):
+                # The last claim of every queue said what comes due, and no push came since
+                # it ran: nothing to ask the server.
+                due = min(h[1] for h in hints if h is not None)
+            else:
+                due = await asyncio.shield(self._next_due(state, queues))  # see _call
             await listener.wait(max(0.0, min(now + timeout, due) - now))
 
     async def _next_due(self, state: _LoopState, queues: Sequence[str]) -> float:
@@ -589,9 +622,13 @@ class RedisBroker(Broker):
     async def status(self, job_id: str) -> JobStatus | None:
         state = await self._state()
         hint = self._enqueued.get(job_id) or self._held.get(job_id)
-        queues = [hint] if hint is not None else []
-        queues += sorted(await self._known_queues())
-        for queue in dict.fromkeys(queues):
+        if hint is not None:  # the usual case: one read, no lookup of the queues
+            fields = await asyncio.shield(state.client.hgetall(f"{self._tag(hint)}:job:{job_id}"))
+            if fields:
+                return _status(fields)
+        for queue in sorted(await self._known_queues()):
+            if queue == hint:
+                continue
             key = f"{self._tag(queue)}:job:{job_id}"
             fields = await asyncio.shield(state.client.hgetall(key))  # see _call
             if fields:

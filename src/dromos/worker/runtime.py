@@ -208,7 +208,12 @@ class Worker:
                 await self._until_stopped(asyncio.sleep(backoff), self._stopping)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            if not deliveries:
+            short = len(deliveries) < room  # the queues ran dry: wait instead of asking again
+            for delivery in deliveries:
+                run = _Run(delivery)
+                self._running[delivery.job_id] = run
+                run.task = asyncio.create_task(self._execute(run))
+            if short:
                 try:
                     waiting = broker.wait_for_work(self.queues, 1.0)
                     await self._until_stopped(waiting, self._stopping)
@@ -216,11 +221,6 @@ class Worker:
                     log.warning("waiting for work failed (%s); retrying in %.1fs", exc, backoff)
                     await self._until_stopped(asyncio.sleep(backoff), self._stopping)
                     backoff = min(backoff * 2, 5.0)
-                continue
-            for delivery in deliveries:
-                run = _Run(delivery)
-                self._running[delivery.job_id] = run
-                run.task = asyncio.create_task(self._execute(run))
 
     async def _drain(self) -> None:
         # Jobs not started go back to the queue at once, for other workers to take while the
