@@ -114,7 +114,8 @@ def _tree_rss_mb(pid: int) -> float:
 def _start(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     full = {**os.environ, **env}
     # Its own process group, so that stopping it reaches every child it forked.
-    return subprocess.Popen(argv, env=full, cwd=HERE, start_new_session=True)
+    # Its output goes to stderr: only the driver's JSON line is on stdout.
+    return subprocess.Popen(argv, env=full, cwd=HERE, start_new_session=True, stdout=sys.stderr)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -127,6 +128,15 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
     with contextlib.suppress(ProcessLookupError):  # stragglers: forked children left behind
         os.killpg(proc.pid, signal.SIGKILL)
+    # Wait until the whole group is gone: a dying child with a blocking pop still pending
+    # would otherwise take the next phase's first job.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.01)
 
 
 def _drain(peer: Peer, port: int, n: int, procs: int, timeout: float) -> dict[str, float]:

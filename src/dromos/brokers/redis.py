@@ -341,15 +341,21 @@ class RedisBroker(Broker):
         new = [c for c in channels if state.channels.get(c, 0) == 0]
         for channel in channels:
             state.channels[channel] = state.channels.get(channel, 0) + 1
-        if state.reader is None or state.reader.done():
-            state.reader = asyncio.create_task(self._read(state))
         if new:
             # Wait for the server's confirmation (it confirms in order: the last one will do),
             # so that a check made after this cannot miss a message published meanwhile.
             with self._confirmed.listen(new[-1:]) as confirmed:
                 await state.pubsub.subscribe(*new)
+                self._start_reader(state)
                 return await confirmed.wait(_RECHECK)
+        self._start_reader(state)
         return True
+
+    def _start_reader(self, state: _LoopState) -> None:
+        """The loop's one reader of pushes, started once its connection exists: a reader
+        started before the first SUBSCRIBE would race it for the connection."""
+        if state.reader is None or state.reader.done():
+            state.reader = asyncio.create_task(self._read(state))
 
     async def _unsubscribe(self, channels: Sequence[str]) -> None:
         state = await self._state()
@@ -366,7 +372,7 @@ class RedisBroker(Broker):
         while True:
             try:
                 message = await state.pubsub.get_message(timeout=1.0)
-            except (RedisError, OSError):
+            except Exception:  # the reader must outlive anything: without it, no pushes
                 # Pushes may be lost while the client reconnects and resubscribes: no claim's
                 # report of what comes due can be trusted until the next claim.
                 self._due.clear()
