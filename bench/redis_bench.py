@@ -51,9 +51,9 @@ SYSTEMS: dict[str, tuple[str | None, list[str]]] = {
     "celery": ("celery", ["celery-threads", "celery-prefork"]),
     "rq": ("rq", ["rq-simple", "rq-fork"]),
     "dramatiq": ("dramatiq", ["dramatiq"]),
-    "huey": ("huey", ["huey"]),
+    "huey": ("huey", ["huey", "huey-process"]),
     "arq": ("arq", ["arq"]),
-    "taskiq": ("taskiq", ["taskiq"]),
+    "taskiq": ("taskiq", ["taskiq", "taskiq-list"]),
     "saq": ("saq", ["saq"]),
 }
 # (key, column heading, unit, higher is better)
@@ -240,6 +240,9 @@ def _cell(s: dict[str, float] | None, unit: str) -> str:
 def _tables(summary: dict[str, dict[str, dict[str, float]]], opts: argparse.Namespace) -> list[str]:
     """The systems table, dromos's ratios to each peer, its own extras and the ceiling."""
     head = f"| system (N = {opts.jobs:,}, median of {opts.repeat}, min-max) |"
+    once = [v for v in opts.once if v in summary]
+    if once and opts.repeat > 1:
+        head = head.replace(") |", f"; {', '.join(once)}: one run) |")
     lines = [head + "".join(f" {label} ({unit}) |" for _, label, unit, _ in METRICS)]
     lines.append("|---|" + "---|" * len(METRICS))
     for variant, figures in summary.items():
@@ -335,10 +338,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs; medians shown")
     parser.add_argument("--batch", type=int, default=1000, help="jobs per bulk call / pipeline")
     parser.add_argument("--samples", type=int, default=200, help="round trips for latency")
-    parser.add_argument("--timeout", type=float, default=300, help="seconds per drain at most")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per drain at most")
     parser.add_argument("--bench-requests", type=int, default=100_000, help="redis-benchmark -n")
     parser.add_argument("--systems", nargs="+", choices=list(SYSTEMS), default=list(SYSTEMS))
     parser.add_argument("--variants", nargs="+", help="only these variants (e.g. rq-simple)")
+    parser.add_argument("--once", nargs="*", default=["rq-fork"],
+                        help="variants run in the first repeat only (rq-fork drains about "
+                        "50 jobs/s: 20,000 take minutes)")  # fmt: skip
     parser.add_argument("--only", nargs="+", choices=PHASES, default=list(PHASES))
     parser.add_argument("--no-ceiling", action="store_true", help="skip raw redis-py and "
                         "redis-benchmark")  # fmt: skip
@@ -370,6 +376,8 @@ def main() -> None:
             for system in opts.systems:
                 for variant in SYSTEMS[system][1]:
                     if opts.variants and variant not in opts.variants:
+                        continue
+                    if r > 0 and variant in opts.once:
                         continue
                     print(f"run {r + 1}/{opts.repeat}: {variant} ...", file=sys.stderr, flush=True)
                     got = _system_run(system, variant, server.port, opts)

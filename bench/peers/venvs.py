@@ -24,7 +24,7 @@ REQUIREMENTS: dict[str, list[str]] = {
     "huey": ["huey", "redis", "hiredis"],
     "arq": ["arq", "redis<6", "hiredis"],
     "taskiq": ["taskiq", "taskiq-redis", "hiredis"],
-    "saq": ["saq", "hiredis"],
+    "saq": ["saq[redis]", "hiredis", "typing-extensions"],  # saq imports typing_extensions
 }
 # the distributions whose versions the results record, per system
 REPORTED: dict[str, list[str]] = {

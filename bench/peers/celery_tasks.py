@@ -1,0 +1,54 @@
+"""Celery's side of the shared benchmark task: INCR the counter, return the int.
+
+The app is configured here, from the environment the peer's ``worker()`` hands the worker
+(and the peer process sets before importing this module), so that client and worker share
+one configuration:
+
+- ``BENCH_REDIS_PORT``: the private Redis; broker and result backend both live there
+  (``redis://127.0.0.1:<port>/0``), as the brief asks of every system.
+- ``BENCH_CELERY_RESULTS``: ``0`` sets ``task_ignore_result`` (the drain: results off, which
+  the Celery docs list as the way not to store results); anything else keeps them.
+- ``BENCH_CELERY_PREFETCH``: ``worker_prefetch_multiplier``. The Celery guide "Optimizing"
+  (Prefetch Limits) says that with many short-running tasks, where throughput or round-trip
+  latency matters, "this number should be large ... Say 64, or 128"; the peer passes 64.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import redis
+from celery import Celery
+
+PORT = int(os.environ.get("BENCH_REDIS_PORT", "0"))
+if PORT == 6379:
+    raise RuntimeError("refusing the shared Redis")
+URL = f"redis://127.0.0.1:{PORT}/0"
+
+app = Celery("bench", broker=URL, backend=URL)
+app.conf.update(
+    task_ignore_result=os.environ.get("BENCH_CELERY_RESULTS", "1") == "0",
+    worker_prefetch_multiplier=int(os.environ.get("BENCH_CELERY_PREFETCH", "64")),
+    # Only silences the start-up deprecation warning; the value is Celery's own default.
+    broker_connection_retry_on_startup=True,
+)
+
+_clients: dict[int, Any] = {}
+
+
+def _client() -> Any:
+    """One sync client per process (keyed by pid: prefork children each open their own).
+
+    redis-py's client is thread-safe (a connection pool), so the threads pool shares it."""
+    pid = os.getpid()
+    if pid not in _clients:
+        _clients[pid] = redis.Redis(host="127.0.0.1", port=PORT)
+    return _clients[pid]
+
+
+@app.task(name="bench.count")
+def count(i: int) -> int:
+    """The benchmark's task: count the completion on the private Redis."""
+    _client().incr("bench:count")
+    return i
