@@ -260,6 +260,30 @@ async def test_wait_for_work_wakes_for_a_scheduled_eta(broker: Broker) -> None:
     await asyncio.wait_for(broker.wait_for_work(["default"], 60.0), 5.0)
 
 
+async def test_wait_for_work_after_an_empty_claim_is_woken_by_an_enqueue(broker: Broker) -> None:
+    # An idle worker's cycle: wait (subscribes where there are pushes), claim nothing, wait
+    # again. A broker that trusts what its claim saw must still wake for work enqueued since.
+    await broker.wait_for_work(["default"], 0.05)
+    assert await broker.claim(["default"], 10, 30.0) == []
+    await broker.enqueue([request()])
+    await asyncio.wait_for(broker.wait_for_work(["default"], 60.0), 5.0)
+    assert len(await broker.claim(["default"], 10, 30.0)) == 1
+
+
+async def test_wait_for_work_after_a_claim_wakes_when_a_delayed_job_comes_due(
+    broker: Broker,
+) -> None:
+    await broker.wait_for_work(["default"], 0.05)
+    await broker.enqueue([request(delay=0.3)])
+    assert await broker.claim(["default"], 10, 30.0) == []  # not yet due
+    await asyncio.wait_for(broker.wait_for_work(["default"], 60.0), 5.0)
+
+    async def claimed() -> bool:
+        return bool(await broker.claim(["default"], 10, 30.0))
+
+    await eventually(claimed, 5.0, "the delayed job claimed")
+
+
 async def test_wait_for_work_does_not_spin_on_work_in_other_queues(broker: Broker) -> None:
     await broker.enqueue([request(queue="elsewhere")])
     returns = 0

@@ -148,6 +148,12 @@ class _LoopState:
         self.channels: dict[str, int] = {}
         self.reader: asyncio.Task[None] | None = None
         self.scripts: dict[str, Any] = {}
+        # For idle workers (see RedisBroker.wait_for_work): pushes counted per work channel
+        # whose subscription the server confirmed (those in ``listening``), and per queue what
+        # the loop's last claim said comes due next: (push count when it was sent, seconds).
+        self.pushes: dict[str, int] = {}
+        self.listening: set[str] = set()
+        self.due: dict[str, tuple[int, float]] = {}
 
 
 class _SyncClient:
@@ -199,12 +205,6 @@ class RedisBroker(Broker):
         self._confirmed = Notifier()  # keyed by channel: the server confirmed the subscription
         self._done_prefix = f"{self.prefix}:done:"
         self._sync: _SyncClient | None = None  # for enqueue_blocking; made when opened
-        # Idle workers: pushes counted per work channel (once its subscription is confirmed,
-        # it is in _listening), and per queue what the last claim said comes due next (the
-        # push count when it was sent, Unix seconds); see wait_for_work.
-        self._pushes: dict[str, int] = {}
-        self._listening: set[str] = set()
-        self._due: dict[str, tuple[int | None, float]] = {}
         # job id -> queue of the jobs this instance enqueued lately, so that waiting for one
         # needs no lookup first (bounded: forgotten all at once past _REMEMBERED).
         self._enqueued: dict[str, str] = {}
@@ -375,7 +375,7 @@ class RedisBroker(Broker):
             except Exception:  # the reader must outlive anything: without it, no pushes
                 # Pushes may be lost while the client reconnects and resubscribes: no claim's
                 # report of what comes due can be trusted until the next claim.
-                self._due.clear()
+                state.due.clear()
                 await asyncio.sleep(0.5)
                 continue
             if message is None:
@@ -387,7 +387,7 @@ class RedisBroker(Broker):
             elif channel.startswith(self._done_prefix):
                 self._done.notify(message["data"].decode().split(" "))
             else:
-                self._pushes[channel] = self._pushes.get(channel, 0) + 1
+                state.pushes[channel] = state.pushes.get(channel, 0) + 1
                 self._work.notify((channel[len(f"{self.prefix}:work:") :],))
 
     # -- producing ------------------------------------------------------------------------
@@ -511,15 +511,16 @@ class RedisBroker(Broker):
         top = "+inf" if floor is None else repr(-floor * _PRIORITY_UNIT + _PRIORITY_UNIT - 1)
         # Pushes seen on the queue's work channel before this claim ran: if none arrives
         # before the worker waits, the claim's own report of what comes due is still true.
+        state = await self._state()
         channel = self._work_channel(queue)
-        snapshot = self._pushes.get(channel, 0) if channel in self._listening else None
+        snapshot = state.pushes.get(channel, 0) if channel in state.listening else None
         flat = await self._call(
             "claim", queue, limit, _ms(lease), worker, opts.max_recoveries,
             _ms(opts.dead_letter_ttl), self._done_channel(queue), top,
         )  # fmt: skip
         if floor is None and snapshot is not None:
             due = int(flat[0])
-            self._due[queue] = (snapshot, math.inf if due < 0 else due / 1000)
+            state.due[queue] = (snapshot, math.inf if due < 0 else due / 1000)
         out = []
         for i in range(1, len(flat), 4):
             job_id = flat[i].decode()
@@ -537,12 +538,12 @@ class RedisBroker(Broker):
                 # on its timeout. Undo, so that the next wait subscribes again, and say so.
                 await self._unsubscribe(new)
                 raise BrokerError(f"Redis at {self._safe_url} did not confirm SUBSCRIBE {new}")
-            self._listening.update(new)
+            state.listening.update(new)
         with self._work.listen(queues) as listener:  # before the checks: no lost wake-up
             now = time.time()
-            hints = [self._due.pop(q, None) for q in queues]
+            hints = [state.due.pop(q, None) for q in queues]
             if all(
-                h is not None and h[0] == self._pushes.get(self._work_channel(q), 0)
+                h is not None and h[0] == state.pushes.get(self._work_channel(q), 0)
                 for q, h in zip(queues, hints, strict=True)
             ):
                 # The last claim of every queue said what comes due, and no push came since
@@ -626,19 +627,19 @@ class RedisBroker(Broker):
 
     # -- status and control -----------------------------------------------------------------
     async def status(self, job_id: str) -> JobStatus | None:
-        state = await self._state()
-        hint = self._enqueued.get(job_id) or self._held.get(job_id)
-        if hint is not None:  # the usual case: one read, no lookup of the queues
-            fields = await asyncio.shield(state.client.hgetall(f"{self._tag(hint)}:job:{job_id}"))
-            if fields:
-                return _status(fields)
-        for queue in sorted(await self._known_queues()):
-            if queue == hint:
-                continue
+        client = (await self._state()).client
+
+        async def read(queue: str) -> JobStatus | None:
             key = f"{self._tag(queue)}:job:{job_id}"
-            fields = await asyncio.shield(state.client.hgetall(key))  # see _call
-            if fields:
-                return _status(fields)
+            fields = await asyncio.shield(client.hgetall(key))  # see _call
+            return _status(fields) if fields else None
+
+        hint = self._enqueued.get(job_id) or self._held.get(job_id)
+        if hint is not None and (found := await read(hint)) is not None:
+            return found  # the usual case: one read, no listing of the queues
+        for queue in sorted(await self._known_queues()):
+            if queue != hint and (found := await read(queue)) is not None:
+                return found
         return None
 
     async def wait(self, job_id: str, timeout: float | None) -> JobStatus | None:
