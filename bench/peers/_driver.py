@@ -6,7 +6,7 @@ variant with the ``Peer`` methods below and ends with ``main(Variant1(), Variant
 the timing, the completion count and the process handling, so every system is measured alike:
 
 - the task every system runs takes an int, INCRs the Redis counter ``bench:count`` on the
-  private server and returns the int (``count_done`` below, for the peers' task modules);
+  private server and returns the int (``_counter.py``, shared by the peers' task modules);
 - ``enqueue``: ``n`` calls one at a time through the system's normal API (timed by the peer,
   after one warm-up call that connects);
 - ``enqueue_many``: ``n`` jobs through the system's bulk API in batches of ``batch``;
@@ -37,10 +37,10 @@ HERE = Path(__file__).resolve().parent
 BENCH = HERE.parent
 sys.path.insert(0, str(BENCH))
 
+from _counter import COUNTER, SHARED_PORT  # noqa: E402
+
 from _common import _rate  # noqa: E402
 
-COUNTER = "bench:count"
-SHARED_PORT = 6379
 PHASES = ("enqueue", "bulk", "drain", "latency")
 
 
@@ -73,8 +73,8 @@ class Peer(Protocol):
         ...
 
 
-def count_done(port: int) -> Any:
-    """The sync client a task body uses: ``client.incr(COUNTER)``."""
+def _private_client(port: int) -> Any:
+    """A sync client of the benchmark's private server (never the shared one)."""
     import redis
 
     if port == SHARED_PORT:
@@ -83,7 +83,7 @@ def count_done(port: int) -> Any:
 
 
 def _flush(port: int) -> None:
-    client = count_done(port)  # the private server only
+    client = _private_client(port)  # the private server only
     client.flushall()
     client.close()
 
@@ -142,7 +142,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def _drain(peer: Peer, port: int, n: int, procs: int, timeout: float) -> dict[str, float]:
     _flush(port)
     peer.fill(port, n)
-    client = count_done(port)
+    client = _private_client(port)
     argv, env = peer.worker(port, procs, results=False)
     proc = _start(argv, env)
     try:

@@ -13,27 +13,16 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import redis.asyncio as aioredis
+from _counter import aincr_counter, private_port
 from arq.connections import RedisSettings
 from arq.logs import default_log_config
 
-PORT = int(os.environ.get("BENCH_REDIS_PORT", "0"))
-if PORT == 6379:
-    raise RuntimeError("refusing the shared Redis")
-_clients: dict[int, Any] = {}
-
-
-def _client() -> Any:
-    # One client per worker process (the worker runs one event loop).
-    pid = os.getpid()
-    if pid not in _clients:
-        _clients[pid] = aioredis.Redis(host="127.0.0.1", port=PORT)
-    return _clients[pid]
+PORT = private_port()  # read when the module is imported, in the process that runs it
 
 
 async def noop(ctx: dict[str, Any], i: int) -> int:
     """The benchmark's task: count the completion on the private Redis."""
-    await _client().incr("bench:count")
+    await aincr_counter()
     return i
 
 

@@ -16,14 +16,12 @@ one configuration:
 from __future__ import annotations
 
 import os
-from typing import Any
 
-import redis
+from _counter import incr_counter, private_port
 from celery import Celery
 
-PORT = int(os.environ.get("BENCH_REDIS_PORT", "0"))
-if PORT == 6379:
-    raise RuntimeError("refusing the shared Redis")
+PORT = private_port()  # read when the module is imported, in the process that runs it
+
 URL = f"redis://127.0.0.1:{PORT}/0"
 
 app = Celery("bench", broker=URL, backend=URL)
@@ -34,21 +32,9 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
 )
 
-_clients: dict[int, Any] = {}
-
-
-def _client() -> Any:
-    """One sync client per process (keyed by pid: prefork children each open their own).
-
-    redis-py's client is thread-safe (a connection pool), so the threads pool shares it."""
-    pid = os.getpid()
-    if pid not in _clients:
-        _clients[pid] = redis.Redis(host="127.0.0.1", port=PORT)
-    return _clients[pid]
-
 
 @app.task(name="bench.count")
 def count(i: int) -> int:
     """The benchmark's task: count the completion on the private Redis."""
-    _client().incr("bench:count")
+    incr_counter()
     return i

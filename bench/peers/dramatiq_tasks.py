@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
 
 import dramatiq
-import redis
+from _counter import incr_counter, private_port
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.results import Results
 from dramatiq.results.backends import RedisBackend
 
-PORT = int(os.environ.get("BENCH_REDIS_PORT", "0"))
-if PORT == 6379:
-    raise RuntimeError("refusing the shared Redis")
+PORT = private_port()  # read when the module is imported, in the process that runs it
+
 RESULTS = os.environ.get("BENCH_RESULTS") == "1"
 
 broker = RedisBroker(host="127.0.0.1", port=PORT)
@@ -34,20 +32,9 @@ dramatiq.set_broker(broker)
 if not RESULTS:
     logging.getLogger("dramatiq.results.middleware.Results").setLevel(logging.ERROR)
 
-_clients: dict[int, Any] = {}
-
-
-def _client() -> Any:
-    # One client per worker process (its connection pool serves the worker's threads);
-    # keyed by pid because Dramatiq forks its worker processes after importing this module.
-    pid = os.getpid()
-    if pid not in _clients:
-        _clients[pid] = redis.Redis(host="127.0.0.1", port=PORT)
-    return _clients[pid]
-
 
 @dramatiq.actor(store_results=RESULTS)
 def noop(i: int) -> int:
     """The benchmark's task: count the completion on the private Redis."""
-    _client().incr("bench:count")
+    incr_counter()
     return i

@@ -11,31 +11,19 @@ waits on with BLPOP instead of polling the result hash with a back-off.
 from __future__ import annotations
 
 import os
-from typing import Any
 
-import redis
+from _counter import incr_counter, private_port
 from huey import RedisHuey
 
-PORT = int(os.environ.get("BENCH_REDIS_PORT", "0"))
-if PORT == 6379:
-    raise RuntimeError("refusing the shared Redis")
+PORT = private_port()  # read when the module is imported, in the process that runs it
+
 RESULTS = os.environ.get("BENCH_RESULTS") != "0"
 
 huey = RedisHuey("bench", results=RESULTS, notify_result=True, host="127.0.0.1", port=PORT)
-_clients: dict[int, Any] = {}
-
-
-def _client() -> Any:
-    # One client per consumer process (its connection pool serves the worker threads);
-    # keyed by pid in case the consumer forks (``-k process``).
-    pid = os.getpid()
-    if pid not in _clients:
-        _clients[pid] = redis.Redis(host="127.0.0.1", port=PORT)
-    return _clients[pid]
 
 
 @huey.task()
 def noop(i: int) -> int:
     """The benchmark's task: count the completion on the private Redis."""
-    _client().incr("bench:count")
+    incr_counter()
     return i

@@ -13,15 +13,13 @@ The broker is read from the environment when the module is imported, so the work
 from __future__ import annotations
 
 import os
-from typing import Any
 
-import redis.asyncio as aioredis
+from _counter import aincr_counter, private_port
 from taskiq import AsyncBroker
 from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend, RedisStreamBroker
 
-PORT = int(os.environ.get("BENCH_REDIS_PORT", "0"))
-if PORT == 6379:
-    raise RuntimeError("refusing the shared Redis")
+PORT = private_port()  # read when the module is imported, in the process that runs it
+
 URL = f"redis://127.0.0.1:{PORT}/0"
 QUEUE = "bench:taskiq"
 # taskiq-redis's README: "It is highly recommended to use expire time in
@@ -46,19 +44,10 @@ def _broker() -> AsyncBroker:
 
 
 broker = _broker()
-_clients: dict[int, Any] = {}
-
-
-def _client() -> Any:
-    # one client per worker process (each runs one event loop)
-    pid = os.getpid()
-    if pid not in _clients:
-        _clients[pid] = aioredis.Redis(host="127.0.0.1", port=PORT)
-    return _clients[pid]
 
 
 @broker.task(task_name="bench.noop")
 async def noop(i: int) -> int:
     """The benchmark's task: count the completion on the private Redis."""
-    await _client().incr("bench:count")
+    await aincr_counter()
     return i
