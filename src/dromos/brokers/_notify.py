@@ -63,6 +63,10 @@ class Notifier:
                 if not entries:
                     del self._waiters[key]
 
+    def has(self, key: Hashable) -> bool:
+        """True if somebody listens for ``key`` now (a hint: they may stop at any moment)."""
+        return key in self._waiters
+
     def notify(self, keys: Iterable[Hashable]) -> None:
         """Wake the waiters of each key (and those waiting on no key in particular)."""
         with self._lock:

@@ -7,9 +7,9 @@ server and a Cluster. Batches are one script call per queue: one round trip for 
 Leases and due times use the server's clock (``TIME`` inside the scripts).
 
 Pushes instead of polls: scripts publish on ``<prefix>:work:<queue>`` when jobs become ready
-and on ``<prefix>:done:<queue>`` (the ids, one message per batch) when jobs end; idle workers
-and waiting callers subscribe (and re-check now and then, in case a message was missed during
-a reconnect).
+and on ``<prefix>:done:<queue>`` when jobs end (one message per batch, carrying each job's
+status, so that a waiting caller needs no read after it); idle workers and waiting callers
+subscribe (and re-check now and then, in case a message was missed during a reconnect).
 
 URL: ``redis://[:password@]host:port[/db]?prefix=NAME``; ``rediss://`` for TLS; a Cluster is
 given by the URL of any of its nodes (detected with ``INFO cluster``). Connection errors are
@@ -98,14 +98,17 @@ _REMEMBERED = 100_000  # job ids whose queue an instance remembers (see RedisBro
 _PRIORITY_UNIT = 2**40  # ready score = -priority * _PRIORITY_UNIT + seq (see redis.lua)
 
 
-def _scripts() -> dict[str, str]:
-    """The named sections of ``redis.lua``, each prefixed with the ``common`` one."""
+def _scripts(cluster: bool) -> dict[str, str]:
+    """The named sections of ``redis.lua``, each prefixed with the ``common`` one.
+
+    ``CLUSTER`` is set in the source: on a Cluster the scripts publish differently.
+    """
     text = resources.files("dromos.brokers").joinpath("redis.lua").read_text()
     sections: dict[str, str] = {}
     for chunk in text.split("\n--- ")[1:]:
         name, _, body = chunk.partition("\n")
         sections[name.strip()] = body
-    common = sections.pop("common")
+    common = f"local CLUSTER = {str(cluster).lower()}\n" + sections.pop("common")
     return {name: common + body for name, body in sections.items()}
 
 
@@ -123,8 +126,25 @@ def _seconds(value: bytes | None) -> float | None:
     return None if value is None else int(value) / 1000
 
 
-def _status(fields: dict[bytes, bytes]) -> JobStatus:
-    f = {k.decode(): v for k, v in fields.items()}
+# The fields a done message carries per job, in redis.lua's STATUS_FIELDS order.
+_STATUS_FIELDS = (
+    "id", "task", "queue", "state", "progress", "message", "attempt", "priority", "result",
+    "errors", "created_at", "eta", "started_at", "finished_at", "cancel",
+)  # fmt: skip
+_done_message = msgspec.msgpack.Decoder(list[str | list[str | bool] | bool])
+
+
+def _carried(values: list[str | bool]) -> dict[str, bytes]:
+    """A job's fields as a done message carries them (``False`` for a field not set)."""
+    return {
+        name: value.encode()
+        for name, value in zip(_STATUS_FIELDS, values, strict=True)
+        if isinstance(value, str)
+    }
+
+
+def _status(f: dict[str, bytes]) -> JobStatus:
+    """A job's status from its hash fields (names decoded, values as stored)."""
     return job_status(
         job_id=f["id"].decode(), task=f["task"].decode(), queue=f["queue"].decode(),
         state=JobState(f["state"].decode()), progress=float(f.get("progress", b"0")),
@@ -194,7 +214,7 @@ class RedisBroker(Broker):
         self.url = urlunsplit(parts._replace(query=urlencode(query)))
         host = parts.netloc.rpartition("@")[2]  # host:port, without the credentials
         self._safe_url = urlunsplit(parts._replace(netloc=host, query=""))
-        self._sources = _scripts()
+        self._sources: dict[str, str] = {}  # the scripts, once the server's kind is known
         self._loops: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._creating: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
         self._cluster: bool | None = None
@@ -208,6 +228,9 @@ class RedisBroker(Broker):
         # job id -> queue of the jobs this instance enqueued lately, so that waiting for one
         # needs no lookup first (bounded: forgotten all at once past _REMEMBERED).
         self._enqueued: dict[str, str] = {}
+        # job id -> status values a done message carried, for a caller waiting for that job
+        # (taken by its wait(); only ids somebody waits for are kept).
+        self._statuses: dict[str, list[str | bool]] = {}
 
     # -- plumbing ---------------------------------------------------------------------------
     def _tag(self, queue: str) -> str:
@@ -241,6 +264,7 @@ class RedisBroker(Broker):
         except RedisError as exc:
             await subscriber.aclose()
             raise BrokerError(f"cannot reach Redis at {self._safe_url}: {exc}") from exc
+        self._sources = self._sources or _scripts(bool(self._cluster))
         client: Any = (
             RedisCluster.from_url(self.url, retry=retry, max_connections=_MAX_CONNECTIONS)
             if self._cluster
@@ -385,10 +409,24 @@ class RedisBroker(Broker):
                 if message["type"] == "subscribe":
                     self._confirmed.notify((channel,))
             elif channel.startswith(self._done_prefix):
-                self._done.notify(message["data"].decode().split(" "))
+                self._ended(message["data"])
             else:
                 state.pushes[channel] = state.pushes.get(channel, 0) + 1
                 self._work.notify((channel[len(f"{self.prefix}:work:") :],))
+
+    def _ended(self, data: bytes) -> None:
+        """A done message: keep the statuses it carries for their waiters, then wake them."""
+        try:
+            items = _done_message.decode(data)
+        except msgspec.DecodeError:
+            return  # not ours (another version?): waiters re-check on their own
+        ids = [i for i in items[0::2] if isinstance(i, str)]
+        for job_id, values in zip(ids, items[1::2], strict=False):
+            if isinstance(values, list) and self._done.has(job_id):
+                if len(self._statuses) >= _REMEMBERED:  # waiters that left before taking theirs
+                    self._statuses.clear()
+                self._statuses[job_id] = values
+        self._done.notify(ids)
 
     # -- producing ------------------------------------------------------------------------
     async def enqueue(self, requests: Sequence[EnqueueRequest]) -> list[str]:
@@ -632,7 +670,7 @@ class RedisBroker(Broker):
         async def read(queue: str) -> JobStatus | None:
             key = f"{self._tag(queue)}:job:{job_id}"
             fields = await asyncio.shield(client.hgetall(key))  # see _call
-            return _status(fields) if fields else None
+            return _status({k.decode(): v for k, v in fields.items()}) if fields else None
 
         hint = self._enqueued.get(job_id) or self._held.get(job_id)
         if hint is not None and (found := await read(hint)) is not None:
@@ -657,14 +695,22 @@ class RedisBroker(Broker):
         if channel not in (await self._state()).channels:
             await self._subscribe([channel])
         with self._done.listen((job_id,)) as listener:  # before the status read
-            while True:
-                status = await self.status(job_id)
-                if status is None or status.state.terminal:
-                    return status
-                left = None if deadline is None else deadline - loop.time()
-                if left is not None and left <= 0:
-                    return None
-                await listener.wait(_RECHECK if left is None else min(left, _RECHECK))
+            try:
+                while True:
+                    carried = self._statuses.pop(job_id, None)
+                    found = (
+                        _status(_carried(carried))
+                        if carried is not None
+                        else await self.status(job_id)
+                    )
+                    if found is None or found.state.terminal:
+                        return found
+                    left = None if deadline is None else deadline - loop.time()
+                    if left is not None and left <= 0:
+                        return None
+                    await listener.wait(_RECHECK if left is None else min(left, _RECHECK))
+            finally:
+                self._statuses.pop(job_id, None)
 
     async def cancel(self, job_id: str) -> JobState | None:
         queue = (await self._queue_of([job_id])).get(job_id)
@@ -701,7 +747,7 @@ class RedisBroker(Broker):
                 for fields in rows:
                     if not fields:
                         continue  # its retention ended; purge drops the id
-                    status = _status(fields)
+                    status = _status({k.decode(): v for k, v in fields.items()})
                     if (state is None or status.state is state) and (
                         task is None or status.task == task
                     ):
