@@ -20,7 +20,7 @@ from dromos.errors import (
     UnknownTaskError,
     ValidationError,
 )
-from dromos.job import Job, JobError, JobState, JobStatus
+from dromos.job import Job, JobError, JobState, JobStatus, WebhookAttempt
 from dromos.task import Call, Task
 from dromos.worker.runtime import Worker
 
@@ -46,6 +46,7 @@ __all__ = [
     "Task",
     "UnknownTaskError",
     "ValidationError",
+    "WebhookAttempt",
     "Worker",
     "__version__",
     "current_job",

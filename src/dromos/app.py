@@ -22,6 +22,7 @@ from dromos.errors import ConfigurationError, UnknownTaskError
 from dromos.job import Job
 from dromos.message import new_job_ids, utcnow
 from dromos.task import AsyncTask, Call, Executor, SyncTask, Task
+from dromos.webhooks import DEFAULT_BACKOFF, WebhookSettings
 
 if TYPE_CHECKING:
     from dromos.worker.runtime import Worker
@@ -54,6 +55,11 @@ class App:
     it, so operators can point the same code elsewhere. ``result_ttl`` is how long results
     and ended jobs are kept, ``lease`` how long a worker may go silent before its jobs are
     handed to another, and ``idempotency_window`` how long an idempotency key names its job.
+
+    Jobs enqueued with a ``callback_url`` get a signed webhook when they end: ``webhook_secret``
+    (``$DROMOS_WEBHOOK_SECRET``, ``whsec_...``) signs it, ``webhook_hosts``
+    (``$DROMOS_WEBHOOK_HOSTS``) limits where it may go, and a refused delivery is tried again on
+    ``webhook_backoff`` for ``webhook_retry_for`` after the job ended (see ``dromos.webhooks``).
     """
 
     def __init__(
@@ -67,6 +73,10 @@ class App:
         lease: float | timedelta = 30.0,
         idempotency_window: float | timedelta = timedelta(days=1),
         max_recoveries: int = 3,
+        webhook_secret: str | None = None,
+        webhook_hosts: Sequence[str] | None = None,
+        webhook_retry_for: float | timedelta = timedelta(days=1),
+        webhook_backoff: Sequence[float] = DEFAULT_BACKOFF,
     ) -> None:
         self.name = name
         self.broker_url = os.environ.get("DROMOS_BROKER") or broker or DEFAULT_BROKER
@@ -85,6 +95,10 @@ class App:
             dead_letter_ttl=_seconds(dead_letter_ttl),
             max_recoveries=max_recoveries,
         )
+        self.webhooks = WebhookSettings.from_env(
+            webhook_secret, webhook_hosts, retry_for=_seconds(webhook_retry_for),
+            backoff=tuple(webhook_backoff),
+        )  # fmt: skip
         self.tasks: dict[str, Task[Any, Any]] = {}
         # Made now (it connects on first use) so that a bad URL fails here, not at the first
         # enqueue in production.

@@ -18,7 +18,7 @@ from dromos.errors import JobCancelled, JobFailed, JobNotFound, ResultTimeout
 if TYPE_CHECKING:
     from dromos.app import App
 
-__all__ = ["Job", "JobError", "JobState", "JobStatus"]
+__all__ = ["Job", "JobError", "JobState", "JobStatus", "WebhookAttempt"]
 
 R = TypeVar("R")
 
@@ -59,6 +59,21 @@ class JobError(msgspec.Struct, frozen=True, kw_only=True):
     """Which attempt raised it (1 for the first)."""
 
 
+class WebhookAttempt(msgspec.Struct, frozen=True, kw_only=True):
+    """One attempt to deliver a job's completion webhook (``callback_url``)."""
+
+    at: datetime
+    """When the attempt was made."""
+    status: int | None = None
+    """The receiver's HTTP status code; ``None`` when no answer came (refused, timed out)."""
+    error: str | None = None
+    """Why it did not count as delivered, in words; ``None`` when it did."""
+    delivered: bool = False
+    """True for a 2xx answer: no more attempts follow."""
+    last: bool = False
+    """True when no more attempts follow (delivered, or retries given up)."""
+
+
 class JobStatus(msgspec.Struct, frozen=True, kw_only=True):
     """A snapshot of one job, as a broker reports it."""
 
@@ -94,6 +109,8 @@ class JobStatus(msgspec.Struct, frozen=True, kw_only=True):
     """When it reached a terminal state."""
     cancel_requested: bool = False
     """A cancel was asked for while it ran; the worker is stopping it."""
+    webhooks: list[WebhookAttempt] = []
+    """Delivery attempts of the completion webhook (jobs enqueued with a ``callback_url``)."""
 
 
 class Job(Generic[R]):

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 from dromos._signature import Signature
 from dromos.brokers.base import EnqueueRequest
 from dromos.context import JobContext, run_as
-from dromos.errors import ConfigurationError
+from dromos.errors import ConfigurationError, ValidationError
 from dromos.job import Job
 from dromos.message import Message, encode, new_job_id, utcnow
+from dromos.webhooks import check_url
 
 if TYPE_CHECKING:
     from dromos.app import App
@@ -196,6 +197,10 @@ class Task(Generic[P, R]):
         if o.idempotency_key is not None:
             headers["idempotency_key"] = o.idempotency_key
         if o.callback_url is not None:
+            refused = check_url(o.callback_url, self.app.webhooks.hosts)
+            if refused is not None:
+                problem = {"loc": ("callback_url",), "msg": refused, "type": "callback_url"}
+                raise ValidationError(self.name, [problem])
             headers["callback_url"] = o.callback_url
         eta = o.eta.astimezone(UTC) if o.eta else None
         if o.delay:

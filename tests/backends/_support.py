@@ -24,6 +24,7 @@ def request(
     args: list[Any] | None = None,
     payload: bytes | None = None,
     window: float = 3600.0,
+    callback: str | None = None,
 ) -> EnqueueRequest:
     """One job as the app would hand it to a broker (``payload`` overrides the encoding)."""
     now = utcnow()
@@ -37,6 +38,8 @@ def request(
         created_at=now,
         headers={} if key is None else {"idempotency_key": key},
     )
+    if callback is not None:
+        message.headers["callback_url"] = callback
     return EnqueueRequest(message, encode(message) if payload is None else payload, window)
 
 

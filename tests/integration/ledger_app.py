@@ -16,6 +16,8 @@ import asyncio
 import os
 import time
 
+import msgspec
+
 import dromos
 
 __all__ = ["BOOT", "create_app"]
@@ -85,10 +87,15 @@ def create_app(
 
 
 def _from_env() -> dromos.App:
-    return create_app(
+    app = create_app(
         lease=float(os.environ.get("LEDGER_LEASE", "30")),
         max_recoveries=int(os.environ.get("LEDGER_MAX_RECOVERIES", "3")),
     )
+    backoff = os.environ.get("LEDGER_WEBHOOK_BACKOFF")  # seconds, comma-separated
+    if backoff:
+        schedule = tuple(float(x) for x in backoff.split(","))
+        app.webhooks = msgspec.structs.replace(app.webhooks, backoff=schedule)
+    return app
 
 
 def __getattr__(name: str) -> dromos.App:

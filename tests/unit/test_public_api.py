@@ -22,6 +22,7 @@ EXPECTED = [
     "Task",
     "UnknownTaskError",
     "ValidationError",
+    "WebhookAttempt",
     "Worker",
     "__version__",
     "current_job",

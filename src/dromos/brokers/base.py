@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from dromos.job import JobError, JobState, JobStatus
+from dromos.job import JobError, JobState, JobStatus, WebhookAttempt
 
 if TYPE_CHECKING:
     from dromos.message import Message
@@ -46,7 +46,10 @@ __all__ = [
     "Outcome",
     "ProgressUpdate",
     "QueueStats",
+    "WebhookDue",
     "job_status",
+    "webhook_attempt_json",
+    "webhook_attempts",
 ]
 
 
@@ -143,6 +146,33 @@ class QueueStats:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class WebhookDue:
+    """A completion webhook to attempt now, leased to the deliverer that asked for it."""
+
+    job_id: str
+    url: str
+    """The job's ``callback_url``."""
+    since: float
+    """When the job ended (its ``finished_at``): retries stop some time after it."""
+    attempts: int
+    """Attempts made so far."""
+
+
+_webhooks = msgspec.json.Decoder(list[WebhookAttempt])
+_webhook = msgspec.json.Encoder()
+
+
+def webhook_attempts(stored: bytes | str | None) -> list[WebhookAttempt]:
+    """The attempts as brokers store them: a JSON array, appended to as text."""
+    return _webhooks.decode(stored) if stored else []
+
+
+def webhook_attempt_json(attempt: WebhookAttempt) -> str:
+    """One attempt as the JSON text a broker appends to its stored array."""
+    return _webhook.encode(attempt).decode()
+
+
 def _ts(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, UTC)
 
@@ -164,6 +194,7 @@ def job_status(
     started_at: float | None,
     finished_at: float | None,
     cancel_requested: bool,
+    webhooks: list[WebhookAttempt] | bytes | str | None = None,
 ) -> JobStatus:
     """A job's status from what a broker stores (times in Unix seconds, result as JSON bytes).
 
@@ -191,6 +222,7 @@ def job_status(
         started_at=_ts(started_at),
         finished_at=_ts(finished_at),
         cancel_requested=cancel_requested,
+        webhooks=webhooks if isinstance(webhooks, list) else webhook_attempts(webhooks),
     )
 
 
@@ -344,6 +376,26 @@ class Broker(abc.ABC):
         ``None`` replays every dead letter. The failure count starts again from zero while
         the error history is kept. Replaying a job twice at once moves it once.
         """
+
+    # -- completion webhooks ----------------------------------------------------------------
+    # A job enqueued with a ``callback_url`` header gets an outbox entry in the same write
+    # that ends it (succeeded, failed, cancelled; also dead-lettered by a claim): a delivery
+    # is stored before anybody attempts it, and a deliverer that dies loses none.
+
+    @abc.abstractmethod
+    async def webhooks_due(self, limit: int, lease: float) -> list[WebhookDue]:
+        """Lease up to ``limit`` deliveries whose time has come, oldest first.
+
+        A leased delivery is not due again for ``lease`` seconds: if its deliverer dies, it
+        comes due again then. Two deliverers never get the same delivery at once (unless a
+        lease ran out).
+        """
+
+    @abc.abstractmethod
+    async def webhook_attempted(
+        self, job_id: str, attempt: WebhookAttempt, retry_at: float | None
+    ) -> None:
+        """Record an attempt on the job; due again at ``retry_at``, or done when ``None``."""
 
     @abc.abstractmethod
     async def purge(self) -> int:

@@ -25,9 +25,10 @@ from dromos.brokers.base import (
     Outcome,
     ProgressUpdate,
     QueueStats,
+    WebhookDue,
     job_status,
 )
-from dromos.job import PENDING_STATES, JobError, JobState, JobStatus
+from dromos.job import PENDING_STATES, JobError, JobState, JobStatus, WebhookAttempt
 
 __all__ = ["MemoryBroker"]
 
@@ -61,6 +62,9 @@ class _Row:
     finished_at: float | None = None
     expires_at: float | None = None
     cancel_requested: bool = False
+    callback_url: str | None = None
+    webhooks: list[WebhookAttempt] = field(default_factory=list)
+    hook_due: float | None = None  # the outbox: when its webhook delivery is due next
 
     def to_status(self) -> JobStatus:
         return job_status(
@@ -69,6 +73,7 @@ class _Row:
             priority=self.priority, result=self.result, errors=list(self.errors),
             created_at=self.created_at, eta=self.eta, started_at=self.started_at,
             finished_at=self.finished_at, cancel_requested=self.cancel_requested,
+            webhooks=list(self.webhooks),
         )  # fmt: skip
 
 
@@ -114,6 +119,7 @@ class MemoryBroker(Broker):
                     state=_S.SCHEDULED if eta is not None and eta > now else _S.QUEUED,
                     eta=eta,
                     created_at=msg.created_at.timestamp(),
+                    callback_url=msg.headers.get("callback_url"),
                 )
                 if key is not None:
                     row.idempotency_key = key
@@ -204,6 +210,8 @@ class MemoryBroker(Broker):
         row.lease_until = None
         ttl = self.options.dead_letter_ttl if state is _S.FAILED else self.options.result_ttl
         row.expires_at = now + ttl
+        if row.callback_url is not None:  # the outbox entry, in the same step as the end
+            row.hook_due = now
         self._done.notify((row.id,))
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
@@ -386,6 +394,29 @@ class MemoryBroker(Broker):
                 moved.append(row.id)
         self._work.notify({self._rows[i].queue for i in moved})
         return moved
+
+    async def webhooks_due(self, limit: int, lease: float) -> list[WebhookDue]:
+        now = time.time()
+        with self._lock:
+            due = sorted(
+                (r for r in self._rows.values() if r.hook_due is not None and r.hook_due <= now),
+                key=lambda r: r.hook_due or 0.0,
+            )[:limit]
+            for row in due:
+                row.hook_due = now + lease
+            return [
+                WebhookDue(r.id, r.callback_url or "", r.finished_at or now, len(r.webhooks))
+                for r in due
+            ]
+
+    async def webhook_attempted(
+        self, job_id: str, attempt: WebhookAttempt, retry_at: float | None
+    ) -> None:
+        with self._lock:
+            row = self._rows.get(job_id)
+            if row is not None:
+                row.webhooks.append(attempt)
+                row.hook_due = retry_at
 
     async def purge(self) -> int:
         now = time.time()

@@ -13,9 +13,12 @@
 --   T:all        zset: every job id with score 0, for listing newest first (ids sort by time)
 --   T:idem:<key> string: the job id an idempotency key names, expiring with its window
 --
+--   T:outbox     zset: jobs whose completion webhook is due, score when (ms); a job enters
+--                it in the script that ends it, and leaves once delivered or given up
+--
 -- Job hash fields: id task queue state priority seq payload created_at eta attempt failures
 -- recoveries worker started_at finished_at expires_at progress message result errors cancel
--- idem. Times are Unix milliseconds. errors is a JSON array of {type, message, traceback,
+-- idem callback (the webhook URL) webhooks (its attempts, a JSON array). Times are Unix ms. errors is a JSON array of {type, message, traceback,
 -- attempt}, appended to as text. A lease's end is its score in T:running (nowhere else).
 -- Channels: <prefix>:work:<queue> (jobs became ready), <prefix>:done:<queue> (jobs ended,
 -- one message per script call: a MessagePack array id, status, id, status ... where status is
@@ -56,11 +59,14 @@ local function make_ready(jk, id)
 end
 -- Ended jobs of this call, by end state: {state = {expires, id, ...}}; done = their ids.
 local ended, done = {}, {}
--- extra: more fields of the same HSET (the result, on success).
-local function finish(jk, id, state, now, ttl, extra)
+-- extra: more fields of the same HSET (the result, on success). callback: whether the job
+-- has a webhook URL, when the caller read it already (nil: look).
+local function finish(jk, id, state, now, ttl, extra, callback)
   local expires = now + ttl
   redis.call('HSET', jk, 'state', state, 'finished_at', now, 'expires_at', expires, unpack(extra))
   redis.call('PEXPIREAT', jk, expires)
+  if callback == nil then callback = redis.call('HEXISTS', jk, 'callback') == 1 end
+  if callback then redis.call('ZADD', T .. ':outbox', now, id) end  -- the webhook's outbox
   local set = ended[state]
   if not set then set = {}; ended[state] = set end
   set[#set + 1] = expires
@@ -95,6 +101,7 @@ end
 --- enqueue
 -- ARGV: T, work channel, queue, then one MessagePack array of jobs, each an array:
 --   id task priority eta(ms or '') payload created_at(ms) idem_key('' for none) idem_window(ms)
+--   callback_url ('' for none)
 local now = clock()
 local jobs = cmsgpack.unpack(ARGV[4])
 local out, ready, scheduled, all = {}, {}, {}, {}
@@ -132,6 +139,7 @@ for _, job in ipairs(jobs) do
         redis.call('SET', T .. ':idem:' .. key, id, 'PX', job[8])
         redis.call('HSET', jk, 'idem', key)
       end
+      if job[9] ~= '' then redis.call('HSET', jk, 'callback', job[9]) end
     end
     out[#out + 1] = id
   end
@@ -217,13 +225,14 @@ local applied, settled, retrying = 0, {}, {}
 for _, o in ipairs(cmsgpack.unpack(ARGV[6])) do
   local id, attempt, state = o[1], o[2], o[3]
   local jk = jkey(id)
-  local f = redis.call('HMGET', jk, 'state', 'attempt')
+  local f = redis.call('HMGET', jk, 'state', 'attempt', 'callback')
+  local callback = f[3] ~= false
   if f[1] == 'running' and f[2] == attempt then
     applied = applied + 1
     settled[#settled + 1] = id
     if o[5] ~= '' then append_error(jk, o[5]) end
     if state == 'succeeded' then
-      finish(jk, id, state, now, tonumber(ARGV[2]), {'result', o[4], 'progress', 1})
+      finish(jk, id, state, now, tonumber(ARGV[2]), {'result', o[4], 'progress', 1}, callback)
     elseif state == 'retrying' then
       redis.call('HINCRBY', jk, 'failures', 1)
       redis.call('HSET', jk, 'state', 'retrying', 'eta', o[6])
@@ -231,9 +240,9 @@ for _, o in ipairs(cmsgpack.unpack(ARGV[6])) do
       retrying[#retrying + 1] = id
     elseif state == 'failed' then
       redis.call('HINCRBY', jk, 'failures', 1)
-      finish(jk, id, state, now, tonumber(ARGV[3]), {})
+      finish(jk, id, state, now, tonumber(ARGV[3]), {}, callback)
     else
-      finish(jk, id, state, now, tonumber(ARGV[2]), {})
+      finish(jk, id, state, now, tonumber(ARGV[2]), {}, callback)
     end
   end
 end
@@ -340,8 +349,52 @@ for _, set in ipairs({'succeeded', 'failed', 'cancelled'}) do
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', T .. ':' .. set, '-inf', '(' .. now)) do
     redis.call('ZREM', T .. ':' .. set, id)
     redis.call('ZREM', T .. ':all', id)
+    redis.call('ZREM', T .. ':outbox', id)
     redis.call('DEL', jkey(id))
     gone = gone + 1
   end
 end
 return gone
+
+--- webhooks_due
+-- ARGV: T, limit, lease (ms). Leases the due webhook deliveries of this queue: returns 4 values
+-- per delivery: id url finished_at(ms) attempts-JSON. A job gone (retention passed) leaves.
+local now = clock()
+local ids = redis.call('ZRANGEBYSCORE', T .. ':outbox', '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local out, leased = {}, {}
+for _, id in ipairs(ids) do
+  local f = redis.call('HMGET', jkey(id), 'callback', 'finished_at', 'webhooks')
+  if f[1] then
+    leased[#leased + 1] = now + tonumber(ARGV[3])
+    leased[#leased + 1] = id
+    out[#out + 1] = id
+    out[#out + 1] = f[1]
+    out[#out + 1] = f[2] or now
+    out[#out + 1] = f[3] or '[]'
+  else
+    redis.call('ZREM', T .. ':outbox', id)
+  end
+end
+variadic('ZADD', T .. ':outbox', leased)
+return out
+
+--- webhook_attempted
+-- ARGV: T, id, the attempt (JSON), when to try again (ms; '' for never: delivered or given up).
+local id = ARGV[2]
+local jk = jkey(id)
+if redis.call('EXISTS', jk) == 0 then
+  redis.call('ZREM', T .. ':outbox', id)
+  return 0
+end
+local hooks = redis.call('HGET', jk, 'webhooks')
+if not hooks then
+  redis.call('HSET', jk, 'webhooks', '[' .. ARGV[3] .. ']')
+else
+  redis.call('HSET', jk, 'webhooks', string.sub(hooks, 1, -2) .. ',' .. ARGV[3] .. ']')
+end
+if ARGV[4] == '' then
+  redis.call('ZREM', T .. ':outbox', id)
+else
+  redis.call('ZADD', T .. ':outbox', ARGV[4], id)
+end
+return 1

@@ -49,10 +49,13 @@ from dromos.brokers.base import (
     Outcome,
     ProgressUpdate,
     QueueStats,
+    WebhookDue,
     job_status,
+    webhook_attempt_json,
+    webhook_attempts,
 )
 from dromos.errors import BrokerError, ConfigurationError
-from dromos.job import JobError, JobState, JobStatus
+from dromos.job import JobError, JobState, JobStatus, WebhookAttempt
 from dromos.task import MAX_PRIORITY
 
 __all__ = ["RedisBroker"]
@@ -154,7 +157,7 @@ def _status(f: dict[str, bytes]) -> JobStatus:
         errors=_errors.decode(f["errors"]) if "errors" in f else [],
         created_at=_seconds(f.get("created_at")), eta=_seconds(f.get("eta")),
         started_at=_seconds(f.get("started_at")), finished_at=_seconds(f.get("finished_at")),
-        cancel_requested=f.get("cancel") == b"1",
+        cancel_requested=f.get("cancel") == b"1", webhooks=f.get("webhooks"),
     )  # fmt: skip
 
 
@@ -231,6 +234,7 @@ class RedisBroker(Broker):
         # job id -> status values a done message carried, for a caller waiting for that job
         # (taken by its wait(); only ids somebody waits for are kept).
         self._statuses: dict[str, list[str | bool]] = {}
+        self._hooks: dict[str, str] = {}  # job id -> queue of the webhook deliveries leased
 
     # -- plumbing ---------------------------------------------------------------------------
     def _tag(self, queue: str) -> str:
@@ -479,6 +483,7 @@ class RedisBroker(Broker):
                     _due_ms(msg.eta.timestamp()) if msg.eta is not None else "",
                     _text(req.payload), _ms(msg.created_at.timestamp()),
                     msg.headers.get("idempotency_key", ""), max(1, _ms(req.idempotency_window)),
+                    msg.headers.get("callback_url", ""),
                 ))  # fmt: skip
             batches.append((queue, [self._work_channel(queue), queue, _pack(jobs)]))
         return groups, batches
@@ -787,6 +792,31 @@ class RedisBroker(Broker):
             got = await self._call("replay", queue, self._work_channel(queue), *ids)
             moved += [j.decode() for j in got]
         return moved
+
+    async def webhooks_due(self, limit: int, lease: float) -> list[WebhookDue]:
+        out: list[WebhookDue] = []
+        for queue in sorted(await self._known_queues()):
+            if len(out) >= limit:
+                break
+            flat = await self._call("webhooks_due", queue, limit - len(out), _ms(lease))
+            for i in range(0, len(flat), 4):
+                job_id = flat[i].decode()
+                self._hooks[job_id] = queue
+                attempts = len(webhook_attempts(flat[i + 3]))
+                out.append(
+                    WebhookDue(job_id, flat[i + 1].decode(), int(flat[i + 2]) / 1000, attempts)
+                )
+        return out
+
+    async def webhook_attempted(
+        self, job_id: str, attempt: WebhookAttempt, retry_at: float | None
+    ) -> None:
+        queue = self._hooks.pop(job_id, None) or (await self._queue_of([job_id])).get(job_id)
+        if queue is not None:
+            retry = "" if retry_at is None else _due_ms(retry_at)
+            await self._call(
+                "webhook_attempted", queue, job_id, webhook_attempt_json(attempt), retry
+            )
 
     async def purge(self) -> int:
         gone = 0

@@ -42,10 +42,12 @@ from dromos.brokers.base import (
     Outcome,
     ProgressUpdate,
     QueueStats,
+    WebhookDue,
     job_status,
+    webhook_attempt_json,
 )
 from dromos.errors import BrokerError, ConfigurationError
-from dromos.job import JobError, JobState, JobStatus
+from dromos.job import JobError, JobState, JobStatus, WebhookAttempt
 
 __all__ = ["SQLiteBroker"]
 
@@ -61,11 +63,12 @@ _json = msgspec.json.Encoder()
 
 _STATUS_COLUMNS = (
     "id, task, queue, state, progress, message, attempt, priority, result, errors, "
-    "created_at, eta, started_at, finished_at, cancel_requested"
+    "created_at, eta, started_at, finished_at, cancel_requested, webhooks"
 )
 _INSERT = (
     "INSERT OR IGNORE INTO dromos_jobs (id, task, queue, state, priority, eta, payload, "
-    "created_at, idempotency_key, idempotency_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "created_at, idempotency_key, idempotency_until, callback_url) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # Jobs without an idempotency key go in as multi-row INSERTs of up to _ROWS rows: one statement
 # step per row costs more than binding, and the key columns stay NULL without being bound.
@@ -82,15 +85,17 @@ _APPEND_ERROR = (
     "json_insert(coalesce(errors, '[]'), '$[#]', json(?)) END"
 )
 _HELD = "WHERE id = ? AND attempt = ? AND state = 'running'"
+# The webhook outbox entry, written by the same UPDATE that ends a job (one parameter: now).
+_HOOK = "hook_due = CASE WHEN callback_url IS NULL THEN NULL ELSE ? END"
 _SETTLE = {
     _S.SUCCEEDED: "UPDATE dromos_jobs SET state = 'succeeded', result = ?, progress = 1.0, "
-    f"finished_at = ?, expires_at = ?, lease_until = NULL {_HELD}",
+    f"finished_at = ?, expires_at = ?, {_HOOK}, lease_until = NULL {_HELD}",
     _S.RETRYING: "UPDATE dromos_jobs SET state = 'retrying', failures = failures + 1, eta = ?, "
     f"lease_until = NULL, {_APPEND_ERROR} {_HELD}",
     _S.FAILED: "UPDATE dromos_jobs SET state = 'failed', failures = failures + 1, "
-    f"finished_at = ?, expires_at = ?, lease_until = NULL, {_APPEND_ERROR} {_HELD}",
+    f"finished_at = ?, expires_at = ?, {_HOOK}, lease_until = NULL, {_APPEND_ERROR} {_HELD}",
     _S.CANCELLED: "UPDATE dromos_jobs SET state = 'cancelled', finished_at = ?, expires_at = ?, "
-    f"lease_until = NULL, errors = CASE WHEN ? IS NULL THEN errors ELSE "
+    f"{_HOOK}, lease_until = NULL, errors = CASE WHEN ? IS NULL THEN errors ELSE "
     f"json_insert(coalesce(errors, '[]'), '$[#]', json(?)) END {_HELD}",
 }
 _LOST_ERROR = (
@@ -99,7 +104,9 @@ _LOST_ERROR = (
 )
 _RECOVER_POISON = (
     "UPDATE dromos_jobs SET state = 'failed', recoveries = recoveries + 1, lease_until = NULL, "
-    "finished_at = :now, expires_at = :now + :ttl, errors = json_insert(json_insert("
+    "finished_at = :now, expires_at = :now + :ttl, "
+    "hook_due = CASE WHEN callback_url IS NULL THEN NULL ELSE :now END, "
+    "errors = json_insert(json_insert("
     f"coalesce(errors, '[]'), '$[#]', {_LOST_ERROR}), '$[#]', json_object('type', 'Poison', "
     "'message', 'the job''s worker was lost ' || (recoveries + 1) || ' times', "
     "'attempt', attempt)) "
@@ -124,14 +131,32 @@ _PICK_ONE = (
 )
 
 
+# Columns added since the first schema: files made before get them on open (NULL in old rows).
+_ADDED_COLUMNS = (("callback_url", "TEXT"), ("webhooks", "TEXT"), ("hook_due", "REAL"))
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a file made by an earlier version up to this schema (inside the open's write)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(dromos_jobs)")}
+    for column, kind in _ADDED_COLUMNS:
+        if column not in have:
+            db.execute(f"ALTER TABLE dromos_jobs ADD COLUMN {column} {kind}")
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS dromos_jobs_hooks ON dromos_jobs (hook_due) "
+        "WHERE hook_due IS NOT NULL"
+    )
+    db.execute("UPDATE dromos_meta SET value = '2' WHERE key = 'schema_version'")
+
+
 def _status(row: sqlite3.Row | tuple[Any, ...]) -> JobStatus:
     (job_id, task, queue, state, progress, message, attempt, priority, result, errors,
-     created, eta, started, finished, cancel) = row  # fmt: skip
+     created, eta, started, finished, cancel, webhooks) = row  # fmt: skip
     return job_status(
         job_id=job_id, task=task, queue=queue, state=JobState(state), progress=progress,
         message=message, attempts=attempt, priority=priority, result=result,
         errors=_errors_decoder.decode(errors) if errors else [], created_at=created, eta=eta,
         started_at=started, finished_at=finished, cancel_requested=bool(cancel),
+        webhooks=webhooks,
     )  # fmt: skip
 
 
@@ -219,6 +244,7 @@ class SQLiteBroker(Broker):
             for statement in schema.split(";\n"):
                 if statement.strip():
                     db.execute(statement)
+            _migrate(db)
             db.execute("COMMIT")
         except BaseException:
             db.close()
@@ -296,13 +322,15 @@ class SQLiteBroker(Broker):
             else:
                 eta = msg.eta.timestamp()
                 state = "scheduled" if eta > now else "queued"
-            key = msg.headers.get("idempotency_key") if msg.headers else None
-            if key is None:
+            headers = msg.headers
+            key = headers.get("idempotency_key") if headers else None
+            callback = headers.get("callback_url") if headers else None
+            if key is None and callback is None:
                 plain += (msg.id, msg.task, msg.queue, state, msg.priority, eta, req.payload,
                           created)  # fmt: skip
             else:
                 row = (msg.id, msg.task, msg.queue, state, msg.priority, eta, req.payload,
-                       created, key, now + req.idempotency_window)  # fmt: skip
+                       created, key, now + req.idempotency_window, callback)  # fmt: skip
                 keyed.append((index, key, row))
         with self._write() as db:
             step = 8 * _ROWS
@@ -310,12 +338,13 @@ class SQLiteBroker(Broker):
                 values = plain[start : start + step]
                 db.execute(_INSERT_PLAIN + _MORE_PLAIN * (len(values) // 8 - 1), values)
             for index, key, row in keyed:
-                db.execute(
-                    "UPDATE dromos_jobs SET idempotency_key = NULL "
-                    "WHERE queue = ? AND idempotency_key = ? AND idempotency_until <= ?",
-                    (row[2], key, now),
-                )
-                if db.execute(_INSERT, row).rowcount == 0:
+                if key is not None:
+                    db.execute(
+                        "UPDATE dromos_jobs SET idempotency_key = NULL "
+                        "WHERE queue = ? AND idempotency_key = ? AND idempotency_until <= ?",
+                        (row[2], key, now),
+                    )
+                if db.execute(_INSERT, row).rowcount == 0 and key is not None:
                     found = db.execute(
                         "SELECT id FROM dromos_jobs WHERE queue = ? AND idempotency_key = ?",
                         (row[2], key),
@@ -419,13 +448,13 @@ class SQLiteBroker(Broker):
             err = None if o.error is None else _json.encode(o.error).decode()
             key = (o.job_id, o.attempt)
             if o.state is _S.SUCCEEDED:
-                row: tuple[Any, ...] = (o.result or b"null", now, result_until, *key)
+                row: tuple[Any, ...] = (o.result or b"null", now, result_until, now, *key)
             elif o.state is _S.RETRYING:
                 row = (o.eta if o.eta is not None else now, err, err, *key)
             elif o.state is _S.FAILED:
-                row = (now, now + self.options.dead_letter_ttl, err, err, *key)
+                row = (now, now + self.options.dead_letter_ttl, now, err, err, *key)
             else:
-                row = (now, result_until, err, err, *key)
+                row = (now, result_until, now, err, err, *key)
             groups.setdefault(o.state, []).append(row)
         applied = 0
         with self._write() as db:
@@ -526,9 +555,9 @@ class SQLiteBroker(Broker):
         now = time.time()
         with self._write() as db:
             db.execute(
-                "UPDATE dromos_jobs SET state = 'cancelled', finished_at = ?, expires_at = ? "
-                "WHERE id = ? AND state IN ('scheduled', 'queued', 'retrying')",
-                (now, now + self.options.result_ttl, job_id),
+                "UPDATE dromos_jobs SET state = 'cancelled', finished_at = ?, expires_at = ?, "
+                f"{_HOOK} WHERE id = ? AND state IN ('scheduled', 'queued', 'retrying')",
+                (now, now + self.options.result_ttl, now, job_id),
             )
             db.execute(
                 "UPDATE dromos_jobs SET cancel_requested = 1 WHERE id = ? AND state = 'running'",
@@ -593,6 +622,39 @@ class SQLiteBroker(Broker):
                 rows = db.execute(f"{sql} AND id IN ({marks}) RETURNING id", chunk)
                 moved += [r[0] for r in rows]
         return moved
+
+    async def webhooks_due(self, limit: int, lease: float) -> list[WebhookDue]:
+        return await self._run(self._webhooks_due, limit, lease)
+
+    def _webhooks_due(self, limit: int, lease: float) -> list[WebhookDue]:
+        now = time.time()
+        due = "hook_due IS NOT NULL AND hook_due <= ?"
+        # Looked for first without a write lock: deliverers ask often and usually find none.
+        if not self._conn.execute(
+            f"SELECT 1 FROM dromos_jobs WHERE {due} LIMIT 1", (now,)
+        ).fetchone():
+            return []
+        with self._write() as db:
+            rows = db.execute(
+                f"UPDATE dromos_jobs SET hook_due = ? WHERE seq IN (SELECT seq FROM dromos_jobs "
+                f"WHERE {due} ORDER BY hook_due LIMIT ?) RETURNING id, callback_url, "
+                "finished_at, json_array_length(coalesce(webhooks, '[]'))",
+                (now + lease, now, limit),
+            ).fetchall()
+        return [WebhookDue(i, url or "", ended or now, n) for i, url, ended, n in rows]
+
+    async def webhook_attempted(
+        self, job_id: str, attempt: WebhookAttempt, retry_at: float | None
+    ) -> None:
+        def _attempted() -> None:
+            with self._write() as db:
+                db.execute(
+                    "UPDATE dromos_jobs SET hook_due = ?, webhooks = "
+                    "json_insert(coalesce(webhooks, '[]'), '$[#]', json(?)) WHERE id = ?",
+                    (retry_at, webhook_attempt_json(attempt), job_id),
+                )
+
+        await self._run(_attempted)
 
     async def purge(self) -> int:
         def _purge() -> int:

@@ -13,6 +13,12 @@
 --   errors          JSON array of every failed run's error, oldest first
 --   expires_at      unix time an ended job may be deleted (result / dead-letter retention)
 --   idempotency_*   the caller's key (unique within the queue) and until when it names this job
+--   callback_url    where the completion webhook goes (NULL: none)
+--   webhooks        JSON array of its delivery attempts
+--   hook_due        the webhook outbox: when its delivery is due next (set by the UPDATE that
+--                   ends the job; NULL once delivered or given up); indexed by
+--                   dromos_jobs_hooks, which sqlite.py creates after adding the columns to
+--                   files made before they existed
 -- dromos_meta     key/value: schema_version
 --
 -- Indexes are partial so that each hot query touches only the rows it can want:
@@ -41,7 +47,10 @@ CREATE TABLE IF NOT EXISTS dromos_jobs (
     expires_at        REAL,
     cancel_requested  INTEGER NOT NULL DEFAULT 0,
     idempotency_key   TEXT,
-    idempotency_until REAL
+    idempotency_until REAL,
+    callback_url      TEXT,
+    webhooks          TEXT,
+    hook_due          REAL
 );
 CREATE INDEX IF NOT EXISTS dromos_jobs_ready
     ON dromos_jobs (queue, priority DESC, seq) WHERE state = 'queued';

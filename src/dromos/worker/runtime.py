@@ -35,6 +35,7 @@ from dromos.context import JobContext, reset_current, set_current
 from dromos.errors import Retry, ValidationError
 from dromos.job import JobError, JobState
 from dromos.message import DecodeError, decode
+from dromos.webhooks import Deliverer
 from dromos.worker.executors import Executors
 
 if TYPE_CHECKING:
@@ -108,6 +109,7 @@ class Worker:
         self._outcomes: list[Outcome] = []
         self._progress: dict[str, ProgressUpdate] = {}
         self._to_release: list[Lease] = []
+        self._hooked: set[str] = set()  # jobs held whose end makes a webhook due
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread_id = 0
         self._stop_requested = threading.Event()
@@ -152,11 +154,13 @@ class Worker:
         if self._stop_requested.is_set():
             self._wake_all()
         broker = self._broker = await self.app.abroker()
+        self._deliverer = Deliverer(broker, self.app.webhooks, f"/dromos/{self.app.name}")
         log.info("worker %s serving %s (concurrency %d)", self.name, self.queues, self.concurrency)
         flusher = asyncio.create_task(self._flusher(), name="dromos-flush")
         background = [
             asyncio.create_task(self._heartbeat(), name="dromos-heartbeat"),
             asyncio.create_task(self._maintain(), name="dromos-maintain"),
+            asyncio.create_task(self._deliver(), name="dromos-webhooks"),
         ]
         try:
             await self._fetch()
@@ -294,6 +298,8 @@ class Worker:
             msg = decode(d.payload)
         except DecodeError as exc:
             return self._ended(d, _S.FAILED, "DecodeError", str(exc))
+        if "callback_url" in msg.headers:
+            self._hooked.add(d.job_id)  # its end makes a webhook due: wake the deliverer then
         task = self.app.tasks.get(msg.task)
         if task is None:
             return self._ended(
@@ -433,6 +439,11 @@ class Worker:
             return False
         for outcome in outcomes:
             self._unsettled.pop(outcome.job_id, None)
+        if self._hooked:
+            ended = {o.job_id for o in outcomes if o.state is not _S.RETRYING}
+            if ended & self._hooked:
+                self._hooked -= ended
+                self._deliverer.poke()
         return True
 
     async def _heartbeat(self) -> None:
@@ -454,6 +465,10 @@ class Worker:
                 if (run := self._running.get(job_id)) is not None:
                     self._interrupt(run, "cancel")
 
+    async def _deliver(self) -> None:
+        """Completion webhooks from the broker's outbox (see ``dromos.webhooks``)."""
+        await self._deliverer.run(self._stopping)
+
     async def _maintain(self) -> None:
         while True:
             try:
@@ -465,3 +480,4 @@ class Worker:
             await asyncio.sleep(60.0)
 
     _broker: Broker
+    _deliverer: Deliverer
