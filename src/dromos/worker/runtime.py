@@ -49,6 +49,24 @@ _S = JobState
 _TRACEBACK_LIMIT = 16_000
 
 
+async def _cancel_all(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait until each has ended.
+
+    Cancelled again while they run on: a client library may swallow a cancellation that lands
+    mid-command (redis-py's asyncio client can), and a loop that then goes back to sleep for a
+    minute would hold the worker's exit for that long.
+    """
+    pending = list(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        done, still = await asyncio.wait(pending, timeout=0.1)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.debug("background task %s ended with %r", task, task.exception())
+        pending = list(still)
+
+
 class _TimeLimit(Exception):  # reported as the job's TimeoutError
     """An attempt ran past its time limit."""
 
@@ -169,9 +187,7 @@ class Worker:
             self._closing = True
             self._flush_wanted.set()
             await asyncio.gather(flusher, return_exceptions=True)
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            await _cancel_all(background)
             if self._to_release:
                 await broker.release(self._to_release)
                 self.counts["released"] += len(self._to_release)
