@@ -25,6 +25,7 @@ from dromos.task import AsyncTask, Call, Executor, SyncTask, Task
 from dromos.webhooks import DEFAULT_BACKOFF, WebhookSettings
 
 if TYPE_CHECKING:
+    from dromos.http import Gateway
     from dromos.worker.runtime import Worker
 
 __all__ = ["App"]
@@ -270,3 +271,14 @@ class App:
         from dromos.worker.runtime import Worker
 
         return Worker(self, queues=queues, concurrency=concurrency, prefetch=prefetch, grace=grace)
+
+    def asgi(self, **settings: Any) -> Gateway:
+        """This app's HTTP gateway, an ASGI app to serve or mount (``pip install dromos[http]``).
+
+        ``settings`` are :func:`dromos.http.gateway`'s (``api_keys=``, ``rate_limit=`` ...)::
+
+            starlette_app.mount("/jobs", app.asgi(api_keys="k...:enqueue+read"))
+        """
+        from dromos.http import gateway
+
+        return gateway(self, **settings)

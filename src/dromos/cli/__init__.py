@@ -22,10 +22,10 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from dromos.cli import demo, jobs, worker
+    from dromos.cli import demo, jobs, serve, worker
 
     inspect = [jobs.status, jobs.jobs, jobs.queues, jobs.dlq]
-    for command in (worker.worker, jobs.enqueue, *inspect, demo.demo):
+    for command in (worker.worker, serve.serve, jobs.enqueue, *inspect, demo.demo):
         cli.add_command(command)
 
 
