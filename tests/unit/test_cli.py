@@ -393,6 +393,13 @@ def test_demo_runs_end_to_end_and_exits_0(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "checks passed" in proc.stdout
+    # The second act, over HTTP: both styles, the signed webhook, the refused arguments.
+    out = " ".join(proc.stdout.split())
+    assert "Prefer: wait=10 -> 200" in out
+    assert "(callback_url) -> 202, Location: /v1/jobs/" in out
+    assert "dromos.job.succeeded" in out
+    assert "signature verified" in out
+    assert '"many" -> 422' in out
 
 
 @pytest.mark.slow

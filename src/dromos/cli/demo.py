@@ -8,6 +8,7 @@ only if every job ended as expected, so CI runs it as a smoke test.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import shutil
 import sys
@@ -81,6 +82,9 @@ def demo(
     url = f"sqlite:///{directory / 'demo.db'}"
     # For the demo app (read when it is imported, just below) and the workers it starts.
     os.environ["DROMOS_BROKER"] = url
+    # Signs the webhooks the workers send to the demo's receiver (a fresh secret per run).
+    secret = base64.b64encode(os.urandom(24)).decode()
+    os.environ.setdefault("DROMOS_WEBHOOK_SECRET", f"whsec_{secret}")
     from dromos.demo.show import run
 
     console = Console()

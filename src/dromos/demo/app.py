@@ -19,6 +19,7 @@ __all__ = [
     "RESIZE_STEPS",
     "app",
     "charge_card",
+    "price_quote",
     "resize_image",
     "send_newsletter",
     "send_password_reset",
@@ -96,3 +97,9 @@ async def send_newsletter(user_id: int) -> None:
 async def send_password_reset(user_id: int) -> float:
     """Urgent mail in the same queue as the newsletters: priority 10 lets it jump the line."""
     return time.time()
+
+
+@app.task(queue="default")
+async def price_quote(sku: str, quantity: int = 1) -> dict[str, Any]:
+    """A quick job another service asks for over HTTP (the demo's second act)."""
+    return {"sku": sku, "quantity": quantity, "total_cents": 1999 * quantity}

@@ -33,6 +33,7 @@ from dromos.brokers.base import Broker
 from dromos.cli.jobs import error_line, state_text
 from dromos.demo import app as demo
 from dromos.demo._processes import WorkerProcesses
+from dromos.demo.over_http import run_http
 from dromos.errors import ConfigurationError
 from dromos.job import Job, JobState, JobStatus
 from dromos.task import Call
@@ -413,6 +414,7 @@ async def run(
             checks += await _check(story, broker, capacity=2 * concurrency * processes)
             console.print()
             console.print(_summary(story))
+            checks += [Check(*e) for e in await run_http(console)]
     finally:
         codes = workers.stop()
         await demo.app.aclose()
