@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check bench bench-redis bench-sqlite clean
+.PHONY: demo test lint typecheck check bench bench-redis bench-sqlite bench-http clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,14 +28,18 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
-# dromos beside its peers: on a private Redis (each peer in its own venv), then on SQLite.
-bench: bench-redis bench-sqlite
+# dromos beside its peers: on a private Redis (each peer in its own venv), then on SQLite;
+# then the HTTP gateway on both.
+bench: bench-redis bench-sqlite bench-http
 
 bench-redis: $(STAMP)
 	$(BIN)/python bench/redis_bench.py
 
 bench-sqlite: $(STAMP)
 	$(BIN)/python bench/sqlite_bench.py
+
+bench-http: $(STAMP)
+	$(BIN)/python bench/http_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
