@@ -544,6 +544,9 @@ class SQLiteBroker(Broker):
                     if await listener.wait(poll if left is None else min(poll, left)):
                         break
                     poll = min(poll * 2, _IDLE_POLL)
+                # A commit came (the job's claim, say, or its progress): work is going on and
+                # the job's end is likely soon, so polls start short again.
+                poll = _FIRST_POLL
 
     async def cancel(self, job_id: str) -> JobState | None:
         state = await self._run(self._cancel, job_id)
