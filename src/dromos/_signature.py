@@ -14,17 +14,22 @@ from collections.abc import Callable
 from typing import Any, NotRequired, Required
 
 import msgspec
-import pydantic
 import typing_extensions
-from pydantic_core import PydanticSerializationError
 
 from dromos.errors import ConfigurationError, ValidationError
+
+if typing.TYPE_CHECKING:
+    import pydantic
 
 __all__ = ["Signature"]
 
 _P = inspect.Parameter
 _SCALARS = (int, str, bool)
 _RESULT_SCALARS = (int, str, bool, type(None))
+# Hints pydantic always handles: a signature made only of these builds its validators on
+# first need, so a process whose calls all take the fast paths never imports pydantic
+# (about 8 MiB of a worker's memory, and its start-up time).
+_SAFE_HINTS = (int, str, bool, float, type(None), Any)
 _json_encode = msgspec.json.encode
 
 
@@ -33,7 +38,7 @@ class Signature:
 
     __slots__ = (
         "_adapter", "_exact", "_names", "_plain", "_required", "_result", "_result_fast",
-        "_sig", "task",
+        "_result_hint", "_shape", "_sig", "task",
     )  # fmt: skip
 
     def __init__(self, task: str, func: Callable[..., Any]) -> None:
@@ -76,15 +81,29 @@ class Signature:
             else frozenset((ret,)) if ret in _RESULT_SCALARS
             else frozenset()
         )  # fmt: skip
-        shape: Any = typing_extensions.TypedDict(f"{task}_arguments", fields)  # type: ignore[misc]
-        try:
-            self._adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(shape)
-            self._result: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(hints.get("return", Any))
-        except pydantic.PydanticSchemaGenerationError as exc:
-            raise ConfigurationError(
-                f"task {task!r}: a parameter or the return type cannot be carried as JSON "
-                f"({exc.message}); use JSON types, dataclasses or pydantic models"
-            ) from exc
+        self._shape: Any = typing_extensions.TypedDict(f"{task}_arguments", fields)  # type: ignore[misc]
+        self._result_hint = hints.get("return", Any)
+        self._adapter: pydantic.TypeAdapter[Any] | None = None
+        self._result: pydantic.TypeAdapter[Any] | None = None
+        if not all(hints.get(p.name, Any) in _SAFE_HINTS for p in params) or not (
+            self._result_hint is None or self._result_hint in _SAFE_HINTS
+        ):
+            self._adapters()  # now: a hint pydantic cannot carry is an error at definition
+
+    def _adapters(self) -> tuple[pydantic.TypeAdapter[Any], pydantic.TypeAdapter[Any]]:
+        """The arguments' and the result's validators, built on first need."""
+        if self._adapter is None or self._result is None:
+            import pydantic
+
+            try:
+                self._adapter = pydantic.TypeAdapter(self._shape)
+                self._result = pydantic.TypeAdapter(self._result_hint)
+            except pydantic.PydanticSchemaGenerationError as exc:
+                raise ConfigurationError(
+                    f"task {self.task!r}: a parameter or the return type cannot be carried as "
+                    f"JSON ({exc.message}); use JSON types, dataclasses or pydantic models"
+                ) from exc
+        return self._adapter, self._result
 
     def _bind(self, args: Any, kwargs: Any) -> dict[str, Any]:
         """The arguments by parameter name, as ``inspect.Signature.bind`` gives them."""
@@ -119,8 +138,12 @@ class Signature:
             if types == exact[: len(types)]:
                 return list(args), {}
         bound = self._bind(args, kwargs)
+        adapter = self._adapters()[0]
+        import pydantic
+        from pydantic_core import PydanticSerializationError
+
         try:
-            values = self._adapter.validate_python(bound)
+            values = adapter.validate_python(bound)
             if self._plain and all(type(v) in _SCALARS for v in values.values()):
                 if not kwargs and self._names is not None:  # bound positionally: keep it so
                     return [values[n] for n in self._names[: len(args)]], {}
@@ -128,7 +151,7 @@ class Signature:
             # Instances (a dataclass, a model) pass validation as they are, so a field of the
             # wrong type only shows when dumped: make that an error, not a warning and a job
             # that the worker would refuse.
-            dumped = self._adapter.dump_python(values, mode="json", warnings="error")
+            dumped = adapter.dump_python(values, mode="json", warnings="error")
             return self._split(dumped)
         except pydantic.ValidationError as exc:
             raise ValidationError(self.task, _errors(exc)) from None
@@ -145,8 +168,11 @@ class Signature:
             if types == exact[: len(types)]:
                 return args, {}
         bound = self._bind(args, kwargs)
+        adapter = self._adapters()[0]
+        import pydantic
+
         try:
-            return self._split(self._adapter.validate_python(bound))
+            return self._split(adapter.validate_python(bound))
         except pydantic.ValidationError as exc:
             raise ValidationError(self.task, _errors(exc)) from None
 
@@ -154,11 +180,13 @@ class Signature:
         """The return value as JSON bytes (raises if it cannot be carried as JSON)."""
         if type(value) in self._result_fast:
             return _json_encode(value)
-        return self._result.dump_json(value)
+        return self._adapters()[1].dump_json(value)
 
     def load_result(self, value: Any) -> Any:
         """A JSON result turned back into the declared return type."""
-        return self._result.validate_python(value)
+        if type(value) in self._result_fast or self._result_hint is Any:
+            return value  # JSON's int, str, bool and null are those types; Any takes all
+        return self._adapters()[1].validate_python(value)
 
 
 def _errors(exc: pydantic.ValidationError) -> list[dict[str, Any]]:

@@ -28,14 +28,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import msgspec
-from standardwebhooks import Webhook
-from standardwebhooks.webhooks import WebhookVerificationError as _Invalid
 
 from dromos.errors import ConfigurationError, DromosError
 from dromos.job import JobState, JobStatus, WebhookAttempt
 
 if TYPE_CHECKING:
     import httpx
+    from standardwebhooks import Webhook
 
     from dromos.brokers.base import Broker, WebhookDue
 
@@ -103,7 +102,7 @@ class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True):
             hosts = [h.strip() for h in env_hosts.split(",") if h.strip()]
         if secret is not None:
             try:
-                Webhook(secret)
+                _signer(secret)
             except Exception as exc:
                 raise ConfigurationError(
                     "webhook secret must be 'whsec_' followed by base64 (Standard Webhooks)"
@@ -116,6 +115,14 @@ class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True):
         delay = self.backoff[min(attempts, len(self.backoff)) - 1] if self.backoff else 60.0
         at = now + delay
         return at if at <= since + self.retry_for else None
+
+
+def _signer(secret: str) -> Webhook:
+    """The Standard Webhooks signer, imported on first use: the package (its API client with
+    it) weighs about 6 MiB, which a worker that never delivers a webhook should not carry."""
+    from standardwebhooks import Webhook
+
+    return Webhook(secret)
 
 
 def event_id(status: JobStatus) -> str:
@@ -152,7 +159,7 @@ def event_body(status: JobStatus, source: str) -> bytes:
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
     """The three Standard Webhooks headers for one attempt."""
     moment = datetime.fromtimestamp(timestamp, UTC)
-    signature = Webhook(secret).sign(msg_id, moment, body.decode())
+    signature = _signer(secret).sign(msg_id, moment, body.decode())
     return {
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
@@ -166,9 +173,11 @@ def verify(body: bytes | str, headers: Mapping[str, str], secret: str) -> dict[s
     ``headers`` may be any mapping (a framework's request headers); names are matched without
     regard to case. Timestamps more than 5 minutes off are refused (replays).
     """
+    from standardwebhooks.webhooks import WebhookVerificationError as Invalid
+
     try:
-        event: dict[str, Any] = Webhook(secret).verify(body, {k: v for k, v in headers.items()})
-    except _Invalid as exc:
+        event: dict[str, Any] = _signer(secret).verify(body, {k: v for k, v in headers.items()})
+    except Invalid as exc:
         raise WebhookVerificationError(str(exc)) from exc
     except (ValueError, TypeError) as exc:  # malformed headers, not base64, not JSON
         raise WebhookVerificationError(f"malformed delivery: {exc}") from exc

@@ -5,6 +5,7 @@ Errors raised by dromos are shown as one clear line (and exit code 1), never a t
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -15,21 +16,40 @@ from dromos.errors import DromosError
 __all__ = ["cli", "main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# command name -> (module under dromos.cli, attribute). A command's module is imported only
+# when that command runs (or help lists it): a worker process then carries neither rich nor
+# the demo nor the gateway, a few MiB of memory and ~100 ms of start-up less.
+_COMMANDS = {
+    "worker": ("worker", "worker"),
+    "serve": ("serve", "serve"),
+    "enqueue": ("jobs", "enqueue"),
+    "status": ("jobs", "status"),
+    "jobs": ("jobs", "jobs"),
+    "queues": ("jobs", "queues"),
+    "dlq": ("jobs", "dlq"),
+    "demo": ("demo", "demo"),
+}
+
+
+class _LazyGroup(click.Group):
+    """A group whose commands are imported on first use (click's documented lazy pattern)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in _COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        module, attr = _COMMANDS[cmd_name]
+        command = getattr(importlib.import_module(f"dromos.cli.{module}"), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dromos")
 def cli() -> None:
     """dromos: background jobs, status and results for Python services."""
-
-
-def _register() -> None:
-    from dromos.cli import demo, jobs, serve, worker
-
-    inspect = [jobs.status, jobs.jobs, jobs.queues, jobs.dlq]
-    for command in (worker.worker, serve.serve, jobs.enqueue, *inspect, demo.demo):
-        cli.add_command(command)
-
-
-_register()
 
 
 def main() -> None:
