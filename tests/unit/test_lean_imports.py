@@ -15,7 +15,15 @@ import pytest
 
 import dromos
 
-HEAVY = ("pydantic", "rich", "standardwebhooks", "httpx", "fastapi", "cloudevents")
+HEAVY = (
+    "pydantic",
+    "rich",
+    "standardwebhooks",
+    "httpx",
+    "fastapi",
+    "cloudevents",
+    "multiprocessing",
+)
 
 
 def _loaded_after(code: str) -> set[str]:

@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import importlib
-import multiprocessing
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from dromos.context import JobContext, run_as
 
 if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
+
     from dromos.task import Task
 
 __all__ = ["Executors"]
@@ -60,6 +60,11 @@ class Executors:
 
     def _process_pool(self) -> Executor:
         if self._processes is None:
+            # Imported here: multiprocessing and the process pool weigh ~1 MiB that a worker
+            # without process tasks should not carry.
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
             # spawn, not fork: the worker has threads (portal, broker I/O) that fork would copy
             # in whatever state they were in.
             self._processes = ProcessPoolExecutor(mp_context=multiprocessing.get_context("spawn"))
@@ -68,6 +73,8 @@ class Executors:
     def _check_pool(self, future: asyncio.Future[Any]) -> None:
         # A child that died (os._exit, a segfault) breaks the whole pool: start a new one for
         # the next job; the job that broke it fails and is retried like any failure.
+        from concurrent.futures.process import BrokenProcessPool  # loaded with the pool
+
         if not future.cancelled() and isinstance(future.exception(), BrokenProcessPool):
             broken, self._processes = self._processes, None
             if broken is not None:
