@@ -20,6 +20,7 @@ from dromos.errors import (
     UnknownTaskError,
     ValidationError,
 )
+from dromos.events import Event, Subscriber
 from dromos.job import Job, JobError, JobState, JobStatus, WebhookAttempt
 from dromos.task import Call, Task
 from dromos.worker.runtime import Worker
@@ -33,6 +34,7 @@ __all__ = [
     "Call",
     "ConfigurationError",
     "DromosError",
+    "Event",
     "Job",
     "JobCancelled",
     "JobContext",
@@ -43,6 +45,7 @@ __all__ = [
     "JobStatus",
     "ResultTimeout",
     "Retry",
+    "Subscriber",
     "Task",
     "UnknownTaskError",
     "ValidationError",

@@ -17,8 +17,12 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, overload
 from dromos._coalesce import Coalescer
 from dromos._portal import Portal
 from dromos.brokers import create_broker
-from dromos.brokers.base import Broker, BrokerOptions, EnqueueRequest
+from dromos.brokers.base import Broker, BrokerOptions, EnqueueRequest, EventRecord
 from dromos.errors import ConfigurationError, UnknownTaskError
+from dromos.events.envelope import Event
+from dromos.events.lifecycle import job_event
+from dromos.events.publisher import Topics, as_record, records
+from dromos.events.subscriber import Subscriber
 from dromos.job import Job
 from dromos.message import new_job_ids, utcnow
 from dromos.task import AsyncTask, Call, Executor, SyncTask, Task
@@ -61,6 +65,9 @@ class App:
     (``$DROMOS_WEBHOOK_SECRET``, ``whsec_...``) signs it, ``webhook_hosts``
     (``$DROMOS_WEBHOOK_HOSTS``) limits where it may go, and a refused delivery is tried again on
     ``webhook_backoff`` for ``webhook_retry_for`` after the job ended (see ``dromos.webhooks``).
+
+    Events (``publish``, ``@app.subscriber``) stay on the bus for ``event_retention``;
+    ``job_events`` makes every task announce its jobs' changes there (``dromos.job.*``).
     """
 
     def __init__(
@@ -78,8 +85,11 @@ class App:
         webhook_hosts: Sequence[str] | None = None,
         webhook_retry_for: float | timedelta = timedelta(days=1),
         webhook_backoff: Sequence[float] = DEFAULT_BACKOFF,
+        job_events: bool = False,
+        event_retention: float | timedelta = timedelta(days=7),
     ) -> None:
         self.name = name
+        self.job_events = job_events
         self.broker_url = os.environ.get("DROMOS_BROKER") or broker or DEFAULT_BROKER
         backend = os.environ.get("DROMOS_BACKEND") or backend
         if backend is not None and backend != self.broker_url:
@@ -95,12 +105,16 @@ class App:
             result_ttl=_seconds(result_ttl),
             dead_letter_ttl=_seconds(dead_letter_ttl),
             max_recoveries=max_recoveries,
+            event_retention=_seconds(event_retention),
         )
         self.webhooks = WebhookSettings.from_env(
             webhook_secret, webhook_hosts, retry_for=_seconds(webhook_retry_for),
             backoff=tuple(webhook_backoff),
         )  # fmt: skip
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.subscribers: list[Subscriber] = []
+        self.topics = Topics()
+        self.event_source = f"/dromos/{name}"
         # Made now (it connects on first use) so that a bad URL fails here, not at the first
         # enqueue in production.
         self._broker: Broker | None = create_broker(self.broker_url, self.broker_options)
@@ -131,6 +145,7 @@ class App:
         timeout: float | None = None,
         priority: int = 0,
         executor: Executor = "thread",
+        events: bool | None = None,
     ) -> TaskDecorator: ...
     def task(
         self,
@@ -146,13 +161,15 @@ class App:
         timeout: float | None = None,
         priority: int = 0,
         executor: Executor = "thread",
+        events: bool | None = None,
     ) -> Any:
         """Register a function (``async def`` or plain ``def``) as a task.
 
         ``retries`` failed attempts are retried with jittered exponential ``backoff`` (only
         exceptions in ``retry_on``, when given); ``timeout`` limits one attempt; plain
         functions run in the worker's threads, or in a process pool with
-        ``executor="process"`` (for CPU-bound work).
+        ``executor="process"`` (for CPU-bound work). ``events`` (default: the app's
+        ``job_events``) announces the jobs' changes on the event bus (``dromos.job.*``).
         """
 
         def register(fn: Callable[..., Any]) -> Task[Any, Any]:
@@ -160,7 +177,7 @@ class App:
             task: Task[Any, Any] = cls(
                 self, fn, name=name, queue=queue, retries=retries, retry_on=retry_on,
                 backoff=backoff, max_backoff=max_backoff, timeout=timeout, priority=priority,
-                executor=executor,
+                executor=executor, events=events,
             )  # fmt: skip
             if task.name in self.tasks:
                 raise ConfigurationError(
@@ -209,6 +226,94 @@ class App:
             self.portal.call(self.aclose)
         self.portal.stop()
 
+    # -- events -----------------------------------------------------------------------------
+    def topic(self, name: str, data_type: Any) -> None:
+        """Declare the type of a topic's data: ``publish`` validates (and converts) against it,
+        and the AsyncAPI document describes it."""
+        self.topics.declare(name, data_type)
+
+    def subscriber(
+        self,
+        *patterns: str,
+        group: str | None = None,
+        retries: int = 3,
+        timeout: float = 60.0,
+        backoff: float = 1.0,
+        max_backoff: float = 300.0,
+        start: str | float = "latest",
+    ) -> Callable[[Callable[..., Any]], Subscriber]:
+        """Handle the events of ``patterns`` (``orders.created``, ``orders.*``, ``orders.#``)
+        in the consumer group ``group`` (default: the function's import path).
+
+        Every group gets every matching event; workers running the same group share them. A
+        failing handler is retried ``retries`` times with exponential backoff, then its event
+        is dead-lettered for the group (``dromos events dlq``). A new group starts at the
+        ``latest`` event, or at the ``earliest`` the bus keeps, or at a Unix time.
+        """
+
+        def register(func: Callable[..., Any]) -> Subscriber:
+            name = group or f"{func.__module__}.{func.__qualname__}"
+            sub = Subscriber(
+                func, patterns, group=name, retries=retries, timeout=timeout,
+                backoff=backoff, max_backoff=max_backoff, start=start,
+            )  # fmt: skip
+            self.subscribers.append(sub)
+            return sub
+
+        return register
+
+    def publish(
+        self,
+        topic: str,
+        data: Any = None,
+        *,
+        id: str | None = None,
+        subject: str | None = None,
+        extensions: dict[str, Any] | None = None,
+        source: str | None = None,
+    ) -> str:
+        """Publish one event (checked against the topic's declared type); return its id.
+
+        ``source`` (CloudEvents) defaults to ``/dromos/<app name>``."""
+        return self.portal.call(
+            self.apublish, topic, data, id=id, subject=subject, extensions=extensions,
+            source=source,
+        )  # fmt: skip
+
+    async def apublish(
+        self,
+        topic: str,
+        data: Any = None,
+        *,
+        id: str | None = None,
+        subject: str | None = None,
+        extensions: dict[str, Any] | None = None,
+        source: str | None = None,
+    ) -> str:
+        """asyncio twin of :meth:`publish`."""
+        record = as_record(self.topics, source or self.event_source, topic, data, event_id=id,
+                           subject=subject, extensions=extensions)  # fmt: skip
+        await self._publish([record])
+        return record.id
+
+    def publish_many(self, events: Iterable[tuple[str, Any] | Event[Any]]) -> list[str]:
+        """Publish many events in one round trip, all or none: ``(topic, data)`` pairs or
+        :class:`dromos.Event` objects. Return their ids."""
+        batch = records(self.topics, self.event_source, events)
+        if batch:
+            self.portal.call(self._publish, batch)
+        return [r.id for r in batch]
+
+    async def apublish_many(self, events: Iterable[tuple[str, Any] | Event[Any]]) -> list[str]:
+        """asyncio twin of :meth:`publish_many`."""
+        batch = records(self.topics, self.event_source, events)
+        if batch:
+            await self._publish(batch)
+        return [r.id for r in batch]
+
+    async def _publish(self, batch: list[EventRecord]) -> None:
+        await (await self.abroker()).publish(batch)
+
     # -- jobs -----------------------------------------------------------------------------
     def job(self, job_id: str) -> Job[Any]:
         """A handle for a job id received elsewhere (its result is plain JSON)."""
@@ -244,6 +349,9 @@ class App:
         if not requests:
             return []
         ids = await self._enqueue_together(requests)
+        queued = self._queued_events(calls, requests, ids)
+        if queued:
+            await self._publish(queued)
         return [c.task.handle(i) for c, i in zip(calls, ids, strict=True)]
 
     def enqueue_many(self, calls: Iterable[Call[Any]]) -> list[Job[Any]]:
@@ -257,7 +365,30 @@ class App:
         ids = self.broker.enqueue_blocking(requests) if self._opened else None
         if ids is None:
             ids = self.portal.call(self._enqueue, requests)
+        queued = self._queued_events(calls, requests, ids)
+        if queued:
+            self.portal.call(self._publish, queued)
         return [c.task.handle(i) for c, i in zip(calls, ids, strict=True)]
+
+    def _queued_events(
+        self, calls: list[Call[Any]], requests: list[EnqueueRequest], ids: list[str]
+    ) -> list[EventRecord]:
+        """``dromos.job.queued`` for the new jobs of tasks with events (an idempotent repeat
+        created no job: it announces nothing)."""
+        if not self.job_events and not any(c.task.events for c in calls):
+            return []
+        return [
+            job_event(
+                self.event_source,
+                "queued",
+                job_id=job_id,
+                task=req.message.task,
+                queue=req.message.queue,
+                attempt=0,
+            )
+            for call, req, job_id in zip(calls, requests, ids, strict=True)
+            if call.task.events and job_id == req.message.id
+        ]
 
     def worker(
         self,
@@ -266,11 +397,17 @@ class App:
         concurrency: int = 16,
         prefetch: int | None = None,
         grace: float = 30.0,
+        groups: Sequence[str] | None = None,
     ) -> Worker:
-        """A worker for this app (``await worker.run()``); see :class:`dromos.Worker`."""
+        """A worker for this app (``await worker.run()``); see :class:`dromos.Worker`.
+
+        It runs the subscribers of ``groups`` too (default: every subscriber's group)."""
         from dromos.worker.runtime import Worker
 
-        return Worker(self, queues=queues, concurrency=concurrency, prefetch=prefetch, grace=grace)
+        return Worker(
+            self, queues=queues, concurrency=concurrency, prefetch=prefetch, grace=grace,
+            groups=groups,
+        )  # fmt: skip
 
     def asgi(self, **settings: Any) -> Gateway:
         """This app's HTTP gateway, an ASGI app to serve or mount (``pip install dromos[http]``).

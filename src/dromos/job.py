@@ -17,6 +17,7 @@ from dromos.errors import JobCancelled, JobFailed, JobNotFound, ResultTimeout
 
 if TYPE_CHECKING:
     from dromos.app import App
+    from dromos.brokers.base import Broker
 
 __all__ = ["Job", "JobError", "JobState", "JobStatus", "WebhookAttempt"]
 
@@ -161,10 +162,29 @@ class Job(Generic[R]):
         A waiting job is cancelled at once; a running one is asked to stop (``running`` is
         returned and the worker ends it in ``cancelled``); an ended one is left as it is.
         """
-        state = await (await self._app.abroker()).cancel(self.id)
+        broker = await self._app.abroker()
+        state = await broker.cancel(self.id)
         if state is None:
             raise JobNotFound(self.id)
+        if state is JobState.CANCELLED and (
+            self._app.job_events or any(t.events for t in self._app.tasks.values())
+        ):
+            await self._announce_cancel(broker)
         return state
+
+    async def _announce_cancel(self, broker: Broker) -> None:
+        """``dromos.job.cancelled`` for a job cancelled before it ran (a worker announces the
+        end of a running one)."""
+        from dromos.events.lifecycle import job_event
+
+        status = await broker.status(self.id)
+        task = self._app.tasks.get(status.task) if status is not None else None
+        if status is None or not (task.events if task is not None else self._app.job_events):
+            return
+        await broker.publish([job_event(
+            self._app.event_source, "cancelled", job_id=self.id, task=status.task,
+            queue=status.queue, attempt=status.attempts,
+        )])  # fmt: skip
 
     # -- blocking flavour ---------------------------------------------------------------
     def status(self) -> JobStatus:

@@ -95,8 +95,10 @@ class Task(Generic[P, R]):
         timeout: float | None = None,
         priority: int = 0,
         executor: Executor = "thread",
+        events: bool | None = None,
     ) -> None:
         self.app = app
+        self._events = events
         self.func = func
         self.name = name or func.__name__
         self.queue = queue
@@ -148,6 +150,12 @@ class Task(Generic[P, R]):
             callback_url=callback_url, headers=headers,
         )  # fmt: skip
         return Bound(self, opts)
+
+    @property
+    def events(self) -> bool:
+        """Whether this task's jobs announce their changes on the bus (``dromos.job.*``):
+        its own ``events=`` setting, else the app's ``job_events``."""
+        return self.app.job_events if self._events is None else self._events
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
         """Check the arguments and queue one job; returns at once with its handle."""

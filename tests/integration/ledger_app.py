@@ -77,6 +77,16 @@ def create_app(
         _record("ok")
         return attempt
 
+    @app.subscriber(
+        "ledger.#", group="ledger", retries=0, start="earliest",
+        timeout=float(os.environ.get("LEDGER_EVENT_TIMEOUT", "30")),
+    )  # fmt: skip
+    async def on_event(event: dromos.Event[float]) -> None:
+        """Nap as long as the event's data says (the first delivery only), ledgered."""
+        _write(event.id, event.attempt, "event-start")
+        await asyncio.sleep(event.data if event.attempt == 1 else 0.0)
+        _write(event.id, event.attempt, "event-ok")
+
     @app.task(retries=0)
     async def die() -> None:
         """Kill the worker process on every attempt (a poison job)."""

@@ -104,7 +104,10 @@ def test_every_command_is_listed_and_found() -> None:
     from dromos.cli import cli
 
     names = cli.list_commands(None)  # type: ignore[arg-type]
-    expected = ["demo", "dlq", "enqueue", "jobs", "queues", "serve", "status", "worker"]
+    expected = [
+        "demo", "dlq", "enqueue", "events", "jobs", "publish", "queues", "serve", "status",
+        "worker",
+    ]  # fmt: skip
     assert names == expected
     for name in names:
         command = cli.get_command(None, name)  # type: ignore[arg-type]

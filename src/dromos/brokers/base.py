@@ -41,6 +41,11 @@ __all__ = [
     "BrokerOptions",
     "Delivery",
     "EnqueueRequest",
+    "EventDeadLetter",
+    "EventDelivery",
+    "EventOutcome",
+    "EventRecord",
+    "GroupStats",
     "HeartbeatReply",
     "Lease",
     "Outcome",
@@ -63,6 +68,9 @@ class BrokerOptions:
     """Seconds a dead-lettered job is kept for inspection and replay."""
     max_recoveries: int = 3
     """Lease expiries (worker lost mid-run) tolerated before a job is dead-lettered as poison."""
+    event_retention: float = 7 * 86400.0
+    """Seconds an event stays on the bus after it was published (a new group that starts from
+    the beginning sees this far back; an event left retrying longer is lost)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +169,66 @@ class WebhookDue:
 
 _webhooks = msgspec.json.Decoder(list[WebhookAttempt])
 _webhook = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One event to append to the bus: its topic, its id and its encoded envelope."""
+
+    topic: str
+    id: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EventDelivery:
+    """One event leased to a consumer of a group."""
+
+    key: str
+    """The event's position on the bus (an SQLite row, a Redis stream id), opaque: what a
+    settle names."""
+    topic: str
+    payload: bytes
+    attempt: int
+    """Deliveries of this event to this group so far, this one included: the fencing token."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventOutcome:
+    """How a group's handling of one delivered event ended."""
+
+    key: str
+    attempt: int
+    error: JobError | None = None
+    """None: handled (acknowledged). Else why it failed: then ``retry_at`` decides."""
+    retry_at: float | None = None
+    """For a failure: when to deliver it again; None dead-letters it."""
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStats:
+    """One consumer group, as ``dromos events groups`` shows it."""
+
+    group: str
+    patterns: tuple[str, ...]
+    lag: int
+    """Events published after the group's position (some may not match its patterns)."""
+    running: int
+    retrying: int
+    dead: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventDeadLetter:
+    """An event a group gave up on, with every error, kept for replay."""
+
+    group: str
+    key: str
+    topic: str
+    payload: bytes
+    attempts: int
+    errors: list[JobError]
+    failed_at: datetime | None
 
 
 def webhook_attempts(stored: bytes | str | None) -> list[WebhookAttempt]:
@@ -396,6 +464,61 @@ class Broker(abc.ABC):
         self, job_id: str, attempt: WebhookAttempt, retry_at: float | None
     ) -> None:
         """Record an attempt on the job; due again at ``retry_at``, or done when ``None``."""
+
+    # -- the event bus ------------------------------------------------------------------
+    # One ordered log of events per broker; a consumer *group* has a position on it and
+    # patterns (see ``dromos.events.topics``). Every group gets every matching event; the
+    # consumers of one group share them: a claim leases events (as jobs are leased), the
+    # settle acknowledges, retries later or dead-letters them, fenced by the attempt.
+    # Events not matching a group's patterns are passed over by its claims. These methods
+    # are not abstract: a backend without a bus yet raises ``NotImplementedError``.
+
+    async def publish(self, events: Sequence[EventRecord]) -> None:
+        """Append events to the bus durably, all or none, in this order."""
+        raise NotImplementedError(f"{type(self).__name__} has no event bus yet")
+
+    async def join_group(self, group: str, patterns: Sequence[str], start: str | float) -> None:
+        """Create the group if it does not exist, positioned at ``start``: ``"latest"`` (only
+        events published from now on), ``"earliest"`` (everything the bus still keeps) or a
+        Unix time. An existing group keeps its position and takes ``patterns`` as its own."""
+        raise NotImplementedError(f"{type(self).__name__} has no event bus yet")
+
+    async def leave_group(self, group: str) -> None:
+        """Delete the group: its position, its events in flight and its dead letters (a
+        short-lived consumer such as ``dromos events tail`` leaves nothing behind)."""
+        raise NotImplementedError(f"{type(self).__name__} has no event bus yet")
+
+    async def claim_events(self, group: str, limit: int, lease: float) -> list[EventDelivery]:
+        """Lease up to ``limit`` events of ``group``: first retries that are due and events
+        whose lease ran out (a consumer died; after ``max_recoveries`` such expiries an event
+        is dead-lettered as poison), then events after the group's position that match its
+        patterns, oldest first. Each delivery increments the event's attempt for the group."""
+        raise NotImplementedError(f"{type(self).__name__} has no event bus yet")
+
+    async def settle_events(self, group: str, outcomes: Sequence[EventOutcome]) -> int:
+        """Apply outcomes of deliveries still held (same attempt, lease not handed on);
+        ignore the others. Return how many applied."""
+        raise NotImplementedError(f"{type(self).__name__} has no event bus yet")
+
+    async def wait_for_events(self, groups: Sequence[str], timeout: float) -> None:
+        """Return when a claim of one of ``groups`` may find events (spurious returns
+        allowed), or after ``timeout``; as :meth:`wait_for_work`, an idle consumer costs next
+        to nothing. Only ``groups`` count: a backlog of another group (one this consumer
+        does not run) must not wake it again and again."""
+        raise NotImplementedError(f"{type(self).__name__} has no event bus yet")
+
+    async def event_groups(self) -> list[GroupStats]:
+        """Every group with its lag and its events in flight, by name."""
+        raise NotImplementedError(f"{type(self).__name__} has no event bus yet")
+
+    async def event_dead_letters(self, group: str, limit: int = 100) -> list[EventDeadLetter]:
+        """The group's dead-lettered events, oldest first."""
+        raise NotImplementedError(f"{type(self).__name__} has no event bus yet")
+
+    async def replay_events(self, group: str, keys: Sequence[str] | None = None) -> int:
+        """Deliver dead-lettered events of the group again (all when ``keys`` is None), as
+        new: attempts start over. Return how many."""
+        raise NotImplementedError(f"{type(self).__name__} has no event bus yet")
 
     @abc.abstractmethod
     async def purge(self) -> int:

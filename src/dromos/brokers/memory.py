@@ -28,6 +28,7 @@ from dromos.brokers.base import (
     WebhookDue,
     job_status,
 )
+from dromos.brokers.memory_events import MemoryEventBus
 from dromos.job import PENDING_STATES, JobError, JobState, JobStatus, WebhookAttempt
 
 __all__ = ["MemoryBroker"]
@@ -77,7 +78,7 @@ class _Row:
         )  # fmt: skip
 
 
-class MemoryBroker(Broker):
+class MemoryBroker(MemoryEventBus, Broker):
     """In-process broker: a dict of rows, a heap per queue, one lock."""
 
     schemes = ("memory",)
@@ -92,6 +93,7 @@ class MemoryBroker(Broker):
         self._seq = 0
         self._work = Notifier()  # keyed by queue
         self._done = Notifier()  # keyed by job id
+        self._init_bus()
 
     # -- producing ------------------------------------------------------------------------
     async def enqueue(self, requests: Sequence[EnqueueRequest]) -> list[str]:

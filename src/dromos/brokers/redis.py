@@ -54,6 +54,7 @@ from dromos.brokers.base import (
     webhook_attempt_json,
     webhook_attempts,
 )
+from dromos.brokers.redis_events import RedisEventBus
 from dromos.errors import BrokerError, ConfigurationError
 from dromos.job import JobError, JobState, JobStatus, WebhookAttempt
 from dromos.task import MAX_PRIORITY
@@ -101,12 +102,12 @@ _REMEMBERED = 100_000  # job ids whose queue an instance remembers (see RedisBro
 _PRIORITY_UNIT = 2**40  # ready score = -priority * _PRIORITY_UNIT + seq (see redis.lua)
 
 
-def _scripts(cluster: bool) -> dict[str, str]:
-    """The named sections of ``redis.lua``, each prefixed with the ``common`` one.
+def _scripts(cluster: bool, file: str = "redis.lua") -> dict[str, str]:
+    """The named sections of ``redis.lua`` (or ``file``), each prefixed with its ``common`` one.
 
     ``CLUSTER`` is set in the source: on a Cluster the scripts publish differently.
     """
-    text = resources.files("dromos.brokers").joinpath("redis.lua").read_text()
+    text = resources.files("dromos.brokers").joinpath(file).read_text()
     sections: dict[str, str] = {}
     for chunk in text.split("\n--- ")[1:]:
         name, _, body = chunk.partition("\n")
@@ -202,7 +203,7 @@ class _SyncClient:
         self.enqueue = self.client.register_script(enqueue_source)
 
 
-class RedisBroker(Broker):
+class RedisBroker(RedisEventBus, Broker):
     """Jobs in Redis (single server or Cluster); see the module docstring."""
 
     schemes = ("redis", "rediss")
@@ -235,6 +236,7 @@ class RedisBroker(Broker):
         # (taken by its wait(); only ids somebody waits for are kept).
         self._statuses: dict[str, list[str | bool]] = {}
         self._hooks: dict[str, str] = {}  # job id -> queue of the webhook deliveries leased
+        self._init_bus()
 
     # -- plumbing ---------------------------------------------------------------------------
     def _tag(self, queue: str) -> str:
@@ -268,7 +270,11 @@ class RedisBroker(Broker):
         except RedisError as exc:
             await subscriber.aclose()
             raise BrokerError(f"cannot reach Redis at {self._safe_url}: {exc}") from exc
-        self._sources = self._sources or _scripts(bool(self._cluster))
+        cluster = bool(self._cluster)
+        self._sources = self._sources or {
+            **_scripts(cluster),
+            **_scripts(cluster, "redis_events.lua"),  # the event bus (RedisEventBus)
+        }
         client: Any = (
             RedisCluster.from_url(self.url, retry=retry, max_connections=_MAX_CONNECTIONS)
             if self._cluster
@@ -414,6 +420,8 @@ class RedisBroker(Broker):
                     self._confirmed.notify((channel,))
             elif channel.startswith(self._done_prefix):
                 self._ended(message["data"])
+            elif channel == self._bus_channel:
+                self._bus.notify((channel,))
             else:
                 state.pushes[channel] = state.pushes.get(channel, 0) + 1
                 self._work.notify((channel[len(f"{self.prefix}:work:") :],))

@@ -46,6 +46,7 @@ from dromos.brokers.base import (
     job_status,
     webhook_attempt_json,
 )
+from dromos.brokers.sqlite_events import SQLiteEventBus
 from dromos.errors import BrokerError, ConfigurationError
 from dromos.job import JobError, JobState, JobStatus, WebhookAttempt
 
@@ -165,7 +166,7 @@ def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
         yield items[start : start + _CHUNK]
 
 
-class SQLiteBroker(Broker):
+class SQLiteBroker(SQLiteEventBus, Broker):
     """Jobs, status and results in one SQLite file, shared safely by local processes."""
 
     schemes = ("sqlite",)

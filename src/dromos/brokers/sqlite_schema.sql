@@ -68,3 +68,31 @@ CREATE TABLE IF NOT EXISTS dromos_meta (
     value TEXT NOT NULL
 );
 INSERT OR IGNORE INTO dromos_meta (key, value) VALUES ('schema_version', '1');
+-- The event bus: one log; per consumer group a position and the claims of its events in
+-- flight (running under a lease, retrying at a time, or dead). See sqlite_events.py.
+CREATE TABLE IF NOT EXISTS dromos_events (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    id           TEXT    NOT NULL,
+    topic        TEXT    NOT NULL,
+    payload      BLOB    NOT NULL,
+    published_at REAL    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dromos_events_time ON dromos_events (published_at);
+CREATE TABLE IF NOT EXISTS dromos_event_groups (
+    name       TEXT PRIMARY KEY,
+    patterns   TEXT    NOT NULL,
+    position   INTEGER NOT NULL,
+    created_at REAL    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dromos_event_claims (
+    grp        TEXT    NOT NULL,
+    seq        INTEGER NOT NULL,
+    state      TEXT    NOT NULL,
+    attempt    INTEGER NOT NULL,
+    due        REAL    NOT NULL,
+    recoveries INTEGER NOT NULL DEFAULT 0,
+    errors     TEXT,
+    failed_at  REAL,
+    PRIMARY KEY (grp, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dromos_event_claims_due ON dromos_event_claims (grp, state, due);

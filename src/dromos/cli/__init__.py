@@ -27,6 +27,8 @@ _COMMANDS = {
     "jobs": ("jobs", "jobs"),
     "queues": ("jobs", "queues"),
     "dlq": ("jobs", "dlq"),
+    "publish": ("events", "publish"),
+    "events": ("events", "events"),
     "demo": ("demo", "demo"),
 }
 

@@ -25,6 +25,8 @@ __all__ = ["worker"]
 )
 @click.option("-p", "--processes", default=1, show_default=True, help="Supervised processes.")
 @click.option("-q", "--queues", default="", help="Comma-separated queues (default: all tasks').")
+@click.option("-g", "--groups", default=None,
+              help="Comma-separated subscriber groups (default: all; '' for none).")  # fmt: skip
 @click.option("--prefetch", type=int, default=None, help="Jobs claimed ahead (default: -c).")
 @click.option("--grace", default=30.0, show_default=True, help="Seconds to finish jobs on SIGTERM.")
 @click.option("--log-level", default="info", show_default=True,
@@ -34,11 +36,13 @@ def worker(
     concurrency: int,
     processes: int,
     queues: str,
+    groups: str | None,
     prefetch: int | None,
     grace: float,
     log_level: str,
 ) -> None:
-    """Run the jobs of MODULE:APP until SIGTERM or Ctrl-C (a second one stops at once)."""
+    """Run the jobs and subscribers of MODULE:APP until SIGTERM or Ctrl-C (a second one stops
+    at once)."""
     logging.basicConfig(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
@@ -49,12 +53,15 @@ def worker(
                 "--grace", str(grace), "--log-level", log_level]  # fmt: skip
         if queues:
             argv += ["-q", queues]
+        if groups is not None:
+            argv += ["-g", groups]
         if prefetch is not None:
             argv += ["--prefetch", str(prefetch)]
         sys.exit(Supervisor(argv, processes, grace=grace).run())
     app = load_app(app_path)
+    group_list = None if groups is None else [g.strip() for g in groups.split(",") if g.strip()]
     runner = Worker(app, queues=queue_list or None, concurrency=concurrency,
-                    prefetch=prefetch, grace=grace)  # fmt: skip
+                    prefetch=prefetch, grace=grace, groups=group_list)  # fmt: skip
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()

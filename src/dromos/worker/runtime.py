@@ -30,9 +30,10 @@ import uuid
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from dromos.brokers.base import Broker, Delivery, Lease, Outcome, ProgressUpdate
+from dromos.brokers.base import Broker, Delivery, EventRecord, Lease, Outcome, ProgressUpdate
 from dromos.context import JobContext, reset_current, set_current
-from dromos.errors import Retry, ValidationError
+from dromos.errors import ConfigurationError, Retry, ValidationError
+from dromos.events.lifecycle import job_event
 from dromos.job import JobError, JobState
 from dromos.message import DecodeError, decode
 from dromos.webhooks import Deliverer
@@ -40,6 +41,7 @@ from dromos.worker.executors import Executors
 
 if TYPE_CHECKING:
     from dromos.app import App
+    from dromos.events.runner import EventRunner
     from dromos.task import Task
 
 __all__ = ["Worker"]
@@ -109,6 +111,7 @@ class Worker:
         lease: float | None = None,
         grace: float = 30.0,
         name: str | None = None,
+        groups: Sequence[str] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -116,6 +119,15 @@ class Worker:
         self.queues = list(queues) if queues else sorted({t.queue for t in app.tasks.values()})
         self.queues = self.queues or ["default"]
         self.concurrency = concurrency
+        # The subscribers this worker runs: those of ``groups`` (all when None, none for []).
+        known = {sub.group for sub in app.subscribers}
+        unknown = set(groups or ()) - known
+        if unknown:
+            raise ConfigurationError(
+                f"no subscriber of {app.name!r} is in group(s) {sorted(unknown)} "
+                f"(groups: {sorted(known) or 'none'})"
+            )
+        self.subscribers = [s for s in app.subscribers if groups is None or s.group in groups]
         self.capacity = concurrency + (concurrency if prefetch is None else max(0, prefetch))
         self.lease = app.lease if lease is None else lease
         self.heartbeat = min(self.lease / 3, 1.0)
@@ -128,10 +140,13 @@ class Worker:
         self._progress: dict[str, ProgressUpdate] = {}
         self._to_release: list[Lease] = []
         self._hooked: set[str] = set()  # jobs held whose end makes a webhook due
+        self._eventful: dict[str, Task[Any, Any]] = {}  # jobs held that announce their changes
+        self._lifecycle: list[EventRecord] = []  # lifecycle events to publish with the next flush
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread_id = 0
         self._stop_requested = threading.Event()
         self.executors: Executors | None = None
+        self.event_runner: EventRunner | None = None
 
     # -- control --------------------------------------------------------------------------
     def stop(self, *, now: bool = False) -> None:
@@ -175,6 +190,7 @@ class Worker:
         self._deliverer = Deliverer(broker, self.app.webhooks, f"/dromos/{self.app.name}")
         log.info("worker %s serving %s (concurrency %d)", self.name, self.queues, self.concurrency)
         flusher = asyncio.create_task(self._flusher(), name="dromos-flush")
+        events = asyncio.create_task(self._events(broker), name="dromos-events")
         background = [
             asyncio.create_task(self._heartbeat(), name="dromos-heartbeat"),
             asyncio.create_task(self._maintain(), name="dromos-maintain"),
@@ -187,12 +203,32 @@ class Worker:
             self._closing = True
             self._flush_wanted.set()
             await asyncio.gather(flusher, return_exceptions=True)
+            self._stopping.set()  # the subscribers stop too, when the jobs failed
+            await asyncio.gather(events, return_exceptions=True)
             await _cancel_all(background)
             if self._to_release:
                 await broker.release(self._to_release)
                 self.counts["released"] += len(self._to_release)
             self.executors.shutdown()
             log.info("worker %s stopped: %s", self.name, dict(self.counts))
+
+    async def _events(self, broker: Broker) -> None:
+        """Run the subscribers (if any) until the worker stops; they get the same grace."""
+        if not self.subscribers:
+            return
+        from dromos.events.runner import EventRunner
+
+        runner = self.event_runner = EventRunner(
+            broker, self.subscribers, self.concurrency, self.lease
+        )
+        groups = sorted(runner.groups)
+        log.info("worker %s runs the subscribers of %s", self.name, groups)
+        try:
+            await runner.run(self._stopping, self.grace)
+        except NotImplementedError as exc:
+            log.error("subscribers of %s not run: %s", groups, exc)
+        except Exception:
+            log.exception("the subscribers of %s stopped", groups)
 
     async def _until_stopped(self, awaitable: Awaitable[Any], event: asyncio.Event) -> None:
         """Await ``awaitable`` unless ``event`` is set first."""
@@ -303,6 +339,12 @@ class Worker:
             if len(self._running) <= self.concurrency:
                 self._room.set()
         if outcome is not None:
+            if run.delivery.job_id in self._eventful and outcome.state is not _S.RETRYING:
+                self._announce(
+                    outcome.state.value, outcome.job_id, outcome.attempt,
+                    result=outcome.result, error=outcome.error,
+                )  # fmt: skip
+                del self._eventful[outcome.job_id]
             self._unsettled[outcome.job_id] = run.lease
             self._outcomes.append(outcome)
             self._flush_wanted.set()
@@ -330,6 +372,9 @@ class Worker:
             d.job_id, task.name, queue=msg.queue, attempt=d.attempt, headers=msg.headers,
             report=self._report,
         )  # fmt: skip
+        if task.events:
+            self._eventful[d.job_id] = task
+            self._announce("started", d.job_id, d.attempt)
         timeout = msg.timeout if msg.timeout is not None else task.timeout
         try:
             result = await self._call(task, ctx, args, kwargs, timeout)
@@ -419,6 +464,18 @@ class Worker:
 
     def _record(self, update: ProgressUpdate) -> None:
         self._progress[update.job_id] = update
+        if update.job_id in self._eventful:
+            self._announce("progress", update.job_id, update.attempt,
+                           progress=update.progress, message=update.message)  # fmt: skip
+        self._flush_wanted.set()
+
+    def _announce(self, kind: str, job_id: str, attempt: int, **more: Any) -> None:
+        """Queue a lifecycle event of a held job for the next flush (see events.lifecycle)."""
+        task = self._eventful[job_id]
+        self._lifecycle.append(job_event(
+            self.app.event_source, kind, job_id=job_id, task=task.name, queue=task.queue,
+            attempt=attempt, **more,
+        ))  # fmt: skip
         self._flush_wanted.set()
 
     # -- background loops -----------------------------------------------------------------
@@ -436,14 +493,18 @@ class Worker:
                 if self._closing and delay >= 5.0:
                     log.error("giving up on %d unsettled outcome(s)", len(self._outcomes))
                     return
-            if self._closing and not self._outcomes and not self._progress:
+            if self._closing and not self._outcomes and not self._progress and not self._lifecycle:
                 return
 
     async def _flush(self) -> bool:
         """Write pending progress and outcomes; on failure keep them for the next try."""
         progress, self._progress = self._progress, {}
         outcomes, self._outcomes = self._outcomes, []
+        announced, self._lifecycle = self._lifecycle, []
         try:
+            if announced:  # before the settle: an end is announced at least once, never lost
+                await self._broker.publish(announced)
+                announced = []
             if progress:
                 await self._broker.progress(list(progress.values()))
             if outcomes:
@@ -452,6 +513,7 @@ class Worker:
             log.warning("writing %d outcome(s) failed (%s); will retry", len(outcomes), exc)
             self._outcomes[:0] = outcomes
             self._progress = {**progress, **self._progress}
+            self._lifecycle[:0] = announced
             return False
         for outcome in outcomes:
             self._unsettled.pop(outcome.job_id, None)

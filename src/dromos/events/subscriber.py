@@ -1,0 +1,142 @@
+"""Subscribers: functions that handle the events of their patterns, as one consumer group.
+
+``@app.subscriber("orders.*", group="billing")`` makes a :class:`Subscriber`. Every group
+gets every event its patterns match; the instances of one group (workers running it) share
+them. A handler receives what its first parameter asks for: ``dromos.Event[Order]`` (the
+envelope, ``data`` converted to ``Order``), ``Order`` (the data alone, converted), or, with no
+annotation, the :class:`~dromos.events.envelope.Event` with ``data`` as JSON values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import random
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from dromos.errors import ConfigurationError
+from dromos.events.envelope import Event
+from dromos.events.topics import check_pattern, matches_any
+
+if TYPE_CHECKING:
+    import pydantic
+
+__all__ = ["START_POSITIONS", "Subscriber"]
+
+START_POSITIONS = ("latest", "earliest")
+
+
+class Subscriber:
+    """One handler, the patterns it handles and the group it belongs to."""
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        patterns: Sequence[str],
+        *,
+        group: str,
+        retries: int = 3,
+        timeout: float = 60.0,
+        backoff: float = 1.0,
+        max_backoff: float = 300.0,
+        start: str | float = "latest",
+    ) -> None:
+        if not patterns:
+            raise ConfigurationError("a subscriber needs at least one topic pattern")
+        self.patterns = tuple(check_pattern(p) for p in patterns)
+        if not group or not isinstance(group, str):
+            raise ConfigurationError(f"group must be a non-empty string, got {group!r}")
+        if retries < 0 or timeout <= 0 or backoff < 0:
+            raise ConfigurationError("retries >= 0, timeout > 0 and backoff >= 0, please")
+        if isinstance(start, str) and start not in START_POSITIONS:
+            raise ConfigurationError(
+                f"start must be 'latest', 'earliest' or a Unix time: {start!r}"
+            )
+        self.func = func
+        self.name = f"{func.__module__}.{func.__qualname__}"
+        self.group = group
+        self.retries = retries
+        self.timeout = timeout
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.start = start
+        self.is_async = inspect.iscoroutinefunction(func)
+        self._wants, self._data_type = _wanted(func)
+        self._adapter: pydantic.TypeAdapter[Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Subscriber {self.name} group={self.group} patterns={list(self.patterns)}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the function itself (as in a test)."""
+        return self.func(*args, **kwargs)
+
+    @property
+    def data_type(self) -> Any:
+        """The type the handler's data is converted to (None: JSON values as they are)."""
+        return self._data_type
+
+    def handles(self, topic: str) -> bool:
+        return matches_any(self.patterns, topic)
+
+    def retry_delay(self, failures: int) -> float:
+        """Exponential backoff with jitter, as for jobs: ``backoff * 2**(failures-1)``, capped."""
+        ceiling = min(self.max_backoff, self.backoff * 2.0 ** min(max(0, failures - 1), 1000))
+        return ceiling * random.uniform(0.5, 1.0)
+
+    def argument(self, event: Event[Any]) -> Any:
+        """What the handler is called with (raises ``ValidationError`` if the data do not fit)."""
+        data = event.data
+        if self._data_type is not None:
+            data = self._convert(event)
+        return replace(event, data=data) if self._wants == "event" else data
+
+    def _convert(self, event: Event[Any]) -> Any:
+        import pydantic
+
+        from dromos.errors import ValidationError
+
+        if self._adapter is None:
+            self._adapter = pydantic.TypeAdapter(self._data_type)
+        try:
+            return self._adapter.validate_python(event.data)
+        except pydantic.ValidationError as exc:
+            problems = [
+                {"loc": ("data", *e["loc"]), "msg": e["msg"], "type": e["type"]}
+                for e in exc.errors(include_url=False, include_input=False)
+            ]
+            raise ValidationError(event.type, problems) from None
+
+    async def run(self, event: Event[Any]) -> None:
+        """Call the handler with this event, within its time limit."""
+        argument = self.argument(event)
+        if self.is_async:
+            await asyncio.wait_for(self.func(argument), self.timeout)
+        else:
+            loop = asyncio.get_running_loop()
+            call = functools.partial(self.func, argument)
+            await asyncio.wait_for(loop.run_in_executor(None, call), self.timeout)
+
+
+def _wanted(func: Callable[..., Any]) -> tuple[str, Any]:
+    """("event" or "data", the data's declared type or None) from the first parameter."""
+    params = list(inspect.signature(func).parameters.values())
+    if not params:
+        raise ConfigurationError(f"subscriber {func.__qualname__} must take one parameter")
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception as exc:
+        raise ConfigurationError(f"subscriber {func.__qualname__}: bad type hints: {exc}") from exc
+    hint = hints.get(params[0].name)
+    if hint is None or hint is Any:
+        return "event", None
+    if hint is Event:
+        return "event", None
+    if typing.get_origin(hint) is Event:
+        (inner,) = typing.get_args(hint)
+        return "event", (None if inner is Any else inner)
+    return "data", hint
