@@ -57,4 +57,10 @@ def create_app(url: str) -> dromos.App:
         time.sleep(0.001)
         return f"{item.quantity} x {item.sku}" + (" express" if express else "")
 
+    app.topic("orders.created", Item)  # a declared topic: publish validates, AsyncAPI shows
+
+    @app.subscriber("audit.#", group="http-audit")
+    async def audit(event: dromos.Event[Item]) -> None:
+        """A subscriber the worker runs (its group shows in the AsyncAPI document)."""
+
     return app

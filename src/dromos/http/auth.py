@@ -39,6 +39,7 @@ class Scope(enum.StrEnum):
 
     READ = "read"  # GET jobs, queues, the event stream
     ENQUEUE = "enqueue"  # POST jobs, DELETE (cancel) jobs
+    PUBLISH = "publish"  # POST events
     ADMIN = "admin"  # all of the above, and replaying dead letters
 
 
@@ -66,8 +67,8 @@ def _scopes(key_hint: str, names: Iterable[str]) -> frozenset[Scope]:
             scopes.add(Scope(name.strip().lower()))
         except ValueError:
             raise ConfigurationError(
-                f"API key {key_hint}: unknown scope {name.strip()!r}; use read, enqueue or admin "
-                "(joined by +, e.g. key:enqueue+read)"
+                f"API key {key_hint}: unknown scope {name.strip()!r}; use read, enqueue, "
+                "publish or admin (joined by +, e.g. key:enqueue+read)"
             ) from None
     return frozenset(scopes) or frozenset({Scope.ADMIN})
 

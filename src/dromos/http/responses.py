@@ -25,6 +25,7 @@ __all__ = [
     "Health",
     "JobPage",
     "Problem",
+    "Published",
     "Queue",
     "QueueList",
     "response_components",
@@ -93,9 +94,19 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
     """``ok`` (the process answers) or ``ready`` (the broker answers too)."""
 
 
+class Published(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer of ``POST /v1/events/{topic}``."""
+
+    id: str
+    """The event's id (CloudEvents ``id``)."""
+    topic: str
+    """The topic it was published on (its CloudEvents ``type``)."""
+
+
 #: The response bodies the routes name (by class name) in the OpenAPI document.
 RESPONSE_STRUCTS: tuple[type[msgspec.Struct], ...] = (
     JobStatus,
+    Published,
     JobPage,
     QueueList,
     Health,
