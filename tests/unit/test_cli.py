@@ -400,6 +400,11 @@ def test_demo_runs_end_to_end_and_exits_0(tmp_path: Path) -> None:
     assert "dromos.job.succeeded" in out
     assert "signature verified" in out
     assert '"many" -> 422' in out
+    # The third act, on the event bus: each group got each of its events once.
+    for group in ("billing", "analytics", "receipts"):
+        assert f"group {group} got each of its" not in out  # a failed check would name it
+        assert f" {group} " in out
+    assert "who got what" in out
 
 
 @pytest.mark.slow

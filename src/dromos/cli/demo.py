@@ -21,7 +21,7 @@ from rich.console import Console
 __all__ = ["demo"]
 
 #: Files a previous run left in a ``--dir``; replaced so each run starts from an empty store.
-_OWN_FILES = ("demo.db", "demo.db-wal", "demo.db-shm", "warehouse-outage")
+_OWN_FILES = ("demo.db", "demo.db-wal", "demo.db-shm", "warehouse-outage", "events.log")
 
 
 @click.command()
@@ -85,6 +85,8 @@ def demo(
     # Signs the webhooks the workers send to the demo's receiver (a fresh secret per run).
     secret = base64.b64encode(os.urandom(24)).decode()
     os.environ.setdefault("DROMOS_WEBHOOK_SECRET", f"whsec_{secret}")
+    # Where the workers' subscribers note what they handled (the third act reads it).
+    os.environ["DROMOS_DEMO_EVENTS"] = str(directory / "events.log")
     from dromos.demo.show import run
 
     console = Console()

@@ -22,9 +22,18 @@ class WorkerProcesses:
     """``processes`` worker processes for the demo app on the broker at ``url``."""
 
     def __init__(
-        self, directory: Path, url: str, *, processes: int, concurrency: int, grace: float
+        self,
+        directory: Path,
+        url: str,
+        *,
+        processes: int,
+        concurrency: int,
+        grace: float,
+        groups: list[str | None] | None = None,
     ) -> None:
         self.directory = directory
+        # Per process, the subscriber groups it runs (``-g``; None: all of them).
+        self.groups = groups or [None] * processes
         self.url = url
         self.processes = processes
         self.concurrency = concurrency
@@ -46,10 +55,10 @@ class WorkerProcesses:
             "--grace",
             str(self.grace),
         ]
-        for log in self.logs:
+        for log, groups in zip(self.logs, self.groups, strict=True):
             with log.open("wb") as out:  # the child keeps its own descriptor
                 child = subprocess.Popen(
-                    argv,
+                    argv if groups is None else [*argv, "-g", groups],
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,

@@ -9,6 +9,7 @@ driven by the attempt number, the dead letter by a file the demo removes to "fix
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,17 @@ from typing import Any
 import dromos
 
 __all__ = [
+    "LEDGER_ENV",
     "RESIZE_STEPS",
     "app",
+    "bill_order",
     "charge_card",
+    "count_order",
     "price_quote",
     "resize_image",
     "send_newsletter",
     "send_password_reset",
+    "send_receipt",
     "send_reminder",
     "sync_inventory",
 ]
@@ -57,12 +62,13 @@ async def resize_image(name: str, width: int = 640) -> dict[str, Any]:
     return {"path": f"/thumbs/{stem}-{width}.webp", "width": width}
 
 
-@app.task(queue="payments", retries=3, backoff=0.3)
+@app.task(queue="payments", retries=3, backoff=0.3, events=True)
 def charge_card(order_id: int, amount_cents: int) -> str:
     """A flaky call: the gateway times out on the first two attempts, then answers.
 
     A plain ``def`` (it runs in the worker's threads); the attempt number decides, so the
-    outcome is the same on every run of the demo.
+    outcome is the same on every run of the demo. ``events=True``: its jobs announce their
+    changes on the event bus, where ``send_receipt`` learns of the payment.
     """
     attempt = dromos.current_job().attempt
     if attempt < 3:
@@ -103,3 +109,35 @@ async def send_password_reset(user_id: int) -> float:
 async def price_quote(sku: str, quantity: int = 1) -> dict[str, Any]:
     """A quick job another service asks for over HTTP (the demo's second act)."""
     return {"sku": sku, "quantity": quantity, "total_cents": 1999 * quantity}
+
+
+# -- the event bus (the demo's third act) -------------------------------------------------
+#: Where the subscribers note what they handled: "group pid topic id" per line (the demo
+#: process reads it to show who got what; the subscribers run in the worker processes).
+LEDGER_ENV = "DROMOS_DEMO_EVENTS"
+
+
+def _note(group: str, event: dromos.Event[Any], what: str) -> None:
+    path = os.environ.get(LEDGER_ENV)
+    if path:
+        with open(path, "a") as ledger:  # one short line per write: appends never interleave
+            ledger.write(f"{group} {os.getpid()} {event.type} {what}\n")
+
+
+@app.subscriber("orders.created", group="billing")
+async def bill_order(event: dromos.Event[dict[str, Any]]) -> None:
+    """Billing invoices every new order (two instances share the work)."""
+    _note("billing", event, event.id)
+
+
+@app.subscriber("orders.#", group="analytics")
+def count_order(event: dromos.Event[dict[str, Any]]) -> None:
+    """Analytics counts everything about orders (one instance; a plain function)."""
+    _note("analytics", event, event.id)
+
+
+@app.subscriber("dromos.job.succeeded", group="receipts")
+async def send_receipt(event: dromos.Event[dict[str, Any]]) -> None:
+    """Learns of completed payments from the job lifecycle events, without polling."""
+    if event.data["task"] == "charge_card":
+        _note("receipts", event, event.data["id"])

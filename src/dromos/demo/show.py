@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from dromos.brokers.base import Broker
 from dromos.cli.jobs import error_line, state_text
 from dromos.demo import app as demo
 from dromos.demo._processes import WorkerProcesses
+from dromos.demo.on_the_bus import groups_per_process, run_events
 from dromos.demo.over_http import run_http
 from dromos.errors import ConfigurationError
 from dromos.job import Job, JobState, JobStatus
@@ -396,8 +398,9 @@ async def run(
         )
     broker = await demo.app.abroker()  # creates the schema before the workers race to
     workers = WorkerProcesses(
-        directory, url, processes=processes, concurrency=concurrency, grace=5.0
-    )
+        directory, url, processes=processes, concurrency=concurrency, grace=5.0,
+        groups=groups_per_process(processes),
+    )  # fmt: skip
     story = Story(burst=burst, outage=directory / "warehouse-outage")
     began = time.perf_counter()
     workers.start()
@@ -415,6 +418,9 @@ async def run(
             console.print()
             console.print(_summary(story))
             checks += [Check(*e) for e in await run_http(console)]
+            charged = [story.jobs["charge"].id]
+            ledger = Path(os.environ.get(demo.LEDGER_ENV, directory / "events.log"))
+            checks += [Check(*e) for e in await run_events(console, ledger, charged)]
     finally:
         codes = workers.stop()
         await demo.app.aclose()
