@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check bench bench-redis bench-sqlite bench-http clean
+.PHONY: demo test lint typecheck check bench bench-redis bench-sqlite bench-http bench-events clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,8 @@ typecheck: $(STAMP)
 check: lint typecheck test
 
 # dromos beside its peers: on a private Redis (each peer in its own venv), then on SQLite;
-# then the HTTP gateway on both.
-bench: bench-redis bench-sqlite bench-http
+# then the HTTP gateway on both, then the event bus beside FastStream.
+bench: bench-redis bench-sqlite bench-http bench-events
 
 bench-redis: $(STAMP)
 	$(BIN)/python bench/redis_bench.py
@@ -40,6 +40,9 @@ bench-sqlite: $(STAMP)
 
 bench-http: $(STAMP)
 	$(BIN)/python bench/http_bench.py
+
+bench-events: $(STAMP)
+	$(BIN)/python bench/events_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -25,6 +25,7 @@ REQUIREMENTS: dict[str, list[str]] = {
     "arq": ["arq", "redis<6", "hiredis"],
     "taskiq": ["taskiq", "taskiq-redis", "hiredis"],
     "saq": ["saq[redis]", "hiredis", "typing-extensions"],  # saq imports typing_extensions
+    "faststream": ["faststream[redis]", "hiredis"],
 }
 # the distributions whose versions the results record, per system
 REPORTED: dict[str, list[str]] = {
@@ -35,6 +36,7 @@ REPORTED: dict[str, list[str]] = {
     "arq": ["arq", "redis", "hiredis"],
     "taskiq": ["taskiq", "taskiq-redis", "redis", "hiredis"],
     "saq": ["saq", "redis", "hiredis"],
+    "faststream": ["faststream", "redis", "hiredis"],
 }
 
 
