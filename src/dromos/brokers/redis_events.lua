@@ -301,19 +301,20 @@ end
 return out
 
 --- events_settle
--- ARGV: E, group, channel, then 4 values per outcome: id attempt error(JSON; '' when handled)
---   retry_at(ms; '' to dead-letter). Applies only to deliveries still held (running, same
---   attempt). Returns how many applied.
+-- ARGV: E, group, channel, then one MessagePack array of outcomes, each an array: id
+--   attempt error(JSON; '' when handled) retry_at(ms; '' to dead-letter). Applies only to
+--   deliveries still held (running, same attempt). Returns how many applied. The handled
+--   ones (the common case) are acknowledged and forgotten with one variadic command each.
 local group = ARGV[2]
 local k = gkeys(group)
 local now, applied, retried = clock(), 0, false
-for i = 4, #ARGV, 4 do
-  local id, err, retry = ARGV[i], ARGV[i + 2], ARGV[i + 3]
-  if redis.call('ZSCORE', k.running, id) and redis.call('HGET', k.attempt, id) == ARGV[i + 1] then
+local handled = {}
+for _, o in ipairs(cmsgpack.unpack(ARGV[4])) do
+  local id, err, retry = o[1], o[3], o[4]
+  if redis.call('ZSCORE', k.running, id) and redis.call('HGET', k.attempt, id) == tostring(o[2]) then
     applied = applied + 1
     if err == '' then
-      redis.call('XACK', LOG, group, id)
-      forget(k, id)
+      handled[#handled + 1] = id
     else
       append_error(k, id, err)
       redis.call('ZREM', k.running, id)
@@ -326,6 +327,14 @@ for i = 4, #ARGV, 4 do
       end
     end
   end
+end
+for s = 1, #handled, 1000 do  -- unpack() is bounded: chunks
+  local ids = {unpack(handled, s, math.min(s + 999, #handled))}
+  redis.call('XACK', LOG, group, unpack(ids))
+  redis.call('ZREM', k.running, unpack(ids))
+  redis.call('HDEL', k.attempt, unpack(ids))
+  redis.call('HDEL', k.recoveries, unpack(ids))
+  redis.call('HDEL', k.errors, unpack(ids))
 end
 if retried then redis.call('PUBLISH', ARGV[3], '1') end
 return applied

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["RedisEventBus"]
 
 _json = msgspec.json.Encoder()
+_pack = msgspec.msgpack.Encoder().encode  # a settle's outcomes: one argument per batch
 _errors = msgspec.json.Decoder(list[JobError])
 _patterns = msgspec.json.Decoder(tuple[str, ...])
 # The poison error is made here (by ``poison_error``, as the other brokers make it) and
@@ -147,14 +148,16 @@ class RedisEventBus:
     async def settle_events(self, group: str, outcomes: Sequence[EventOutcome]) -> int:
         if not outcomes:
             return 0
-        args: list[Any] = [group, self._bus_channel]
-        for o in outcomes:
-            if o.error is None:
-                args += [o.key, str(o.attempt), "", ""]
-            else:
-                retry = "" if o.retry_at is None else _due_ms(o.retry_at)
-                args += [o.key, str(o.attempt), _json.encode(o.error), retry]
-        return int(await self._bus_call("events_settle", *args))
+        # One MessagePack array for the batch, as the job scripts take theirs: the client
+        # encodes one argument instead of four per event.
+        items = [
+            (o.key, o.attempt, "", "") if o.error is None else (
+                o.key, o.attempt, _json.encode(o.error).decode(),
+                "" if o.retry_at is None else _due_ms(o.retry_at),
+            )
+            for o in outcomes
+        ]  # fmt: skip
+        return int(await self._bus_call("events_settle", group, self._bus_channel, _pack(items)))
 
     async def wait_for_events(self, groups: Sequence[str], timeout: float) -> None:
         """Return when a claim of one of ``groups`` may find events, or after ``timeout``."""

@@ -64,14 +64,17 @@ class _Group:
         self.outcomes: list[EventOutcome] = []
         self.flush_wanted = asyncio.Event()
         self.room = asyncio.Event()
+        self._handlers: dict[str, list[Subscriber]] = {}  # topic -> the matching subscribers
 
     async def serve(self, stopping: asyncio.Event, grace: float) -> None:
         flusher = asyncio.create_task(self._flusher(stopping), name=f"dromos-events-{self.name}")
         backoff = 0.1
         try:
             while not stopping.is_set():
+                # Claim once half the slots are free, not at every free slot: batches stay
+                # large (one round trip for many events) while the other half keeps running.
                 room = self.runner.concurrency - len(self.running)
-                if room <= 0:
+                if room <= 0 or len(self.running) > self.runner.concurrency // 2:
                     self.room.clear()
                     await _first(self.room.wait(), stopping.wait())
                     continue
@@ -127,7 +130,11 @@ class _Group:
             return EventOutcome(
                 key, attempt, JobError(type="DecodeError", message=str(exc), attempt=attempt)
             )
-        matching = [s for s in self.subs if s.handles(event.type)]
+        matching = self._handlers.get(event.type)
+        if matching is None:
+            if len(self._handlers) > 4096:  # topics come and go: keep the cache bounded
+                self._handlers.clear()
+            matching = self._handlers[event.type] = [s for s in self.subs if s.handles(event.type)]
         for sub in matching:  # every matching handler of the group, in the order registered
             try:
                 await sub.run(event)

@@ -90,9 +90,9 @@ class Subscriber:
 
     def argument(self, event: Event[Any]) -> Any:
         """What the handler is called with (raises ``ValidationError`` if the data do not fit)."""
-        data = event.data
-        if self._data_type is not None:
-            data = self._convert(event)
+        if self._data_type is None:
+            return event if self._wants == "event" else event.data
+        data = self._convert(event)
         return replace(event, data=data) if self._wants == "event" else data
 
     def _convert(self, event: Event[Any]) -> Any:
@@ -114,12 +114,13 @@ class Subscriber:
     async def run(self, event: Event[Any]) -> None:
         """Call the handler with this event, within its time limit."""
         argument = self.argument(event)
-        if self.is_async:
-            await asyncio.wait_for(self.func(argument), self.timeout)
-        else:
-            loop = asyncio.get_running_loop()
-            call = functools.partial(self.func, argument)
-            await asyncio.wait_for(loop.run_in_executor(None, call), self.timeout)
+        # asyncio.timeout, not wait_for: no second task per event.
+        async with asyncio.timeout(self.timeout):
+            if self.is_async:
+                await self.func(argument)
+            else:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(None, functools.partial(self.func, argument))
 
 
 def _wanted(func: Callable[..., Any]) -> tuple[str, Any]:
