@@ -275,10 +275,10 @@ class App:
         """Publish one event (checked against the topic's declared type); return its id.
 
         ``source`` (CloudEvents) defaults to ``/dromos/<app name>``."""
-        return self.portal.call(
-            self.apublish, topic, data, id=id, subject=subject, extensions=extensions,
-            source=source,
-        )  # fmt: skip
+        record = as_record(self.topics, source or self.event_source, topic, data, event_id=id,
+                           subject=subject, extensions=extensions)  # fmt: skip
+        self._publish_blocking([record])
+        return record.id
 
     async def apublish(
         self,
@@ -301,8 +301,13 @@ class App:
         :class:`dromos.Event` objects. Return their ids."""
         batch = records(self.topics, self.event_source, events)
         if batch:
-            self.portal.call(self._publish, batch)
+            self._publish_blocking(batch)
         return [r.id for r in batch]
+
+    def _publish_blocking(self, batch: list[EventRecord]) -> None:
+        # From this thread when the broker can (no hop to the portal and back), as enqueue.
+        if not (self._opened and self.broker.publish_blocking(batch)):
+            self.portal.call(self._publish, batch)
 
     async def apublish_many(self, events: Iterable[tuple[str, Any] | Event[Any]]) -> list[str]:
         """asyncio twin of :meth:`publish_many`."""
@@ -367,7 +372,7 @@ class App:
             ids = self.portal.call(self._enqueue, requests)
         queued = self._queued_events(calls, requests, ids)
         if queued:
-            self.portal.call(self._publish, queued)
+            self._publish_blocking(queued)
         return [c.task.handle(i) for c, i in zip(calls, ids, strict=True)]
 
     def _queued_events(

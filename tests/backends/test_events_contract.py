@@ -236,3 +236,18 @@ async def test_a_waiter_wakes_for_its_own_groups_only(broker: Broker) -> None:
     t0 = time.monotonic()
     await broker.wait_for_events(["unserved"], 5.0)  # its own backlog: at once
     assert time.monotonic() - t0 < 1.0
+
+
+async def test_publish_blocking_stores_the_events_or_nothing(broker: Broker) -> None:
+    await broker.join_group("g", ["#"], "latest")
+    events = [record(data=1), record(data=2)]
+    waiting = asyncio.create_task(broker.wait_for_events(["g"], 30.0))
+    await asyncio.sleep(0.05)
+    served = await asyncio.to_thread(broker.publish_blocking, events)
+    got = await broker.claim_events("g", 10, 30.0)
+    if served:
+        assert [d.payload for d in got] == [e.payload for e in events]
+        await asyncio.wait_for(waiting, 5.0)  # and a waiting consumer woke
+    else:
+        assert got == []
+        waiting.cancel()

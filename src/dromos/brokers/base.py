@@ -477,6 +477,12 @@ class Broker(abc.ABC):
         """Append events to the bus durably, all or none, in this order."""
         raise NotImplementedError(f"{type(self).__name__} has no event bus yet")
 
+    def publish_blocking(self, events: Sequence[EventRecord]) -> bool:
+        """Optional: :meth:`publish` done in the calling thread, blocking it, as
+        :meth:`enqueue_blocking` is for jobs; False (storing nothing) when it cannot serve
+        the call, and the blocking API then awaits :meth:`publish` on its portal."""
+        return False
+
     async def join_group(self, group: str, patterns: Sequence[str], start: str | float) -> None:
         """Create the group if it does not exist, positioned at ``start``: ``"latest"`` (only
         events published from now on), ``"earliest"`` (everything the bus still keeps) or a

@@ -181,13 +181,14 @@ class _LoopState:
 
 
 class _SyncClient:
-    """A blocking client for :meth:`RedisBroker.enqueue_blocking` (thread-safe: it pools).
+    """A blocking client for :meth:`RedisBroker.enqueue_blocking` and ``publish_blocking``
+    (thread-safe: it pools).
 
-    Same retries as the asyncio clients; the enqueue script is already loaded by then (and
+    Same retries as the asyncio clients; the scripts are already loaded by then (and
     redis-py's Script loads it again after a server restart).
     """
 
-    def __init__(self, url: str, cluster: bool | None, enqueue_source: str) -> None:
+    def __init__(self, url: str, cluster: bool | None, sources: dict[str, str]) -> None:
         import redis
         from redis.backoff import ExponentialBackoff as Backoff
         from redis.retry import Retry as SyncRetry
@@ -200,7 +201,8 @@ class _SyncClient:
                 url, retry=retry, retry_on_error=[RedisConnectionError, RedisTimeoutError]
             )
         )
-        self.enqueue = self.client.register_script(enqueue_source)
+        self.enqueue = self.client.register_script(sources["enqueue"])
+        self.publish = self.client.register_script(sources["events_publish"])
 
 
 class RedisBroker(RedisEventBus, Broker):
@@ -290,7 +292,7 @@ class RedisBroker(RedisEventBus, Broker):
             await client.script_load(source)
         self._loops[loop] = state
         if self._sync is None:
-            self._sync = _SyncClient(self.url, self._cluster, self._sources["enqueue"])
+            self._sync = _SyncClient(self.url, self._cluster, self._sources)
         return state
 
     async def _call(self, script: str, queue: str, *args: Any) -> Any:

@@ -81,6 +81,7 @@ class RedisEventBus:
     options: BrokerOptions
     prefix: str
     _safe_url: str
+    _sync: Any  # RedisBroker's blocking client (None until opened)
 
     if TYPE_CHECKING:  # RedisBroker's plumbing
 
@@ -109,13 +110,27 @@ class RedisEventBus:
     def _retention_ms(self) -> int:
         return _ms(min(self.options.event_retention, _MAX_RETENTION))
 
-    async def publish(self, events: Sequence[EventRecord]) -> None:
-        if not events:
-            return
+    def _publish_args(self, events: Sequence[EventRecord]) -> list[Any]:
         args: list[Any] = [self._retention_ms(), self._bus_channel]
         for event in events:
             args += [event.topic, event.payload]
-        await self._bus_call("events_publish", *args)
+        return args
+
+    async def publish(self, events: Sequence[EventRecord]) -> None:
+        if events:
+            await self._bus_call("events_publish", *self._publish_args(events))
+
+    def publish_blocking(self, events: Sequence[EventRecord]) -> bool:
+        # From the caller's thread on the plain client, as enqueue_blocking: no portal hop.
+        sync = self._sync
+        if sync is None:
+            return False
+        tag = self._bus_tag
+        try:
+            sync.publish(keys=[f"{tag}:log"], args=[tag, *self._publish_args(events)])
+        except RedisError as exc:
+            raise BrokerError(f"Redis at {self._safe_url} failed events_publish: {exc}") from exc
+        return True
 
     async def join_group(self, group: str, patterns: Sequence[str], start: str | float) -> None:
         listed = _json.encode(list(patterns))

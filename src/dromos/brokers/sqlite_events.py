@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -61,6 +62,9 @@ class SQLiteEventBus:
     _run: Callable[..., Any]
     _write: Callable[[], AbstractContextManager[sqlite3.Connection]]
     _data_version: Callable[[], int]
+    _io_lock: threading.Lock
+    _thread: Any
+    _db: sqlite3.Connection | None
     _published = 0
 
     async def publish(self, events: Sequence[EventRecord]) -> None:
@@ -68,6 +72,15 @@ class SQLiteEventBus:
             return
         await self._run(self._publish, events)
         self._work.notify([_BUS])
+
+    def publish_blocking(self, events: Sequence[EventRecord]) -> bool:
+        # In the caller's thread, as enqueue_blocking: not before open() (nor after close()).
+        with self._io_lock:
+            if self._thread is None or self._db is None:
+                return False
+            self._publish(events)
+        self._work.notify([_BUS])
+        return True
 
     def _publish(self, events: Sequence[EventRecord]) -> None:
         now = time.time()
