@@ -59,6 +59,7 @@ _CHUNK = 500  # parameters per IN (...) list, well under SQLite's limit
 # against ~1% of a core spent looking.
 _IDLE_POLL = 0.025
 _FIRST_POLL = 0.001  # polls start this short after activity and double up to _IDLE_POLL
+_EAGER = 0.05  # seconds the polls stay _FIRST_POLL after a wait begins (about 50 reads)
 _errors_decoder = msgspec.json.Decoder(list[JobError])
 _json = msgspec.json.Encoder()
 
@@ -395,19 +396,33 @@ class SQLiteBroker(SQLiteEventBus, Broker):
             db.execute(_RECOVER, {"now": now})
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        await self._wait_for_change(list(queues), self._next_due, list(queues), timeout)
+
+    async def _wait_for_change(
+        self,
+        keys: list[str],
+        next_due: Callable[[list[str]], float],
+        names: list[str],
+        timeout: float,
+    ) -> None:
+        """Until an in-process wake-up on ``keys``, a commit by another connection, the time
+        ``next_due(names)`` names, or ``timeout``. Right after activity more is likely soon:
+        the poll stays short for ``_EAGER`` seconds, then doubles up to ``_IDLE_POLL``."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        with self._work.listen(queues) as listener:  # before the checks: no lost wake-up
+        start = loop.time()
+        deadline = start + timeout
+        with self._work.listen(keys) as listener:  # before the checks: no lost wake-up
             version = self._data_version()
-            wake_at = await self._run(self._next_due, list(queues))
+            wake_at = await self._run(next_due, names)
             deadline = min(deadline, loop.time() + max(0.0, wake_at - time.time()))
-            poll = _FIRST_POLL  # right after work, another job is likely soon: look often
+            poll = _FIRST_POLL
             while (left := deadline - loop.time()) > 0:
                 if await listener.wait(min(left, poll)):
                     return
                 if self._data_version() != version:
                     return
-                poll = min(poll * 2, _IDLE_POLL)
+                if loop.time() - start > _EAGER:
+                    poll = min(poll * 2, _IDLE_POLL)
 
     def _data_version(self) -> int:
         """Read on a connection of its own, in the caller's thread: a few microseconds, so an

@@ -10,12 +10,11 @@ learn of jobs: ``PRAGMA data_version`` changes when another connection commits.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
@@ -41,8 +40,6 @@ _BUS = "events"
 _errors = msgspec.json.Decoder(list[JobError])
 _encode = msgspec.json.Encoder().encode
 _TRIM_EVERY = 1000  # publishes between two trims of the log
-_IDLE_POLL = 0.025
-_FIRST_POLL = 0.001
 
 
 def _append(errors: str | None, error: JobError) -> str:
@@ -62,6 +59,7 @@ class SQLiteEventBus:
     _run: Callable[..., Any]
     _write: Callable[[], AbstractContextManager[sqlite3.Connection]]
     _data_version: Callable[[], int]
+    _wait_for_change: Callable[..., Coroutine[Any, Any, None]]
     _io_lock: threading.Lock
     _thread: Any
     _db: sqlite3.Connection | None
@@ -242,19 +240,7 @@ class SQLiteEventBus:
         return applied
 
     async def wait_for_events(self, groups: Sequence[str], timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        with self._work.listen([_BUS]) as listener:  # before the checks: no lost wake-up
-            version = self._data_version()
-            wake_at: float = await self._run(self._next_event_due, list(groups))
-            deadline = min(deadline, loop.time() + max(0.0, wake_at - time.time()))
-            poll = _FIRST_POLL
-            while (left := deadline - loop.time()) > 0:
-                if await listener.wait(min(left, poll)):
-                    return
-                if self._data_version() != version:
-                    return
-                poll = min(poll * 2, _IDLE_POLL)
+        await self._wait_for_change([_BUS], self._next_event_due, list(groups), timeout)
 
     def _next_event_due(self, groups: list[str]) -> float:
         """0 when one of ``groups`` has events after its position; else the next retry or
