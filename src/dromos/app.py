@@ -49,6 +49,17 @@ class TaskDecorator(Protocol):
     def __call__(self, func: Callable[P, R], /) -> SyncTask[P, R]: ...
 
 
+def _connection(calls: list[Call[Any]]) -> Any:
+    """The one connection the calls are to be enqueued in (None: the broker's own)."""
+    connections = {id(c.options.connection): c.options.connection for c in calls}
+    if len(connections) > 1:
+        raise ConfigurationError(
+            "the calls of one enqueue_many go in one transaction: give them all the same "
+            "connection= (or none)"
+        )
+    return next(iter(connections.values()), None)
+
+
 def _seconds(value: float | timedelta) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
@@ -353,6 +364,11 @@ class App:
         requests = self._requests(calls)
         if not requests:
             return []
+        connection = _connection(calls)
+        if connection is not None:  # in the caller's transaction: its commit decides
+            broker = await self.abroker()
+            ids = await broker.enqueue_in(connection, requests)
+            return [c.task.handle(i) for c, i in zip(calls, ids, strict=True)]
         ids = await self._enqueue_together(requests)
         queued = self._queued_events(calls, requests, ids)
         if queued:
@@ -362,6 +378,11 @@ class App:
     def enqueue_many(self, calls: Iterable[Call[Any]]) -> list[Job[Any]]:
         """Blocking twin of :meth:`aenqueue_many`."""
         calls = list(calls)
+        if _connection(calls) is not None:
+            raise ConfigurationError(
+                "connection= enqueues in your transaction from asyncio: use aenqueue / "
+                "aenqueue_many with an async connection"
+            )
         requests = self._requests(calls)
         if not requests:
             return []

@@ -47,6 +47,8 @@ class Options:
     retries: int | None = None
     callback_url: str | None = None
     headers: Mapping[str, str] | None = None
+    connection: Any = None
+    """The caller's own database connection to enqueue in (its open transaction)."""
 
 
 _NO_OPTIONS = Options()
@@ -137,8 +139,14 @@ class Task(Generic[P, R]):
         retries: int | None = None,
         callback_url: str | None = None,
         headers: Mapping[str, str] | None = None,
+        connection: Any = None,
     ) -> Bound[P, R]:
-        """This task with per-job options, ready to ``enqueue``."""
+        """This task with per-job options, ready to ``enqueue``.
+
+        ``connection``: your own open database connection (a psycopg ``AsyncConnection`` on
+        the PostgreSQL broker, with ``aenqueue``): the job is inserted in its current
+        transaction, so it exists, and runs, only if that transaction commits.
+        """
         if delay is not None and eta is not None:
             raise ConfigurationError("give either delay= or eta=, not both")
         if eta is not None and eta.tzinfo is None:
@@ -147,7 +155,7 @@ class Task(Generic[P, R]):
             delay=_seconds(delay), eta=eta, idempotency_key=idempotency_key,
             priority=None if priority is None else _priority(priority),
             queue=queue, timeout=_seconds(timeout), retries=retries,
-            callback_url=callback_url, headers=headers,
+            callback_url=callback_url, headers=headers, connection=connection,
         )  # fmt: skip
         return Bound(self, opts)
 

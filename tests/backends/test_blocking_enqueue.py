@@ -90,3 +90,33 @@ def test_blocking_enqueue_many_queues_nothing_when_one_call_is_invalid(
     with pytest.raises(dromos.ValidationError):
         add.enqueue_many([(1, 2), (3, 4), ("three", 4)])
     assert [s.id for s in app.portal.call(app.broker.jobs)] == [first.id]
+
+
+async def test_enqueue_in_a_connection_needs_a_broker_that_can(app: dromos.App) -> None:
+    @app.task
+    async def noop() -> None: ...
+
+    broker = await app.abroker()
+    if type(broker).enqueue_in is not Broker.enqueue_in:
+        return  # this broker can (its own tests cover the transaction)
+    with pytest.raises(dromos.ConfigurationError, match="PostgreSQL"):
+        await noop.options(connection=object()).aenqueue()
+    with pytest.raises(dromos.ConfigurationError, match="aenqueue"):
+        await asyncio.to_thread(noop.options(connection=object()).enqueue)
+    assert await broker.jobs() == []
+
+
+async def test_one_enqueue_many_takes_one_connection(app: dromos.App) -> None:
+    @app.task
+    async def noop() -> None: ...
+
+    calls = [noop.options(connection=object()).task.call(), noop.call()]
+    one, two = object(), object()
+    from dromos.task import Call, Options
+
+    calls = [
+        Call(noop, (), {}, Options(connection=one)),
+        Call(noop, (), {}, Options(connection=two)),
+    ]
+    with pytest.raises(dromos.ConfigurationError, match="same"):
+        await app.aenqueue_many(calls)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from dromos.errors import ConfigurationError
 from dromos.job import JobError, JobState, JobStatus, WebhookAttempt
 
 if TYPE_CHECKING:
@@ -332,6 +333,15 @@ class Broker(abc.ABC):
         broker). All or none holds per queue on a Redis Cluster, whose queues live in
         different slots.
         """
+
+    async def enqueue_in(self, connection: Any, requests: Sequence[EnqueueRequest]) -> list[str]:
+        """Optional: :meth:`enqueue` inside the caller's own open transaction on
+        ``connection`` (no commit): the jobs exist only if the caller commits it (the
+        transactional outbox). Only a broker that lives in the caller's database can."""
+        raise ConfigurationError(
+            f"{type(self).__name__} cannot enqueue inside your transaction (connection=): "
+            "that needs the PostgreSQL broker"
+        )
 
     def enqueue_blocking(self, requests: Sequence[EnqueueRequest]) -> list[str] | None:
         """Optional: :meth:`enqueue` done in the calling thread, blocking it; ``None`` if not.
