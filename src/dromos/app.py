@@ -25,6 +25,7 @@ from dromos.events.publisher import Topics, as_record, records
 from dromos.events.subscriber import Subscriber
 from dromos.job import Job
 from dromos.message import new_job_ids, utcnow
+from dromos.schedules import Periodic
 from dromos.task import AsyncTask, Call, Executor, SyncTask, Task
 from dromos.webhooks import DEFAULT_BACKOFF, WebhookSettings
 
@@ -124,6 +125,7 @@ class App:
         )  # fmt: skip
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.subscribers: list[Subscriber] = []
+        self.periodics: list[Periodic] = []
         self.topics = Topics()
         self.event_source = f"/dromos/{name}"
         # Made now (it connects on first use) so that a bad URL fails here, not at the first
@@ -199,6 +201,43 @@ class App:
             return task
 
         return register if func is None else register(func)
+
+    def periodic(
+        self,
+        *,
+        cron: str | None = None,
+        every: float | timedelta | None = None,
+        timezone: str = "UTC",
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        misfire_grace: float | timedelta = 10.0,
+        catch_up: bool = True,
+        **task_options: Any,
+    ) -> Callable[[Callable[..., Any]], Task[Any, Any]]:
+        """Register a task that runs on a schedule: ``cron="*/5 * * * *"`` (in ``timezone``)
+        or ``every=timedelta(minutes=5)`` (aligned to the epoch), with ``args``/``kwargs``.
+
+        The workers fire it, one at a time across every process and machine; each tick runs
+        once. A tick missed while no worker ran is run late if at most ``misfire_grace`` old
+        (all of them, or only the latest with ``catch_up=False``). ``task_options`` are
+        :meth:`task`'s (``queue=``, ``retries=`` ...). See ``dromos.schedules``.
+        """
+
+        def register(func: Callable[..., Any]) -> Task[Any, Any]:
+            task: Task[Any, Any] = self.task(**task_options)(func)
+            try:
+                periodic = Periodic(
+                    task, cron=cron, every=None if every is None else _seconds(every),
+                    timezone=timezone, args=tuple(args), kwargs=dict(kwargs or {}),
+                    misfire_grace=_seconds(misfire_grace), catch_up=catch_up,
+                )  # fmt: skip
+            except BaseException:
+                del self.tasks[task.name]
+                raise
+            self.periodics.append(periodic)
+            return task
+
+        return register
 
     def get_task(self, name: str) -> Task[Any, Any]:
         """The task registered under ``name``; raise :class:`UnknownTaskError` otherwise."""
@@ -424,15 +463,17 @@ class App:
         prefetch: int | None = None,
         grace: float = 30.0,
         groups: Sequence[str] | None = None,
+        schedules: bool = True,
     ) -> Worker:
         """A worker for this app (``await worker.run()``); see :class:`dromos.Worker`.
 
-        It runs the subscribers of ``groups`` too (default: every subscriber's group)."""
+        It runs the subscribers of ``groups`` too (default: every subscriber's group), and
+        takes its turn firing the periodic tasks unless ``schedules=False``."""
         from dromos.worker.runtime import Worker
 
         return Worker(
             self, queues=queues, concurrency=concurrency, prefetch=prefetch, grace=grace,
-            groups=groups,
+            groups=groups, schedules=schedules,
         )  # fmt: skip
 
     def asgi(self, **settings: Any) -> Gateway:

@@ -87,6 +87,14 @@ def create_app(
         await asyncio.sleep(event.data if event.attempt == 1 else 0.0)
         _write(event.id, event.attempt, "event-ok")
 
+    if os.environ.get("LEDGER_PERIODIC"):  # seconds between ticks (only where a test asks)
+
+        @app.periodic(every=float(os.environ["LEDGER_PERIODIC"]), retries=0)
+        async def tick() -> None:
+            """Note which tick this run is for (the scheduler puts it in the headers)."""
+            job = dromos.current_job()
+            _write(job.headers["scheduled_for"], job.attempt, "tick")
+
     @app.task(retries=0)
     async def die() -> None:
         """Kill the worker process on every attempt (a poison job)."""

@@ -536,6 +536,23 @@ class Broker(abc.ABC):
         new: attempts start over. Return how many."""
         raise NotImplementedError(f"{type(self).__name__} has no event bus yet")
 
+    # -- named leases -------------------------------------------------------------------
+    # One holder at a time for a name, by the broker's clock: the scheduler of periodic tasks
+    # runs in every worker and fires only in the one holding "its" lease. Not abstract: a
+    # backend without them raises NotImplementedError.
+
+    async def hold_lease(self, name: str, holder: str, ttl: float) -> float | None:
+        """Take the lease ``name`` for ``holder`` for ``ttl`` seconds, or renew it if
+        ``holder`` has it. None if another holds it; else when the lease was last taken or
+        renewed before this call, by anyone (Unix time; 0.0 if never): a new holder learns
+        how long nobody held it. Free when never taken, dropped, or when its holder let it
+        run out; the time it was last held outlives it."""
+        raise NotImplementedError(f"{type(self).__name__} has no named leases yet")
+
+    async def drop_lease(self, name: str, holder: str) -> None:
+        """Give the lease up, if ``holder`` holds it (another may take it at once)."""
+        raise NotImplementedError(f"{type(self).__name__} has no named leases yet")
+
     @abc.abstractmethod
     async def purge(self) -> int:
         """Delete ended jobs whose retention time has passed; return how many."""

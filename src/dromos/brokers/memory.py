@@ -94,6 +94,7 @@ class MemoryBroker(MemoryEventBus, Broker):
         self._work = Notifier()  # keyed by queue
         self._done = Notifier()  # keyed by job id
         self._init_bus()
+        self._leases: dict[str, tuple[str, float, float]] = {}  # name -> holder, until, renewed
 
     # -- producing ------------------------------------------------------------------------
     async def enqueue(self, requests: Sequence[EnqueueRequest]) -> list[str]:
@@ -419,6 +420,21 @@ class MemoryBroker(MemoryEventBus, Broker):
             if row is not None:
                 row.webhooks.append(attempt)
                 row.hook_due = retry_at
+
+    async def hold_lease(self, name: str, holder: str, ttl: float) -> float | None:
+        now = time.time()
+        with self._lock:
+            current = self._leases.get(name)
+            if current is not None and current[0] != holder and current[1] > now:
+                return None
+            self._leases[name] = (holder, now + ttl, now)
+            return 0.0 if current is None else current[2]
+
+    async def drop_lease(self, name: str, holder: str) -> None:
+        with self._lock:
+            current = self._leases.get(name)
+            if current is not None and current[0] == holder:
+                self._leases[name] = ("", 0.0, current[2])  # free; when it was held stays
 
     async def purge(self) -> int:
         now = time.time()

@@ -398,3 +398,21 @@ else
   redis.call('ZADD', T .. ':outbox', ARGV[4], id)
 end
 return 1
+
+--- hold_lease
+-- ARGV: T, name, holder, ttl (ms). A named lease (the scheduler's): one holder until its
+-- key expires. Returns false if another holds it, else when it was last taken or renewed
+-- before this call, by anyone (ms; 0 if never): kept in a key of its own that does not expire.
+local key = T .. ':lease:' .. ARGV[2]
+local current = redis.call('GET', key)
+if current and current ~= ARGV[3] then return false end
+redis.call('SET', key, ARGV[3], 'PX', ARGV[4])
+local seen = redis.call('GET', key .. ':seen') or '0'
+redis.call('SET', key .. ':seen', clock())
+return seen
+
+--- drop_lease
+-- ARGV: T, name, holder. Deletes the lease if the holder holds it (its ":seen" stays).
+local key = T .. ':lease:' .. ARGV[2]
+if redis.call('GET', key) == ARGV[3] then redis.call('DEL', key) end
+return 1

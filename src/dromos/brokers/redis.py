@@ -99,6 +99,7 @@ _RECHECK = 1.0  # seconds between re-checks while waiting for a push
 # Connections per client (per loop): many callers waiting at once each borrow one briefly.
 _MAX_CONNECTIONS = 1024
 _REMEMBERED = 100_000  # job ids whose queue an instance remembers (see RedisBroker._enqueued)
+_LEASES = "__leases__"  # the "queue" whose hash tag the named leases share
 _PRIORITY_UNIT = 2**40  # ready score = -priority * _PRIORITY_UNIT + seq (see redis.lua)
 
 
@@ -827,6 +828,14 @@ class RedisBroker(RedisEventBus, Broker):
             await self._call(
                 "webhook_attempted", queue, job_id, webhook_attempt_json(attempt), retry
             )
+
+    # -- named leases: a key of their own slot ({<prefix>:__leases__}), set with PX ----------
+    async def hold_lease(self, name: str, holder: str, ttl: float) -> float | None:
+        seen = await self._call("hold_lease", _LEASES, name, holder, max(1, _ms(ttl)))
+        return None if seen is None else int(seen) / 1000
+
+    async def drop_lease(self, name: str, holder: str) -> None:
+        await self._call("drop_lease", _LEASES, name, holder)
 
     async def purge(self) -> int:
         gone = 0

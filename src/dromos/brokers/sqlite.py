@@ -675,6 +675,36 @@ class SQLiteBroker(SQLiteEventBus, Broker):
 
         await self._run(_attempted)
 
+    async def hold_lease(self, name: str, holder: str, ttl: float) -> float | None:
+        def hold() -> float | None:
+            now = time.time()
+            with self._write() as db:
+                row = db.execute(
+                    "SELECT holder, until, renewed FROM dromos_leases WHERE name = ?", (name,)
+                ).fetchone()
+                if row is not None and row[0] not in ("", holder) and row[1] > now:
+                    return None
+                db.execute(
+                    "INSERT INTO dromos_leases (name, holder, until, renewed) VALUES (?,?,?,?) "
+                    "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
+                    "until = excluded.until, renewed = excluded.renewed",
+                    (name, holder, now + ttl, now),
+                )
+            return 0.0 if row is None else float(row[2])
+
+        held: float | None = await self._run(hold)
+        return held
+
+    async def drop_lease(self, name: str, holder: str) -> None:
+        def drop() -> None:
+            with self._write() as db:
+                db.execute(  # free at once; when it was last held stays
+                    "UPDATE dromos_leases SET holder = '', until = 0 WHERE name = ? AND holder = ?",
+                    (name, holder),
+                )
+
+        await self._run(drop)
+
     async def purge(self) -> int:
         def _purge() -> int:
             with self._write() as db:

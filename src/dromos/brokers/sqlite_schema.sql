@@ -96,3 +96,10 @@ CREATE TABLE IF NOT EXISTS dromos_event_claims (
     PRIMARY KEY (grp, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dromos_event_claims_due ON dromos_event_claims (grp, state, due);
+-- Named leases (the scheduler's): one holder per name until a time.
+CREATE TABLE IF NOT EXISTS dromos_leases (
+    name    TEXT PRIMARY KEY,
+    holder  TEXT NOT NULL,  -- '' once dropped
+    until   REAL NOT NULL,
+    renewed REAL NOT NULL   -- when it was last taken or renewed (kept when it runs out)
+);

@@ -27,9 +27,11 @@ _COMMANDS = {
     "jobs": ("jobs", "jobs"),
     "queues": ("jobs", "queues"),
     "dlq": ("jobs", "dlq"),
+    "schedules": ("schedules", "schedules"),
     "publish": ("events", "publish"),
     "events": ("events", "events"),
     "demo": ("demo", "demo"),
+    "migrate": ("migrate", "migrate"),
 }
 
 

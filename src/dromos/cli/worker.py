@@ -27,6 +27,7 @@ __all__ = ["worker"]
 @click.option("-q", "--queues", default="", help="Comma-separated queues (default: all tasks').")
 @click.option("-g", "--groups", default=None,
               help="Comma-separated subscriber groups (default: all; '' for none).")  # fmt: skip
+@click.option("--no-schedules", is_flag=True, help="Never fire the periodic tasks here.")
 @click.option("--prefetch", type=int, default=None, help="Jobs claimed ahead (default: -c).")
 @click.option("--grace", default=30.0, show_default=True, help="Seconds to finish jobs on SIGTERM.")
 @click.option("--log-level", default="info", show_default=True,
@@ -37,6 +38,7 @@ def worker(
     processes: int,
     queues: str,
     groups: str | None,
+    no_schedules: bool,
     prefetch: int | None,
     grace: float,
     log_level: str,
@@ -55,13 +57,16 @@ def worker(
             argv += ["-q", queues]
         if groups is not None:
             argv += ["-g", groups]
+        if no_schedules:
+            argv.append("--no-schedules")
         if prefetch is not None:
             argv += ["--prefetch", str(prefetch)]
         sys.exit(Supervisor(argv, processes, grace=grace).run())
     app = load_app(app_path)
     group_list = None if groups is None else [g.strip() for g in groups.split(",") if g.strip()]
     runner = Worker(app, queues=queue_list or None, concurrency=concurrency,
-                    prefetch=prefetch, grace=grace, groups=group_list)  # fmt: skip
+                    prefetch=prefetch, grace=grace, groups=group_list,
+                    schedules=not no_schedules)  # fmt: skip
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()

@@ -42,6 +42,7 @@ from dromos.worker.executors import Executors
 if TYPE_CHECKING:
     from dromos.app import App
     from dromos.events.runner import EventRunner
+    from dromos.schedules import Scheduler
     from dromos.task import Task
 
 __all__ = ["Worker"]
@@ -112,6 +113,7 @@ class Worker:
         grace: float = 30.0,
         name: str | None = None,
         groups: Sequence[str] | None = None,
+        schedules: bool = True,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -147,6 +149,8 @@ class Worker:
         self._stop_requested = threading.Event()
         self.executors: Executors | None = None
         self.event_runner: EventRunner | None = None
+        self.schedules = schedules  # whether this worker may fire the periodic tasks
+        self.scheduler: Scheduler | None = None
 
     # -- control --------------------------------------------------------------------------
     def stop(self, *, now: bool = False) -> None:
@@ -191,6 +195,7 @@ class Worker:
         log.info("worker %s serving %s (concurrency %d)", self.name, self.queues, self.concurrency)
         flusher = asyncio.create_task(self._flusher(), name="dromos-flush")
         events = asyncio.create_task(self._events(broker), name="dromos-events")
+        scheduling = asyncio.create_task(self._schedule(broker), name="dromos-scheduler")
         background = [
             asyncio.create_task(self._heartbeat(), name="dromos-heartbeat"),
             asyncio.create_task(self._maintain(), name="dromos-maintain"),
@@ -204,13 +209,27 @@ class Worker:
             self._flush_wanted.set()
             await asyncio.gather(flusher, return_exceptions=True)
             self._stopping.set()  # the subscribers stop too, when the jobs failed
-            await asyncio.gather(events, return_exceptions=True)
+            await asyncio.gather(events, scheduling, return_exceptions=True)
             await _cancel_all(background)
             if self._to_release:
                 await broker.release(self._to_release)
                 self.counts["released"] += len(self._to_release)
             self.executors.shutdown()
             log.info("worker %s stopped: %s", self.name, dict(self.counts))
+
+    async def _schedule(self, broker: Broker) -> None:
+        """Fire the app's periodic tasks while this worker holds the scheduler's lease."""
+        if not (self.app.periodics and self.schedules):
+            return
+        from dromos.schedules import Scheduler
+
+        self.scheduler = Scheduler(self.app, broker, self.name)
+        try:
+            await self.scheduler.run(self._stopping)
+        except NotImplementedError as exc:
+            log.error("periodic tasks not fired: %s", exc)
+        except Exception:
+            log.exception("the scheduler stopped")
 
     async def _events(self, broker: Broker) -> None:
         """Run the subscribers (if any) until the worker stops; they get the same grace."""
