@@ -24,6 +24,7 @@ __all__ = [
     "charge_card",
     "count_order",
     "price_quote",
+    "refresh_rates",
     "resize_image",
     "send_newsletter",
     "send_password_reset",
@@ -141,3 +142,10 @@ async def send_receipt(event: dromos.Event[dict[str, Any]]) -> None:
     """Learns of completed payments from the job lifecycle events, without polling."""
     if event.data["task"] == "charge_card":
         _note("receipts", event, event.data["id"])
+
+
+# -- a periodic task (every worker runs the scheduler; one fires each tick) -----------------
+@app.periodic(every=2.0, queue="default")
+async def refresh_rates() -> str:
+    """Every two seconds: the demo checks each tick ran once, whichever worker fired it."""
+    return dromos.current_job().headers.get("scheduled_for", "")

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from dromos.demo import app as demo
 
-__all__ = ["groups_per_process", "run_events"]
+__all__ = ["groups_per_process", "run_events", "run_periodic"]
 
 Expectation = tuple[str, bool, str]  # (what, held, detail)
 
@@ -90,6 +90,28 @@ async def run_events(
             f"missing {len(missing)}, twice {len(twice)}",
         ))  # fmt: skip
     return out
+
+
+async def run_periodic(console: Console, started: float) -> list[Expectation]:
+    """The periodic task's runs since the workers started: one per tick, none missed."""
+    broker = await demo.app.abroker()
+    now = time.time()
+    [periodic] = [p for p in demo.app.periodics if p.name == "refresh_rates"]
+    expected = [t.isoformat() for t in periodic.ticks(started + 3.0, now - 1.0)]  # settled
+    runs = await broker.jobs(task="refresh_rates", limit=1000)
+    fired = collections.Counter(str(r.result) for r in runs if r.state.value == "succeeded")
+    console.print(
+        f"\n[bold]Periodic[/]: refresh_rates every 2 s, fired by whichever worker holds the "
+        f"scheduler lease: {sum(fired.values())} runs ({', '.join(sorted(fired)[-3:])} ...)",
+        highlight=False,
+    )
+    missing = [t for t in expected if t not in fired]
+    twice = [t for t, n in fired.items() if n > 1]
+    return [(
+        "the periodic task ran once per tick",
+        bool(expected) and not missing and not twice,
+        f"{len(expected)} ticks expected, missing {missing}, twice {twice}",
+    )]  # fmt: skip
 
 
 def _table(rows: list[tuple[str, int, str, str]]) -> Table:

@@ -34,7 +34,7 @@ from dromos.brokers.base import Broker
 from dromos.cli.jobs import error_line, state_text
 from dromos.demo import app as demo
 from dromos.demo._processes import WorkerProcesses
-from dromos.demo.on_the_bus import groups_per_process, run_events
+from dromos.demo.on_the_bus import groups_per_process, run_events, run_periodic
 from dromos.demo.over_http import run_http
 from dromos.errors import ConfigurationError
 from dromos.job import Job, JobState, JobStatus
@@ -403,6 +403,7 @@ async def run(
     )  # fmt: skip
     story = Story(burst=burst, outage=directory / "warehouse-outage")
     began = time.perf_counter()
+    started = time.time()
     workers.start()
     console.print(
         f"[bold]dromos demo[/]: {processes} worker processes (pids "
@@ -421,6 +422,7 @@ async def run(
             charged = [story.jobs["charge"].id]
             ledger = Path(os.environ.get(demo.LEDGER_ENV, directory / "events.log"))
             checks += [Check(*e) for e in await run_events(console, ledger, charged)]
+            checks += [Check(*e) for e in await run_periodic(console, started)]
     finally:
         codes = workers.stop()
         await demo.app.aclose()
