@@ -6,6 +6,7 @@ by default. Start with :class:`App` and ``@app.task``.
 """
 
 from dromos.app import App
+from dromos.batch import Batch
 from dromos.brokers.base import Broker
 from dromos.context import JobContext, current_job
 from dromos.errors import (
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "Batch",
     "Broker",
     "BrokerError",
     "Call",

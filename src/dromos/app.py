@@ -14,19 +14,29 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, overload
 
+import msgspec
+
 from dromos._coalesce import Coalescer
 from dromos._portal import Portal
+from dromos.batch import Batch
 from dromos.brokers import create_broker
-from dromos.brokers.base import Broker, BrokerOptions, EnqueueRequest, EventRecord
-from dromos.errors import ConfigurationError, UnknownTaskError
+from dromos.brokers.base import (
+    SUMMARY_PLACEHOLDER,
+    BatchRecord,
+    Broker,
+    BrokerOptions,
+    EnqueueRequest,
+    EventRecord,
+)
+from dromos.errors import ConfigurationError, JobNotFound, UnknownTaskError
 from dromos.events.envelope import Event
 from dromos.events.lifecycle import job_event
 from dromos.events.publisher import Topics, as_record, records
 from dromos.events.subscriber import Subscriber
 from dromos.job import Job
-from dromos.message import new_job_ids, utcnow
+from dromos.message import encode, new_job_id, new_job_ids, utcnow
 from dromos.schedules import Periodic
-from dromos.task import AsyncTask, Call, Executor, SyncTask, Task
+from dromos.task import AsyncTask, Call, Executor, Options, SyncTask, Task
 from dromos.webhooks import DEFAULT_BACKOFF, WebhookSettings
 
 if TYPE_CHECKING:
@@ -59,6 +69,24 @@ def _connection(calls: list[Call[Any]]) -> Any:
             "connection= (or none)"
         )
     return next(iter(connections.values()), None)
+
+
+_PLACEHOLDER_ARG = msgspec.json.decode(SUMMARY_PLACEHOLDER)
+
+
+def _batch_options(what: str, options: Options, callback: bool = False) -> None:
+    """Refuse the options a job of a batch (or its callback) cannot have."""
+    headers = options.headers or {}
+    if options.idempotency_key is not None or "idempotency_key" in headers:
+        raise ConfigurationError(
+            f"{what}: no idempotency key in a batch (a deduplicated job would not belong to it)"
+        )
+    if "batch_id" in headers:
+        raise ConfigurationError(f"{what}: the batch_id header is the batch's to set")
+    if options.connection is not None:
+        raise ConfigurationError(f"{what}: a batch cannot be enqueued in your transaction")
+    if callback and (options.delay is not None or options.eta is not None):
+        raise ConfigurationError(f"{what}: the callback runs when the batch ends (no delay=/eta=)")
 
 
 def _seconds(value: float | timedelta) -> float:
@@ -434,6 +462,99 @@ class App:
         if queued:
             self._publish_blocking(queued)
         return [c.task.handle(i) for c, i in zip(calls, ids, strict=True)]
+
+    # -- batches --------------------------------------------------------------------------
+    def _batch(
+        self, calls: Iterable[Call[Any]], on_complete: Task[Any, Any] | Call[Any] | None
+    ) -> tuple[list[Call[Any]], BatchRecord, list[EnqueueRequest]]:
+        """Check every call and the callback; build the batch record and the envelopes."""
+        calls = list(calls)
+        if not calls:
+            raise ConfigurationError("a batch needs at least one call")
+        for c in calls:
+            _batch_options(f"task {c.task.name!r}", c.options)
+        window, now, batch_id = self.idempotency_window, utcnow(), new_job_id()
+        ids = new_job_ids(len(calls) + 1)  # the last one is the callback's
+        requests = [
+            c.task.request(c, window, i, now, batch_id) for c, i in zip(calls, ids, strict=False)
+        ]
+        for c in calls:
+            if c.task.app is not self:
+                raise ConfigurationError(f"task {c.task.name!r} belongs to another app")
+        callback = None
+        if on_complete is not None:
+            callback = self._callback(on_complete, batch_id, len(calls), ids[-1], window)
+        return calls, BatchRecord(batch_id, len(requests), callback), requests
+
+    def _callback(
+        self, on_complete: Task[Any, Any] | Call[Any], batch_id: str, total: int, job_id: str,
+        window: float,
+    ) -> EnqueueRequest:  # fmt: skip
+        """The callback's envelope, the placeholder as its first argument (checked against
+        the task's signature with a summary of the right shape)."""
+        call = on_complete if isinstance(on_complete, Call) else Call(on_complete, (), {})
+        if call.task.app is not self:
+            raise ConfigurationError(f"task {call.task.name!r} belongs to another app")
+        _batch_options(f"on_complete {call.task.name!r}", call.options, callback=True)
+        sample = {"batch_id": batch_id, "total": total, "succeeded": 0, "failed": 0,
+                  "cancelled": 0}  # fmt: skip
+        checked = call.task.request(
+            Call(call.task, (sample, *call.args), call.kwargs, call.options), window, job_id
+        )
+        args = [_PLACEHOLDER_ARG, *checked.message.args[1:]]
+        message = msgspec.structs.replace(checked.message, args=args)
+        return EnqueueRequest(message, encode(message), window)
+
+    async def abatch(
+        self,
+        calls: Iterable[Call[Any]],
+        *,
+        on_complete: Task[Any, Any] | Call[Any] | None = None,
+    ) -> Batch[Any]:
+        """Queue calls of any tasks (``task.call(...)``, ``task.options(...).call(...)``) as
+        one batch, in one write (all or none); ``on_complete`` as in ``Task.map``."""
+        calls, record, requests = self._batch(calls, on_complete)
+        ids = await (await self.abroker()).enqueue_batch(record, requests)
+        queued = self._queued_events(calls, requests, ids)
+        if queued:
+            await self._publish(queued)
+        return self._batch_handle(record, calls, ids)
+
+    def batch(
+        self,
+        calls: Iterable[Call[Any]],
+        *,
+        on_complete: Task[Any, Any] | Call[Any] | None = None,
+    ) -> Batch[Any]:
+        """Blocking twin of :meth:`abatch`."""
+        calls, record, requests = self._batch(calls, on_complete)
+        ids = self.portal.call(self._enqueue_batch, record, requests)
+        queued = self._queued_events(calls, requests, ids)
+        if queued:
+            self._publish_blocking(queued)
+        return self._batch_handle(record, calls, ids)
+
+    async def _enqueue_batch(
+        self, record: BatchRecord, requests: list[EnqueueRequest]
+    ) -> list[str]:
+        return await (await self.abroker()).enqueue_batch(record, requests)
+
+    def _batch_handle(
+        self, record: BatchRecord, calls: list[Call[Any]], ids: list[str]
+    ) -> Batch[Any]:
+        return Batch(self, record.id, [c.task.handle(i) for c, i in zip(calls, ids, strict=True)])
+
+    async def aget_batch(self, batch_id: str) -> Batch[Any]:
+        """A handle for a batch id received elsewhere (its results are plain JSON); raise
+        :class:`JobNotFound` if the broker has no such batch."""
+        ids = await (await self.abroker()).batch_jobs(batch_id)
+        if ids is None:
+            raise JobNotFound(batch_id)
+        return Batch(self, batch_id, [Job(self, i) for i in ids])
+
+    def get_batch(self, batch_id: str) -> Batch[Any]:
+        """Blocking twin of :meth:`aget_batch`."""
+        return self.portal.call(self.aget_batch, batch_id)
 
     def _queued_events(
         self, calls: list[Call[Any]], requests: list[EnqueueRequest], ids: list[str]

@@ -25,6 +25,7 @@ from dromos.webhooks import check_url
 
 if TYPE_CHECKING:
     from dromos.app import App
+    from dromos.batch import Batch
 
 __all__ = ["AsyncTask", "Call", "Options", "SyncTask", "Task"]
 
@@ -191,13 +192,57 @@ class Task(Generic[P, R]):
     def _as_call(self, item: Call[R] | tuple[Any, ...]) -> Call[R]:
         return item if isinstance(item, Call) else Call(self, tuple(item), {})
 
+    def map(
+        self,
+        items: Iterable[Any],
+        *,
+        on_complete: Task[Any, Any] | Call[Any] | None = None,
+        **options: Any,
+    ) -> Batch[R]:
+        """Queue one job per item as a batch, in one write (all or none); return its handle.
+
+        Each item is a :meth:`call`, a tuple of positional arguments, or one positional
+        argument. ``options`` are :meth:`options`' (``queue=``, ``priority=`` ...), for the
+        items that are not calls. ``on_complete`` (a task, or a call of one) is queued once,
+        when every job ended; it gets the summary ``{"batch_id", "total", "succeeded",
+        "failed", "cancelled"}`` as its first argument. See ``dromos.batch``.
+        """
+        return self.app.batch(self._map_calls(items, options), on_complete=on_complete)
+
+    async def amap(
+        self,
+        items: Iterable[Any],
+        *,
+        on_complete: Task[Any, Any] | Call[Any] | None = None,
+        **options: Any,
+    ) -> Batch[R]:
+        """asyncio twin of :meth:`map`."""
+        return await self.app.abatch(self._map_calls(items, options), on_complete=on_complete)
+
+    def _map_calls(self, items: Iterable[Any], options: dict[str, Any]) -> list[Call[R]]:
+        opts = self.options(**options).opts if options else _NO_OPTIONS
+        calls: list[Call[R]] = []
+        for item in items:
+            if isinstance(item, Call):
+                calls.append(item)
+            else:
+                args = item if isinstance(item, tuple) else (item,)
+                calls.append(Call(self, args, {}, opts))
+        return calls
+
     # -- what the app and the worker use ----------------------------------------------------
     def request(
-        self, call: Call[R], window: float, job_id: str | None = None, now: datetime | None = None
+        self,
+        call: Call[R],
+        window: float,
+        job_id: str | None = None,
+        now: datetime | None = None,
+        batch_id: str | None = None,
     ) -> EnqueueRequest:
         """Check one call and build its envelope (raises ``ValidationError``).
 
-        A batch passes its ``job_id`` (from one ``new_job_ids``) and one ``now`` for all.
+        An ``enqueue_many`` passes its ``job_id`` (from one ``new_job_ids``) and one ``now``
+        for all; a batch (``map``) also its ``batch_id``, which goes in the headers.
         """
         args, kwargs = self.signature.dump(call.args, call.kwargs)
         o = call.options
@@ -206,10 +251,12 @@ class Task(Generic[P, R]):
             message = Message(
                 id=job_id or new_job_id(), task=self.name, queue=self.queue, args=args,
                 kwargs=kwargs, max_attempts=self.retries + 1, priority=self.priority,
-                created_at=now, headers={},
+                created_at=now, headers={} if batch_id is None else {"batch_id": batch_id},
             )  # fmt: skip
             return EnqueueRequest(message, encode(message), window)
         headers = dict(o.headers or {})
+        if batch_id is not None:
+            headers["batch_id"] = batch_id
         if o.idempotency_key is not None:
             headers["idempotency_key"] = o.idempotency_key
         if o.callback_url is not None:

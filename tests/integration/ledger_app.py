@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from typing import Any
 
 import msgspec
 
@@ -94,6 +95,21 @@ def create_app(
             """Note which tick this run is for (the scheduler puts it in the headers)."""
             job = dromos.current_job()
             _write(job.headers["scheduled_for"], job.attempt, "tick")
+
+    @app.task(retries=0)
+    async def batch_member(n: int) -> int:
+        """A job of a batch: every tenth one fails for good (no retries)."""
+        if n % 10 == 0:
+            _record("fail")
+            raise ValueError(f"member {n} fails")
+        _record("ok")
+        return n
+
+    @app.task(retries=0)
+    async def batch_done(summary: dict[str, Any], tag: str) -> None:
+        """A batch's on_complete: one ledger line ``batch_id 0 pid batch-done:T:S:F:C:tag``."""
+        counts = ":".join(str(summary[k]) for k in ("total", "succeeded", "failed", "cancelled"))
+        _write(summary["batch_id"], 0, f"batch-done:{counts}:{tag}")
 
     @app.task(retries=0)
     async def die() -> None:

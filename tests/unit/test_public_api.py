@@ -4,6 +4,7 @@ import dromos
 
 EXPECTED = [
     "App",
+    "Batch",
     "Broker",
     "BrokerError",
     "Call",

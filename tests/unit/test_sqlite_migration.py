@@ -36,6 +36,6 @@ async def test_a_file_without_the_webhook_columns_gets_them_and_keeps_its_jobs(
     with sqlite3.connect(path) as db:
         columns = {row[1] for row in db.execute("PRAGMA table_info(dromos_jobs)")}
         version = db.execute("SELECT value FROM dromos_meta WHERE key = 'schema_version'")
-        assert version.fetchone() == ("2",)
+        assert version.fetchone() == ("3",)
     db.close()
     assert {"callback_url", "webhooks", "hook_due"} <= columns

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from dromos.batch import BatchStatus
 from dromos.errors import ConfigurationError
 from dromos.job import JobError, JobState, JobStatus, WebhookAttempt
 
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from dromos.message import Message
 
 __all__ = [
+    "SUMMARY_PLACEHOLDER",
+    "BatchRecord",
     "Broker",
     "BrokerOptions",
     "Delivery",
@@ -53,6 +56,7 @@ __all__ = [
     "ProgressUpdate",
     "QueueStats",
     "WebhookDue",
+    "fill_summary",
     "job_status",
     "webhook_attempt_json",
     "webhook_attempts",
@@ -84,6 +88,29 @@ class EnqueueRequest:
     """The envelope already encoded: the broker stores these bytes as they are."""
     idempotency_window: float = 0.0
     """Seconds the ``idempotency_key`` header (if any) keeps naming this job."""
+
+
+#: The first argument of a batch's callback as submitted (JSON text, in its envelope): the
+#: broker replaces these bytes with the batch's summary (``dromos.batch.summary_json``) in the
+#: write that ends the batch's last job.
+SUMMARY_PLACEHOLDER = b'"__dromos_batch_summary__"'
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """A batch to create with its jobs (:meth:`Broker.enqueue_batch`)."""
+
+    id: str
+    total: int
+    """How many jobs the batch has: the count its jobs' ends bring down to zero."""
+    callback: EnqueueRequest | None = None
+    """The job to insert when the last job ended; its payload holds
+    :data:`SUMMARY_PLACEHOLDER` as its first argument."""
+
+
+def fill_summary(payload: bytes, summary: bytes) -> bytes:
+    """The callback's envelope with the summary in place of the placeholder."""
+    return payload.replace(SUMMARY_PLACEHOLDER, summary)
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,6 +381,33 @@ class Broker(abc.ABC):
         :meth:`open`. The default always returns ``None``.
         """
         return None
+
+    # -- batches --------------------------------------------------------------------------
+    # Every job of a batch is counted ONCE, at its first end (succeeded, failed = dead-lettered,
+    # cancelled), in the same write, transaction or script that ends it: a settle, the cancel
+    # of a waiting job, a claim that dead-letters a poison job, any other terminal write. The
+    # write that brings the batch's count to zero also inserts its callback job (queued,
+    # waking workers as an enqueue does) with the summary in place of the placeholder. A
+    # retried job has not ended; a dead letter replayed and ending again is not counted again.
+    # Not abstract: a backend without batches raises NotImplementedError.
+
+    async def enqueue_batch(
+        self, batch: BatchRecord, requests: Sequence[EnqueueRequest]
+    ) -> list[str]:
+        """Store the batch record and its jobs (each with the ``batch_id`` header), all or
+        none, and return the jobs' ids in order. The requests carry no idempotency key (the
+        app refuses them in a batch: a deduplicated job would not belong to it)."""
+        raise NotImplementedError(f"{type(self).__name__} has no batches yet")
+
+    async def batch_status(self, batch_id: str) -> BatchStatus | None:
+        """The batch's counts, or ``None`` if the broker has no such batch (its record is
+        kept as long as its jobs' results are)."""
+        raise NotImplementedError(f"{type(self).__name__} has no batches yet")
+
+    async def batch_jobs(self, batch_id: str) -> list[str] | None:
+        """The ids of the batch's jobs in submission order (``app.get_batch``), or ``None``
+        if the broker has no such batch."""
+        raise NotImplementedError(f"{type(self).__name__} has no batches yet")
 
     # -- consuming ------------------------------------------------------------------------
     @abc.abstractmethod

@@ -12,10 +12,13 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+from dromos.batch import BatchStatus, summary_json
 from dromos.brokers._notify import Notifier
 from dromos.brokers.base import (
+    BatchRecord,
     Broker,
     BrokerOptions,
     Delivery,
@@ -26,6 +29,7 @@ from dromos.brokers.base import (
     ProgressUpdate,
     QueueStats,
     WebhookDue,
+    fill_summary,
     job_status,
 )
 from dromos.brokers.memory_events import MemoryEventBus
@@ -66,6 +70,8 @@ class _Row:
     callback_url: str | None = None
     webhooks: list[WebhookAttempt] = field(default_factory=list)
     hook_due: float | None = None  # the outbox: when its webhook delivery is due next
+    batch_id: str | None = None
+    batch_counted: bool = False  # its first end was counted in its batch (a replay's is not)
 
     def to_status(self) -> JobStatus:
         return job_status(
@@ -76,6 +82,32 @@ class _Row:
             finished_at=self.finished_at, cancel_requested=self.cancel_requested,
             webhooks=list(self.webhooks),
         )  # fmt: skip
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One batch: its counts, and the callback to insert when ``remaining`` reaches zero."""
+
+    record: BatchRecord
+    job_ids: list[str]
+    remaining: int
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    finished_at: float | None = None
+
+    def to_status(self) -> BatchStatus:
+        callback = self.record.callback
+        return BatchStatus(
+            id=self.record.id, total=self.record.total, succeeded=self.succeeded,
+            failed=self.failed, cancelled=self.cancelled,
+            callback_id=None if callback is None else callback.message.id,
+            finished_at=_ts(self.finished_at),
+        )  # fmt: skip
+
+
+def _ts(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
 class MemoryBroker(MemoryEventBus, Broker):
@@ -90,6 +122,7 @@ class MemoryBroker(MemoryEventBus, Broker):
         self._ready: dict[str, list[tuple[int, int, str]]] = {}  # queue -> (-prio, seq, id)
         self._delayed: list[tuple[float, int, str]] = []  # (eta, seq, id)
         self._idem: dict[tuple[str, str], str] = {}  # (queue, idempotency key) -> job id
+        self._batches: dict[str, _Batch] = {}
         self._seq = 0
         self._work = Notifier()  # keyed by queue
         self._done = Notifier()  # keyed by job id
@@ -99,41 +132,66 @@ class MemoryBroker(MemoryEventBus, Broker):
     # -- producing ------------------------------------------------------------------------
     async def enqueue(self, requests: Sequence[EnqueueRequest]) -> list[str]:
         now = time.time()
-        ids: list[str] = []
-        woken: set[str] = set()
         with self._lock:
-            for req in requests:
-                msg = req.message
-                key = msg.headers.get("idempotency_key")
-                if key is not None:
-                    existing = self._rows.get(self._idem.get((msg.queue, key), ""))
-                    if existing is not None and existing.idempotency_until > now:
-                        ids.append(existing.id)
-                        continue
-                self._seq += 1
-                eta = msg.eta.timestamp() if msg.eta is not None else None
-                row = _Row(
-                    seq=self._seq,
-                    id=msg.id,
-                    task=msg.task,
-                    queue=msg.queue,
-                    priority=msg.priority,
-                    payload=req.payload,
-                    state=_S.SCHEDULED if eta is not None and eta > now else _S.QUEUED,
-                    eta=eta,
-                    created_at=msg.created_at.timestamp(),
-                    callback_url=msg.headers.get("callback_url"),
-                )
-                if key is not None:
-                    row.idempotency_key = key
-                    row.idempotency_until = now + req.idempotency_window
-                    self._idem[(msg.queue, key)] = row.id
-                self._rows[row.id] = row
-                self._place(row)
-                woken.add(row.queue)
-                ids.append(row.id)
-        self._work.notify(woken)
+            ids = [self._insert(req, now) for req in requests]
+        self._work.notify({r.message.queue for r in requests})
         return ids
+
+    def _insert(
+        self, req: EnqueueRequest, now: float, batch_id: str | None = None, payload: bytes = b""
+    ) -> str:
+        """Store one job (caller holds the lock); return its id, or the existing job's for a
+        known idempotency key."""
+        msg = req.message
+        key = msg.headers.get("idempotency_key")
+        if key is not None:
+            existing = self._rows.get(self._idem.get((msg.queue, key), ""))
+            if existing is not None and existing.idempotency_until > now:
+                return existing.id
+        self._seq += 1
+        eta = msg.eta.timestamp() if msg.eta is not None else None
+        row = _Row(
+            seq=self._seq,
+            id=msg.id,
+            task=msg.task,
+            queue=msg.queue,
+            priority=msg.priority,
+            payload=payload or req.payload,
+            state=_S.SCHEDULED if eta is not None and eta > now else _S.QUEUED,
+            eta=eta,
+            created_at=msg.created_at.timestamp(),
+            callback_url=msg.headers.get("callback_url"),
+            batch_id=batch_id,
+        )
+        if key is not None:
+            row.idempotency_key = key
+            row.idempotency_until = now + req.idempotency_window
+            self._idem[(msg.queue, key)] = row.id
+        self._rows[row.id] = row
+        self._place(row)
+        return row.id
+
+    async def enqueue_batch(
+        self, batch: BatchRecord, requests: Sequence[EnqueueRequest]
+    ) -> list[str]:
+        now = time.time()
+        with self._lock:
+            ids = [r.message.id for r in requests]
+            self._batches[batch.id] = _Batch(batch, ids, remaining=batch.total)
+            for req in requests:
+                self._insert(req, now, batch.id)
+        self._work.notify({r.message.queue for r in requests})
+        return ids
+
+    async def batch_status(self, batch_id: str) -> BatchStatus | None:
+        with self._lock:
+            found = self._batches.get(batch_id)
+            return None if found is None else found.to_status()
+
+    async def batch_jobs(self, batch_id: str) -> list[str] | None:
+        with self._lock:
+            found = self._batches.get(batch_id)
+            return None if found is None else list(found.job_ids)
 
     def _place(self, row: _Row) -> None:
         """Put a waiting row where claim will find it (caller holds the lock)."""
@@ -183,7 +241,7 @@ class MemoryBroker(MemoryEventBus, Broker):
                 self._place(row)
 
     def _recover(self, now: float) -> None:
-        for row in self._rows.values():
+        for row in list(self._rows.values()):  # a batch's end may insert its callback
             if row.state is _S.RUNNING and row.lease_until is not None and row.lease_until < now:
                 row.recoveries += 1
                 row.errors.append(
@@ -215,7 +273,35 @@ class MemoryBroker(MemoryEventBus, Broker):
         row.expires_at = now + ttl
         if row.callback_url is not None:  # the outbox entry, in the same step as the end
             row.hook_due = now
+        if row.batch_id is not None and not row.batch_counted:
+            self._count(row, state, now)
         self._done.notify((row.id,))
+
+    def _count(self, row: _Row, state: JobState, now: float) -> None:
+        """Count the first end of a batch's job; the last one queues the callback."""
+        row.batch_counted = True
+        batch = self._batches.get(row.batch_id or "")
+        if batch is None:
+            return
+        if state is _S.SUCCEEDED:
+            batch.succeeded += 1
+        elif state is _S.FAILED:
+            batch.failed += 1
+        else:
+            batch.cancelled += 1
+        batch.remaining -= 1
+        callback = batch.record.callback
+        if batch.remaining != 0:
+            return
+        batch.finished_at = now
+        if callback is not None:
+            summary = summary_json(
+                batch.record.id, batch.record.total, batch.succeeded, batch.failed,
+                batch.cancelled,
+            )  # fmt: skip
+            self._insert(callback, now, payload=fill_summary(callback.payload, summary))
+            self._rows[callback.message.id].created_at = now
+            self._work.notify((callback.message.queue,))
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         with self._work.listen(queues) as listener:
@@ -445,4 +531,8 @@ class MemoryBroker(MemoryEventBus, Broker):
                 slot = (row.queue, row.idempotency_key or "")
                 if row.idempotency_key and self._idem.get(slot) == row.id:
                     del self._idem[slot]
+            kept = now - self.options.result_ttl  # a batch's record lives as its results do
+            for batch_id, batch in list(self._batches.items()):
+                if batch.finished_at is not None and batch.finished_at < kept:
+                    del self._batches[batch_id]
         return len(gone)

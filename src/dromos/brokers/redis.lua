@@ -15,6 +15,13 @@
 --
 --   T:outbox     zset: jobs whose completion webhook is due, score when (ms); a job enters
 --                it in the script that ends it, and leaves once delivered or given up
+--   T:batch:<id> hash: one batch (task.map), under the tag of its first job's queue: id total
+--                remaining succeeded failed cancelled ttl created_at finished_at jobs (the
+--                ids, comma-separated) and its callback's cb_id cb_tag cb_task cb_queue
+--                cb_priority cb_payload cb_channel cb_url; it expires ttl after it ended.
+--                A job of a batch has the field batch (this key) and, once its first end was
+--                counted, batch_counted. On a Cluster the app puts every job of a batch and
+--                its callback in one queue, so that all of these share one slot.
 --
 -- Job hash fields: id task queue state priority seq payload created_at eta attempt failures
 -- recoveries worker started_at finished_at expires_at progress message result errors cancel
@@ -59,14 +66,62 @@ local function make_ready(jk, id)
 end
 -- Ended jobs of this call, by end state: {state = {expires, id, ...}}; done = their ids.
 local ended, done = {}, {}
+-- The batch's callback gets the summary in place of its placeholder argument: every
+-- occurrence, found as plain text (no pattern), as SQLite's replace() does.
+local PLACEHOLDER = '"__dromos_batch_summary__"'
+local function fill_summary(payload, summary)
+  local out, start = {}, 1
+  while true do
+    local i, j = string.find(payload, PLACEHOLDER, start, true)
+    if not i then break end
+    out[#out + 1] = string.sub(payload, start, i - 1)
+    out[#out + 1] = summary
+    start = j + 1
+  end
+  out[#out + 1] = string.sub(payload, start)
+  return table.concat(out)
+end
+-- The batch's last job ended: stamp it, let it expire, and queue its callback exactly as the
+-- enqueue script queues a job (hash, ready, all, a push on the callback queue's channel).
+-- The summary is built by hand: its keys in dromos.batch.summary_json's order.
+local function complete_batch(bk, now)
+  local b = redis.call('HMGET', bk, 'id', 'total', 'succeeded', 'failed', 'cancelled', 'ttl',
+    'cb_id', 'cb_tag', 'cb_task', 'cb_queue', 'cb_priority', 'cb_payload', 'cb_channel', 'cb_url')
+  redis.call('HSET', bk, 'finished_at', now)
+  redis.call('PEXPIREAT', bk, now + tonumber(b[6]))
+  local id, ct = b[7], b[8]
+  if not id or redis.call('EXISTS', ct .. ':job:' .. id) == 1 then return end
+  local summary = '{"batch_id":' .. cjson.encode(b[1]) .. ',"total":' .. b[2] ..
+    ',"succeeded":' .. b[3] .. ',"failed":' .. b[4] .. ',"cancelled":' .. b[5] .. '}'
+  local ck = ct .. ':job:' .. id
+  local seq = redis.call('INCR', ct .. ':seq')
+  redis.call('HSET', ck, 'id', id, 'task', b[9], 'queue', b[10], 'state', 'queued',
+    'priority', b[11], 'seq', seq, 'payload', fill_summary(b[12], summary), 'created_at', now,
+    'attempt', 0, 'failures', 0, 'recoveries', 0, 'progress', 0)
+  if b[14] then redis.call('HSET', ck, 'callback', b[14]) end
+  redis.call('ZADD', ct .. ':ready', ready_score(b[11], seq), id)
+  redis.call('ZADD', ct .. ':all', 0, id)
+  redis.call('PUBLISH', b[13], '1')
+end
+-- Count a batch's job at its first end (HSETNX: a replayed job ending again is not counted).
+local function count_in_batch(jk, bk, state, now)
+  if redis.call('HSETNX', jk, 'batch_counted', 1) == 0 then return end
+  if redis.call('EXISTS', bk) == 0 then return end
+  redis.call('HINCRBY', bk, state, 1)
+  if redis.call('HINCRBY', bk, 'remaining', -1) == 0 then complete_batch(bk, now) end
+end
 -- extra: more fields of the same HSET (the result, on success). callback: whether the job
--- has a webhook URL, when the caller read it already (nil: look).
-local function finish(jk, id, state, now, ttl, extra, callback)
+-- has a webhook URL, when the caller read it already (nil: look). batch: the job's batch
+-- key, when the caller read it already (false: none; nil: look). Every end of a job goes
+-- through here, so this is where a batch counts it, in the same script.
+local function finish(jk, id, state, now, ttl, extra, callback, batch)
   local expires = now + ttl
   redis.call('HSET', jk, 'state', state, 'finished_at', now, 'expires_at', expires, unpack(extra))
   redis.call('PEXPIREAT', jk, expires)
   if callback == nil then callback = redis.call('HEXISTS', jk, 'callback') == 1 end
   if callback then redis.call('ZADD', T .. ':outbox', now, id) end  -- the webhook's outbox
+  if batch == nil then batch = redis.call('HGET', jk, 'batch') end
+  if batch then count_in_batch(jk, batch, state, now) end
   local set = ended[state]
   if not set then set = {}; ended[state] = set end
   set[#set + 1] = expires
@@ -102,8 +157,22 @@ end
 -- ARGV: T, work channel, queue, then one MessagePack array of jobs, each an array:
 --   id task priority eta(ms or '') payload created_at(ms) idem_key('' for none) idem_window(ms)
 --   callback_url ('' for none)
+-- For the jobs of a batch, two more: the batch key, and the batch record to create (in the
+-- first queue's call; '' in the others) as one MessagePack array: id total ttl(ms) jobs,
+-- then the callback's id ('' for none) tag task queue priority payload channel url ('').
 local now = clock()
 local jobs = cmsgpack.unpack(ARGV[4])
+local bk = ARGV[5] or ''
+if ARGV[6] and ARGV[6] ~= '' and redis.call('EXISTS', bk) == 0 then
+  local b = cmsgpack.unpack(ARGV[6])
+  redis.call('HSET', bk, 'id', b[1], 'total', b[2], 'remaining', b[2], 'succeeded', 0,
+    'failed', 0, 'cancelled', 0, 'ttl', b[3], 'jobs', b[4], 'created_at', now)
+  if b[5] ~= '' then
+    redis.call('HSET', bk, 'cb_id', b[5], 'cb_tag', b[6], 'cb_task', b[7], 'cb_queue', b[8],
+      'cb_priority', b[9], 'cb_payload', b[10], 'cb_channel', b[11])
+    if b[12] ~= '' then redis.call('HSET', bk, 'cb_url', b[12]) end
+  end
+end
 local out, ready, scheduled, all = {}, {}, {}, {}
 local seq = redis.call('INCRBY', T .. ':seq', #jobs) - #jobs
 for _, job in ipairs(jobs) do
@@ -140,6 +209,7 @@ for _, job in ipairs(jobs) do
         redis.call('HSET', jk, 'idem', key)
       end
       if job[9] ~= '' then redis.call('HSET', jk, 'callback', job[9]) end
+      if bk ~= '' then redis.call('HSET', jk, 'batch', bk) end
     end
     out[#out + 1] = id
   end
@@ -225,14 +295,15 @@ local applied, settled, retrying = 0, {}, {}
 for _, o in ipairs(cmsgpack.unpack(ARGV[6])) do
   local id, attempt, state = o[1], o[2], o[3]
   local jk = jkey(id)
-  local f = redis.call('HMGET', jk, 'state', 'attempt', 'callback')
-  local callback = f[3] ~= false
+  local f = redis.call('HMGET', jk, 'state', 'attempt', 'callback', 'batch')
+  local callback, batch = f[3] ~= false, f[4]
   if f[1] == 'running' and f[2] == attempt then
     applied = applied + 1
     settled[#settled + 1] = id
     if o[5] ~= '' then append_error(jk, o[5]) end
     if state == 'succeeded' then
-      finish(jk, id, state, now, tonumber(ARGV[2]), {'result', o[4], 'progress', 1}, callback)
+      finish(jk, id, state, now, tonumber(ARGV[2]), {'result', o[4], 'progress', 1}, callback,
+        batch)
     elseif state == 'retrying' then
       redis.call('HINCRBY', jk, 'failures', 1)
       redis.call('HSET', jk, 'state', 'retrying', 'eta', o[6])
@@ -240,9 +311,9 @@ for _, o in ipairs(cmsgpack.unpack(ARGV[6])) do
       retrying[#retrying + 1] = id
     elseif state == 'failed' then
       redis.call('HINCRBY', jk, 'failures', 1)
-      finish(jk, id, state, now, tonumber(ARGV[3]), {}, callback)
+      finish(jk, id, state, now, tonumber(ARGV[3]), {}, callback, batch)
     else
-      finish(jk, id, state, now, tonumber(ARGV[2]), {}, callback)
+      finish(jk, id, state, now, tonumber(ARGV[2]), {}, callback, batch)
     end
   end
 end

@@ -25,6 +25,7 @@ import contextlib
 import math
 import time
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -38,8 +39,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from dromos.batch import BatchStatus
 from dromos.brokers._notify import Notifier
 from dromos.brokers.base import (
+    BatchRecord,
     Broker,
     BrokerOptions,
     Delivery,
@@ -239,6 +242,7 @@ class RedisBroker(RedisEventBus, Broker):
         # (taken by its wait(); only ids somebody waits for are kept).
         self._statuses: dict[str, list[str | bool]] = {}
         self._hooks: dict[str, str] = {}  # job id -> queue of the webhook deliveries leased
+        self._batch_homes: dict[str, str] = {}  # batch id -> the queue whose tag its key has
         self._init_bus()
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -511,6 +515,76 @@ class RedisBroker(RedisEventBus, Broker):
                 ids[index] = job_id = job_id.decode()
                 self._enqueued[job_id] = queue
         return ids
+
+    # -- batches ----------------------------------------------------------------------------
+    async def enqueue_batch(
+        self, batch: BatchRecord, requests: Sequence[EnqueueRequest]
+    ) -> list[str]:
+        await self._state()  # learns whether the server is a Cluster
+        cb = batch.callback
+        queues = {r.message.queue for r in requests} | ({cb.message.queue} if cb else set())
+        if self._cluster and len(queues) > 1:
+            raise ConfigurationError(
+                "on a Redis Cluster the jobs of a batch and its on_complete callback must all "
+                f"go to one queue (its count lives in that queue's slot), not {sorted(queues)}"
+            )
+        groups, batches = self._batches(requests)
+        home = requests[0].message.queue  # the first group's: it creates the record
+        key = self._batch_key(home, batch.id)
+        callback: tuple[Any, ...] = ("",) + ("",) * 7
+        if cb is not None:
+            msg = cb.message
+            callback = (
+                msg.id, self._tag(msg.queue), msg.task, msg.queue, msg.priority,
+                _text(cb.payload), self._work_channel(msg.queue),
+                msg.headers.get("callback_url", ""),
+            )  # fmt: skip
+        ids = ",".join(r.message.id for r in requests)
+        record = _pack((batch.id, batch.total, _ms(self.options.result_ttl), ids, *callback))
+        for index, (_, args) in enumerate(batches):
+            args += [key, record if index == 0 else ""]
+        await self._register(queues)
+        stored = self._stored(requests, groups, await self._enqueue(batches))
+        if len(self._batch_homes) > _REMEMBERED:
+            self._batch_homes.clear()
+        self._batch_homes[batch.id] = home
+        return stored
+
+    def _batch_key(self, queue: str, batch_id: str) -> str:
+        return f"{self._tag(queue)}:batch:{batch_id}"
+
+    async def _batch_fields(self, batch_id: str, *fields: str) -> list[bytes | None] | None:
+        """Fields of the batch's hash, found under its queue's tag; None if there is none."""
+        client = (await self._state()).client
+        home = self._batch_homes.get(batch_id)
+        queues = [home] if home is not None else []
+        queues += [q for q in sorted(await self._known_queues()) if q != home]
+        for queue in queues:
+            got = await client.hmget(self._batch_key(queue, batch_id), ["id", *fields])
+            if got[0] is not None:
+                self._batch_homes[batch_id] = queue
+                return list(got[1:])
+        return None
+
+    async def batch_status(self, batch_id: str) -> BatchStatus | None:
+        names = ("total", "succeeded", "failed", "cancelled", "cb_id", "finished_at")
+        got = await self._batch_fields(batch_id, *names)
+        if got is None:
+            return None
+        total, succeeded, failed, cancelled, callback, finished = got
+        ended = _seconds(finished)
+        return BatchStatus(
+            id=batch_id, total=int(total or 0), succeeded=int(succeeded or 0),
+            failed=int(failed or 0), cancelled=int(cancelled or 0),
+            callback_id=None if callback is None else callback.decode(),
+            finished_at=None if ended is None else datetime.fromtimestamp(ended, UTC),
+        )  # fmt: skip
+
+    async def batch_jobs(self, batch_id: str) -> list[str] | None:
+        got = await self._batch_fields(batch_id, "jobs")
+        if got is None:
+            return None
+        return got[0].decode().split(",") if got[0] else []
 
     async def _enqueue(self, batches: list[tuple[str, list[Any]]]) -> list[Any]:
         """One script call per queue; several queues in one MULTI/EXEC (all or none), except

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -31,8 +32,11 @@ from urllib.parse import parse_qs, urlsplit
 import msgspec
 
 from dromos._portal import in_portal
+from dromos.batch import BatchStatus
 from dromos.brokers._notify import Notifier
 from dromos.brokers.base import (
+    SUMMARY_PLACEHOLDER,
+    BatchRecord,
     Broker,
     BrokerOptions,
     Delivery,
@@ -134,7 +138,40 @@ _PICK_ONE = (
 
 
 # Columns added since the first schema: files made before get them on open (NULL in old rows).
-_ADDED_COLUMNS = (("callback_url", "TEXT"), ("webhooks", "TEXT"), ("hook_due", "REAL"))
+_ADDED_COLUMNS = (
+    ("callback_url", "TEXT"), ("webhooks", "TEXT"), ("hook_due", "REAL"), ("batch_id", "TEXT"),
+    ("batch_counted", "INTEGER NOT NULL DEFAULT 0"),
+)  # fmt: skip
+_SCHEMA_VERSION = "3"
+# Batches are counted by triggers, so that EVERY write that ends a job (a settle, a cancel, a
+# claim dead-lettering a poison job, and any written later) counts it in its own transaction:
+# the first terminal state of a batch's job brings its batch down by one, and the update that
+# brings a batch to zero inserts its callback job, with the summary in place of the
+# placeholder (the same text as dromos.batch.summary_json). Two workers settling the last
+# jobs at once are two transactions, serialised by SQLite: only one sees remaining go to 0.
+_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+_BATCH_TRIGGERS = (
+    "CREATE TRIGGER IF NOT EXISTS dromos_jobs_batch_count AFTER UPDATE OF state ON dromos_jobs "
+    "WHEN NEW.batch_id IS NOT NULL AND NEW.batch_counted = 0 "
+    "AND NEW.state IN ('succeeded', 'failed', 'cancelled') BEGIN "
+    "UPDATE dromos_jobs SET batch_counted = 1 WHERE seq = NEW.seq; "
+    "UPDATE dromos_batches SET remaining = remaining - 1, "
+    "succeeded = succeeded + (NEW.state = 'succeeded'), "
+    "failed = failed + (NEW.state = 'failed'), "
+    "cancelled = cancelled + (NEW.state = 'cancelled'), "
+    f"finished_at = CASE WHEN remaining = 1 THEN coalesce(NEW.finished_at, {_NOW}) "
+    "ELSE finished_at END "
+    "WHERE id = NEW.batch_id AND remaining > 0; END",
+    "CREATE TRIGGER IF NOT EXISTS dromos_batches_complete AFTER UPDATE OF remaining "
+    "ON dromos_batches WHEN NEW.remaining = 0 AND OLD.remaining > 0 "
+    "AND NEW.callback_id IS NOT NULL BEGIN "
+    "INSERT OR IGNORE INTO dromos_jobs (id, task, queue, state, priority, payload, created_at, "
+    "callback_url) VALUES (NEW.callback_id, NEW.callback_task, NEW.callback_queue, 'queued', "
+    "NEW.callback_priority, CAST(replace(CAST(NEW.callback_payload AS TEXT), "
+    f"'{SUMMARY_PLACEHOLDER.decode()}', json_object('batch_id', NEW.id, 'total', NEW.total, "
+    "'succeeded', NEW.succeeded, 'failed', NEW.failed, 'cancelled', NEW.cancelled)) AS BLOB), "
+    f"coalesce(NEW.finished_at, {_NOW}), NEW.callback_url); END",
+)
 
 
 def _migrate(db: sqlite3.Connection) -> None:
@@ -147,7 +184,13 @@ def _migrate(db: sqlite3.Connection) -> None:
         "CREATE INDEX IF NOT EXISTS dromos_jobs_hooks ON dromos_jobs (hook_due) "
         "WHERE hook_due IS NOT NULL"
     )
-    db.execute("UPDATE dromos_meta SET value = '2' WHERE key = 'schema_version'")
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS dromos_jobs_batch ON dromos_jobs (batch_id, seq) "
+        "WHERE batch_id IS NOT NULL"
+    )
+    for trigger in _BATCH_TRIGGERS:
+        db.execute(trigger)
+    db.execute("UPDATE dromos_meta SET value = ? WHERE key = 'schema_version'", (_SCHEMA_VERSION,))
 
 
 def _status(row: sqlite3.Row | tuple[Any, ...]) -> JobStatus:
@@ -354,6 +397,74 @@ class SQLiteBroker(SQLiteEventBus, Broker):
                     if found is not None:
                         ids[index] = found[0]
         return ids
+
+    async def enqueue_batch(
+        self, batch: BatchRecord, requests: Sequence[EnqueueRequest]
+    ) -> list[str]:
+        ids = await self._run(self._enqueue_batch, batch, requests)
+        self._work.notify({r.message.queue for r in requests})
+        return ids
+
+    def _enqueue_batch(self, batch: BatchRecord, requests: Sequence[EnqueueRequest]) -> list[str]:
+        now = time.time()
+        rows = []
+        for req in requests:
+            msg = req.message
+            eta = None if msg.eta is None else msg.eta.timestamp()
+            state = "scheduled" if eta is not None and eta > now else "queued"
+            rows.append((msg.id, msg.task, msg.queue, state, msg.priority, eta, req.payload,
+                         msg.created_at.timestamp(), msg.headers.get("callback_url"),
+                         batch.id))  # fmt: skip
+        cb = batch.callback
+        callback: tuple[Any, ...] = (None,) * 6
+        if cb is not None:
+            msg = cb.message
+            callback = (msg.id, msg.task, msg.queue, msg.priority, cb.payload,
+                        msg.headers.get("callback_url"))  # fmt: skip
+        with self._write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO dromos_batches (id, total, remaining, created_at, "
+                "callback_id, callback_task, callback_queue, callback_priority, "
+                "callback_payload, callback_url) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (batch.id, batch.total, batch.total, now, *callback),
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO dromos_jobs (id, task, queue, state, priority, eta, "
+                "payload, created_at, callback_url, batch_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        return [r.message.id for r in requests]
+
+    async def batch_status(self, batch_id: str) -> BatchStatus | None:
+        row = await self._run(
+            lambda: self._conn.execute(
+                "SELECT total, succeeded, failed, cancelled, callback_id, finished_at "
+                "FROM dromos_batches WHERE id = ?",
+                (batch_id,),
+            ).fetchone()
+        )
+        if row is None:
+            return None
+        total, succeeded, failed, cancelled, callback, finished = row
+        return BatchStatus(
+            id=batch_id, total=total, succeeded=succeeded, failed=failed, cancelled=cancelled,
+            callback_id=callback,
+            finished_at=None if finished is None else datetime.fromtimestamp(finished, UTC),
+        )  # fmt: skip
+
+    async def batch_jobs(self, batch_id: str) -> list[str] | None:
+        def read() -> list[str] | None:
+            db = self._conn
+            if db.execute("SELECT 1 FROM dromos_batches WHERE id = ?", (batch_id,)).fetchone():
+                rows = db.execute(
+                    "SELECT id FROM dromos_jobs WHERE batch_id = ? ORDER BY seq", (batch_id,)
+                )
+                return [r[0] for r in rows]
+            return None
+
+        found: list[str] | None = await self._run(read)
+        return found
 
     # -- consuming ------------------------------------------------------------------------
     async def claim(
@@ -707,9 +818,12 @@ class SQLiteBroker(SQLiteEventBus, Broker):
 
     async def purge(self) -> int:
         def _purge() -> int:
+            now = time.time()
             with self._write() as db:
-                return db.execute(
-                    "DELETE FROM dromos_jobs WHERE expires_at < ?", (time.time(),)
-                ).rowcount
+                db.execute(  # a batch's record lives as long as its results
+                    "DELETE FROM dromos_batches WHERE finished_at < ?",
+                    (now - self.options.result_ttl,),
+                )
+                return db.execute("DELETE FROM dromos_jobs WHERE expires_at < ?", (now,)).rowcount
 
         return await self._run(_purge)

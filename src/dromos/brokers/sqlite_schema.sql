@@ -19,6 +19,11 @@
 --                   ends the job; NULL once delivered or given up); indexed by
 --                   dromos_jobs_hooks, which sqlite.py creates after adding the columns to
 --                   files made before they existed
+--   batch_id        the batch the job belongs to (NULL: none)
+--   batch_counted   1 once its first end was counted in its batch (a replayed job's next end
+--                   is not); both added, with the batch triggers, by sqlite.py's _migrate
+-- dromos_batches  one row per batch: its counts, and the callback job the trigger inserts
+--                 when remaining reaches 0 (see sqlite.py's _BATCH_TRIGGERS)
 -- dromos_meta     key/value: schema_version
 --
 -- Indexes are partial so that each hot query touches only the rows it can want:
@@ -50,7 +55,9 @@ CREATE TABLE IF NOT EXISTS dromos_jobs (
     idempotency_until REAL,
     callback_url      TEXT,
     webhooks          TEXT,
-    hook_due          REAL
+    hook_due          REAL,
+    batch_id          TEXT,
+    batch_counted     INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS dromos_jobs_ready
     ON dromos_jobs (queue, priority DESC, seq) WHERE state = 'queued';
@@ -63,6 +70,22 @@ CREATE INDEX IF NOT EXISTS dromos_jobs_expiry
 DROP INDEX IF EXISTS dromos_jobs_idempotency;
 CREATE UNIQUE INDEX IF NOT EXISTS dromos_jobs_queue_idempotency
     ON dromos_jobs (queue, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS dromos_batches (
+    id                TEXT    PRIMARY KEY,
+    total             INTEGER NOT NULL,
+    remaining         INTEGER NOT NULL,
+    succeeded         INTEGER NOT NULL DEFAULT 0,
+    failed            INTEGER NOT NULL DEFAULT 0,
+    cancelled         INTEGER NOT NULL DEFAULT 0,
+    created_at        REAL    NOT NULL,
+    finished_at       REAL,
+    callback_id       TEXT,     -- the on_complete job (NULL: none), its columns as enqueued
+    callback_task     TEXT,
+    callback_queue    TEXT,
+    callback_priority INTEGER,
+    callback_payload  BLOB,     -- holds the summary placeholder
+    callback_url      TEXT
+);
 CREATE TABLE IF NOT EXISTS dromos_meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
