@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -56,6 +57,11 @@ def create_app(url: str) -> dromos.App:
         """A plain function with a model, *args and a keyword-only parameter."""
         time.sleep(0.001)
         return f"{item.quantity} x {item.sku}" + (" express" if express else "")
+
+    @app.task
+    async def batch_done(summary: dict[str, Any], label: str = "") -> str:
+        """A batch's on_complete: says what the summary counted."""
+        return f"{label}{summary['succeeded']}/{summary['total']} ok, {summary['failed']} failed"
 
     app.topic("orders.created", Item)  # a declared topic: publish validates, AsyncAPI shows
 

@@ -36,6 +36,7 @@ from pydantic import BaseModel
 from dromos import __version__
 from dromos.app import App
 from dromos.http.auth import KeyRing, Principal, Scope, parse_api_keys
+from dromos.http.batches import batches_router
 from dromos.http.bus import events_router
 from dromos.http.enqueue import enqueue_router
 from dromos.http.guard import Guard
@@ -162,5 +163,6 @@ def gateway(
     api.include_router(enqueue_router(app, settings, guard, list(task_models)))
     api.include_router(jobs_router(app, guard))
     api.include_router(events_router(app, guard))
+    api.include_router(batches_router(app, guard))
     api.include_router(health_router(app, settings))
     return api

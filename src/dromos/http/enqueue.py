@@ -37,7 +37,7 @@ from dromos.http.schemas import JobRequest
 from dromos.http.settings import GatewaySettings
 from dromos.job import JobState, JobStatus
 
-__all__ = ["enqueue_router", "job_location", "respond_with_status"]
+__all__ = ["enqueue_router", "job_location", "read_json", "respond_with_status"]
 
 #: Task names that can be a path segment as they are; others use the general route.
 _PATH_SAFE = re.compile(r"^[A-Za-z0-9._~-]+$")
@@ -90,22 +90,27 @@ def respond_with_status(
     return Response(body, status_code=code, headers=headers, media_type="application/json")
 
 
-async def _read_envelope(request: Request) -> JobRequest:
-    """The body as a :class:`JobRequest`: 415 if not JSON by type, 400 if not JSON, 422."""
+async def read_json(request: Request, shape: str) -> Any:
+    """The body's JSON value: 415 if not JSON by type, 400 if not JSON (``shape`` says what
+    to send instead); an empty body is ``{}``."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     raw = await request.body()
     if raw.strip() and content_type and not _JSON_TYPE.match(content_type):
         raise ProblemError(415, f"send the body as application/json, not {content_type}")
     try:
-        data: Any = msgspec.json.decode(raw) if raw.strip() else {}
+        return msgspec.json.decode(raw) if raw.strip() else {}
     except msgspec.DecodeError as exc:
         raise ProblemError(
             400,
-            f"the body is not valid JSON ({exc}); send "
-            '{"args": [...], "kwargs": {...}, "options": {...}}',
+            f"the body is not valid JSON ({exc}); send {shape}",
             slug="invalid-json",
             title="The body is not valid JSON",
         ) from None
+
+
+async def _read_envelope(request: Request) -> JobRequest:
+    """The body as a :class:`JobRequest`: 415 if not JSON by type, 400 if not JSON, 422."""
+    data = await read_json(request, '{"args": [...], "kwargs": {...}, "options": {...}}')
     try:
         return JobRequest.model_validate(data)
     except pydantic.ValidationError as exc:

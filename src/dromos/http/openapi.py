@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute
 
 from dromos.http.problems import PROBLEM_MEDIA_TYPE
 from dromos.http.responses import RESPONSE_STRUCTS, response_components
-from dromos.http.schemas import JobRequest
+from dromos.http.schemas import BatchRequest, JobRequest
 
 __all__ = ["ACCEPTED_HEADERS", "build_openapi", "json_body", "task_body"]
 
@@ -121,7 +121,7 @@ def _request_components(
     task_models: dict[str, type[BaseModel]], taken: set[str]
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """(component schemas, placeholder -> ref) of the request models, clear of ``taken``."""
-    models: list[type[BaseModel]] = [JobRequest, *task_models.values()]
+    models: list[type[BaseModel]] = [JobRequest, BatchRequest, *task_models.values()]
     marker = "#/request-schemas/"
     refs_by_model, defs = models_json_schema(
         [(m, "validation") for m in models], ref_template=marker + "{model}"
@@ -134,7 +134,10 @@ def _request_components(
         taken.add(final)
         renamed[marker + name] = _COMPONENTS + final
     schemas = {renamed[marker + k][len(_COMPONENTS) :]: v for k, v in defs["$defs"].items()}
-    placeholders = {"dromos:JobRequest": refs_by_model[(JobRequest, "validation")]["$ref"]}
+    placeholders = {
+        "dromos:JobRequest": refs_by_model[(JobRequest, "validation")]["$ref"],
+        "dromos:BatchRequest": refs_by_model[(BatchRequest, "validation")]["$ref"],
+    }
     for task, model in task_models.items():
         placeholders[f"dromos-task:{task}"] = refs_by_model[(model, "validation")]["$ref"]
     resolved: dict[str, Any] = _walk(schemas, renamed)

@@ -14,6 +14,7 @@ import ast
 import inspect
 import itertools
 import textwrap
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -103,9 +104,34 @@ class Published(msgspec.Struct, frozen=True, kw_only=True):
     """The topic it was published on (its CloudEvents ``type``)."""
 
 
+class BatchAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    """A batch: its counts, progress and jobs (``POST /v1/batches``, ``GET /v1/batches/{id}``)."""
+
+    id: str
+    total: int
+    """Jobs in the batch."""
+    succeeded: int
+    failed: int
+    """Jobs that failed for good (dead-lettered)."""
+    cancelled: int
+    ended: int
+    """Jobs that ended, each counted once."""
+    progress: float
+    """``ended / total``."""
+    done: bool
+    """Every job ended (the ``on_complete`` job, if any, is queued)."""
+    callback_id: str | None = None
+    """The ``on_complete`` job's id (``GET /v1/jobs/{id}``), if there is one."""
+    finished_at: datetime | None = None
+    """When the last job ended."""
+    jobs: list[str]
+    """The jobs' ids, in the order submitted."""
+
+
 #: The response bodies the routes name (by class name) in the OpenAPI document.
 RESPONSE_STRUCTS: tuple[type[msgspec.Struct], ...] = (
     JobStatus,
+    BatchAnswer,
     Published,
     JobPage,
     QueueList,

@@ -90,6 +90,37 @@ class JobRequest(BaseModel):
     options: JobOptions = Field(default_factory=lambda: JobOptions())
 
 
+class BatchJob(BaseModel):
+    """One job of a batch: its task, arguments and options."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    task: str = Field(min_length=1, max_length=200, description="The task's name.")
+    args: list[Any] = Field(default_factory=list, description="Positional arguments.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments.")
+    options: JobOptions = Field(default_factory=lambda: JobOptions())
+
+
+class BatchCallback(BaseModel):
+    """The job run once when every job of the batch has ended; it receives the summary
+    (``{"batch_id", "total", "succeeded", "failed", "cancelled"}``) before ``args``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    task: str = Field(min_length=1, max_length=200, description="The task's name.")
+    args: list[Any] = Field(default_factory=list, description="Arguments after the summary.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments.")
+
+
+class BatchRequest(BaseModel):
+    """The body of ``POST /v1/batches``: jobs of any tasks, queued together (all or none)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    jobs: list[BatchJob] = Field(min_length=1, max_length=10_000)
+    on_complete: BatchCallback | None = None
+
+
 def _drop(*keys: str) -> Callable[[dict[str, Any]], None]:
     def edit(schema: dict[str, Any]) -> None:
         for key in keys:
