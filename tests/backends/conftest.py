@@ -12,7 +12,8 @@ private to one test on the shared server (or on the session's private Redis Clus
 ``tests/redis_servers.py``), whose keys, and only those, are deleted afterwards.
 
 Selecting backends: ``-k memory``, ``-k sqlite``, ``-k redis`` (both Redis backends),
-``-k "redis and not cluster"`` (the shared server), ``-k redis-cluster`` (the cluster).
+``-k "redis and not cluster"`` (the shared server), ``-k redis-cluster`` (the cluster),
+``-k postgres`` (the shared PostgreSQL server, one fresh schema per test).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import os
 import re
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -93,6 +96,40 @@ def _redis_cluster(tmp_path: Path, test_id: str) -> Iterator[Target]:
         cluster.delete_prefix(prefix)
 
 
+POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
+POSTGRES_DSN = f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/test"
+
+
+@contextlib.contextmanager
+def _postgres(tmp_path: Path, test_id: str) -> Iterator[Target]:
+    """The shared server's database ``test``, in a schema of this test's own (the broker
+    creates it on open), dropped with everything in it afterwards."""
+    require_server("postgresql", POSTGRES_HOST, POSTGRES_PORT)
+    if (
+        importlib.util.find_spec("psycopg") is None
+        or importlib.util.find_spec("psycopg_pool") is None
+    ):
+        why = "psycopg is not installed: pip install -e '.[postgres]'"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{why}: CI must run the tests of every backend")
+        pytest.skip(why)
+    schema = f"dromos_t_{secrets.token_hex(6)}"
+    try:
+        yield Target(f"{POSTGRES_DSN}?schema={schema}")
+    finally:
+        drop_postgres_schema(schema)
+
+
+def drop_postgres_schema(schema: str) -> None:
+    """Drop one test's schema (never anything else of the shared server)."""
+    import psycopg
+
+    assert schema.startswith("dromos_t_")
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+        conn.execute("SET lock_timeout = '10s'")
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
 #: name -> factory of a fresh store; the suite is parametrized over these names.
 #: ``-k redis`` selects both Redis backends, ``-k redis-cluster`` the cluster alone.
 BACKENDS: dict[str, BackendFactory] = {
@@ -100,6 +137,7 @@ BACKENDS: dict[str, BackendFactory] = {
     "sqlite": _sqlite,
     "redis": _redis,
     "redis-cluster": _redis_cluster,
+    "postgres": _postgres,
 }
 
 

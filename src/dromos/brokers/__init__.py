@@ -16,13 +16,12 @@ __all__ = ["Broker", "BrokerOptions", "create_broker"]
 _PLANNED = {
     "amqp": "the RabbitMQ broker",
     "amqps": "the RabbitMQ broker",
-    "postgresql": "the PostgreSQL broker",
-    "postgres": "the PostgreSQL broker",
 }
 
 
 def create_broker(url: str, options: BrokerOptions | None = None) -> Broker:
-    """Make the broker a URL names: ``sqlite:///path``, ``memory://``, ``redis://...``."""
+    """Make the broker a URL names: ``sqlite:///path``, ``memory://``, ``redis://...``,
+    ``postgresql://...``."""
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
         from dromos.brokers.sqlite import SQLiteBroker
@@ -40,6 +39,15 @@ def create_broker(url: str, options: BrokerOptions | None = None) -> Broker:
                 f"the Redis broker needs redis-py: pip install 'dromos[redis]' ({exc})"
             ) from exc
         return RedisBroker(url, options)
+    if scheme in ("postgresql", "postgres"):
+        try:
+            from dromos.brokers.postgres import PostgresBroker
+        except ImportError as exc:
+            raise ConfigurationError(
+                "the PostgreSQL broker needs psycopg 3 and psycopg-pool: "
+                f"pip install 'dromos[postgres]' ({exc})"
+            ) from exc
+        return PostgresBroker(url, options)
     if scheme in _PLANNED:
         raise ConfigurationError(
             f"{_PLANNED[scheme]} ({scheme}://) is not available in this version; "

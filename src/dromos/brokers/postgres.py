@@ -1,0 +1,930 @@
+"""``postgresql://`` (also ``postgres://``): jobs, status, results and the bus in PostgreSQL.
+
+One schema holds everything (``public`` unless ``?schema=NAME``): the tables are created by
+numbered migrations (``postgres_migrations/NNNN_*.sql``) that :meth:`PostgresBroker.open`
+applies on first use under a transaction-level advisory lock, so that many workers starting
+at once migrate once; ``dromos_schema_version`` records each. Every state change is one short
+transaction, most of them one statement; the write that ends a job also writes its webhook
+outbox entry (``hook_due``) and its wake-up, so nothing is lost between the two.
+
+Claims take ready rows with ``SELECT ... FOR UPDATE SKIP LOCKED`` (priority first, then
+enqueue order): concurrent claimers never wait for each other and never take a job twice.
+The same claim first recovers expired leases (``WorkerLost``; ``Poison`` after
+``max_recoveries``) and readies due delayed jobs, as the SQLite broker does. Leases, due
+times and retention are timed by the DATABASE clock (``now()``, as Unix seconds in double
+precision columns), so a worker whose clock is off causes no early redelivery.
+
+Pushes, not polls: writes ``NOTIFY`` (``pg_notify``, delivered at commit) on three channels
+per schema, ``<schema>.dromos_work`` (payload: the queue), ``<schema>.dromos_done`` (payload:
+the ids of jobs that ended) and ``<schema>.dromos_events``. Each event loop that uses a
+broker holds one pool and one listening connection whose reader wakes that loop's waiters;
+waiters still look again every second, so a notification lost in a reconnect costs at most
+that.
+
+:meth:`PostgresBroker.enqueue_in` inserts jobs with the caller's own connection inside its
+open transaction: they exist, and their NOTIFY is delivered, only if the caller commits.
+
+Batches are counted by a trigger (migration 0003) in whatever statement ends a batch's job,
+so no write that ends a job can forget to; the one that ends the last inserts the callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import msgspec
+import psycopg
+from psycopg import AsyncConnection, AsyncCursor
+from psycopg.rows import TupleRow, tuple_row
+from psycopg_pool import AsyncConnectionPool
+
+from dromos.batch import BatchStatus
+from dromos.brokers._notify import Notifier
+from dromos.brokers.base import (
+    SUMMARY_PLACEHOLDER,
+    BatchRecord,
+    Broker,
+    BrokerOptions,
+    Delivery,
+    EnqueueRequest,
+    HeartbeatReply,
+    Lease,
+    Outcome,
+    ProgressUpdate,
+    QueueStats,
+    WebhookDue,
+    job_status,
+    webhook_attempt_json,
+)
+from dromos.brokers.postgres_events import PostgresEventBus, clean, error_json
+from dromos.errors import BrokerError, ConfigurationError
+from dromos.job import JobError, JobState, JobStatus, WebhookAttempt
+
+__all__ = ["PostgresBroker", "migrations"]
+
+log = logging.getLogger("dromos.postgres")
+
+_S = JobState
+Cursor = AsyncCursor[TupleRow]
+_RECHECK = 1.0  # seconds a waiter trusts the notifications before it looks again
+_POOL_SIZE = 10  # connections per event loop (URL: pool_size=)
+_OPEN_TIMEOUT = 10.0  # seconds to fill the pool's first connection
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")  # channel names stay under 64 bytes
+_errors_decoder = msgspec.json.Decoder(list[JobError])
+
+#: The database clock as Unix seconds: ``now()`` is the transaction's start, the same for
+#: every statement of it (and stable, so the partial indexes serve the comparisons).
+_NOW = "date_part('epoch', now())"
+
+_STATUS_COLUMNS = (
+    "id, task, queue, state, progress, message, attempt, priority, result, errors::text, "
+    "created_at, eta, started_at, finished_at, cancel_requested, webhooks::text"
+)
+
+# -- enqueue ---------------------------------------------------------------------------------
+# Jobs without an idempotency key: one INSERT of every row from arrays (one round trip for a
+# batch), in request order, and one NOTIFY per queue that got a job.
+_INSERT_MANY = (
+    "WITH added AS (INSERT INTO {jobs} (id, task, queue, state, priority, eta, payload, "
+    "created_at, callback_url, batch_id) SELECT r.id, r.task, r.queue, CASE WHEN r.eta > {now} "
+    "THEN 'scheduled' ELSE 'queued' END, r.priority, r.eta, r.payload, r.created_at, "
+    "r.callback_url, %(batch)s "
+    "FROM unnest(%(ids)s::text[], %(tasks)s::text[], %(queues)s::text[], %(priorities)s::int[], "
+    "%(etas)s::float8[], %(payloads)s::bytea[], %(created)s::float8[], %(callbacks)s::text[]) "
+    "WITH ORDINALITY AS r(id, task, queue, priority, eta, payload, created_at, callback_url, n) "
+    "ORDER BY r.n ON CONFLICT DO NOTHING RETURNING queue) "
+    "SELECT count(pg_notify(%(work)s, queue)) FROM (SELECT DISTINCT queue FROM added) q"
+)
+# A key past its window names no job any more: cleared before the insert that reuses it.
+_FORGET_KEY = (
+    "UPDATE {jobs} SET idempotency_key = NULL WHERE queue = %s AND idempotency_key = %s "
+    "AND idempotency_until <= {now}"
+)
+_INSERT_KEYED = (
+    "INSERT INTO {jobs} (id, task, queue, state, priority, eta, payload, created_at, "
+    "idempotency_key, idempotency_until, callback_url) VALUES (%(id)s, %(task)s, %(queue)s, "
+    "CASE WHEN %(eta)s::float8 > {now} THEN 'scheduled' ELSE 'queued' END, %(priority)s, "
+    "%(eta)s, %(payload)s, %(created)s, %(key)s, {now} + %(window)s, %(callback)s) "
+    "ON CONFLICT DO NOTHING RETURNING id"
+)
+_NEW_BATCH = (
+    "INSERT INTO {batches} (id, total, remaining, created_at, callback_id, callback_task, "
+    "callback_queue, callback_priority, callback_head, callback_tail, callback_url) VALUES "
+    "(%(id)s, %(total)s, %(total)s, {now}, %(cb_id)s, %(cb_task)s, %(cb_queue)s, "
+    "%(cb_priority)s, %(cb_head)s, %(cb_tail)s, %(cb_url)s) ON CONFLICT DO NOTHING"
+)
+_BATCH_STATUS = (
+    "SELECT total, succeeded, failed, cancelled, callback_id, finished_at FROM {batches} "
+    "WHERE id = %s"
+)
+_BATCH_JOBS = (
+    "SELECT b.id, j.id FROM {batches} b LEFT JOIN {jobs} j ON j.batch_id = b.id "
+    "WHERE b.id = %s ORDER BY j.seq"
+)
+_KEY_HOLDER = "SELECT id FROM {jobs} WHERE queue = %s AND idempotency_key = %s"
+_NOTIFY_QUEUES = "SELECT count(pg_notify(%s, q)) FROM unnest(%s::text[]) AS q"
+
+# -- claim -----------------------------------------------------------------------------------
+_LOST_ERROR = (
+    "jsonb_build_object('type', 'WorkerLost', 'message', "
+    "'the worker holding this job stopped renewing its lease', 'attempt', j.attempt)"
+)
+_POISON_ERROR = (
+    "jsonb_build_object('type', 'Poison', 'message', 'the job''s worker was lost ' || "
+    "(j.recoveries + 1) || ' times', 'attempt', j.attempt)"
+)
+# ``ended`` (a CTE with an ``id`` column) -> NOTIFY on the done channel, the ids in chunks
+# well under the 8000-byte payload limit.
+_NOTIFY_ENDED = (
+    "notified AS (SELECT pg_notify(%(done)s, string_agg(id, ' ')) FROM (SELECT id, "
+    "(row_number() OVER () - 1) / 100 AS chunk FROM ended) c GROUP BY chunk)"
+)
+# Expired leases: back to the queue with a WorkerLost entry, or dead-lettered as poison after
+# max_recoveries (then the outbox entry and the done wake-up, as any end of a job). Rows
+# another transaction holds are skipped: it is settling or extending them.
+_POISONED = "j.recoveries >= %(max)s"
+_RECOVER = (
+    "WITH lost AS (SELECT seq FROM {jobs} WHERE state = 'running' AND lease_until < {now} "
+    "FOR UPDATE SKIP LOCKED), "
+    f"moved AS (UPDATE {{jobs}} j SET state = CASE WHEN {_POISONED} THEN 'failed' "
+    "ELSE 'queued' END, recoveries = j.recoveries + 1, lease_until = NULL, "
+    f"finished_at = CASE WHEN {_POISONED} THEN {{now}} ELSE j.finished_at END, "
+    f"expires_at = CASE WHEN {_POISONED} THEN {{now}} + %(ttl)s ELSE j.expires_at END, "
+    f"hook_due = CASE WHEN {_POISONED} AND j.callback_url IS NOT NULL THEN {{now}} "
+    "ELSE j.hook_due END, "
+    f"errors = coalesce(j.errors, '[]') || jsonb_build_array({_LOST_ERROR}) || "
+    f"CASE WHEN {_POISONED} THEN jsonb_build_array({_POISON_ERROR}) ELSE '[]' END "
+    "FROM lost WHERE j.seq = lost.seq RETURNING j.id, j.state), "
+    "ended AS (SELECT id FROM moved WHERE state = 'failed'), " + _NOTIFY_ENDED + " "
+    "SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM notified)"
+)
+_PROMOTE = (
+    "UPDATE {jobs} SET state = 'queued' WHERE seq IN (SELECT seq FROM {jobs} WHERE state IN "
+    "('scheduled', 'retrying') AND eta <= {now} FOR UPDATE SKIP LOCKED)"
+)
+_TAKE = (
+    "UPDATE {jobs} j SET state = 'running', attempt = j.attempt + 1, "
+    "lease_until = {now} + %(lease)s, started_at = {now}, worker = %(worker)s "
+    "FROM picked WHERE j.seq = picked.seq "
+    "RETURNING j.priority, j.seq, j.id, j.attempt, j.failures, j.payload"
+)
+_CLAIM_ONE = (
+    "WITH picked AS (SELECT seq FROM {jobs} WHERE state = 'queued' AND queue = %(queue)s "
+    "ORDER BY priority DESC, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED) " + _TAKE
+)
+# Several queues: the best ``limit`` of each (locked, skipping rows other claimers hold), then
+# the best ``limit`` of those; the few extra rows stay locked only until this commit.
+_CLAIM_MANY = (
+    "WITH picked AS (SELECT p.seq FROM unnest(%(queues)s::text[]) AS q(name) CROSS JOIN LATERAL "
+    "(SELECT seq, priority FROM {jobs} WHERE state = 'queued' AND queue = q.name "
+    "ORDER BY priority DESC, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED) p "
+    "ORDER BY p.priority DESC, p.seq LIMIT %(limit)s) " + _TAKE
+)
+# Seconds until a claim on these queues may find work: 0 with ready jobs, else until the next
+# delayed job or lease end (NULL: nothing comes due).
+_NEXT_DUE = (
+    "SELECT CASE WHEN EXISTS (SELECT 1 FROM {jobs} WHERE state = 'queued' AND queue = ANY(%(q)s)) "
+    "THEN 0 ELSE least((SELECT min(eta) FROM {jobs} WHERE state IN ('scheduled', 'retrying') "
+    "AND queue = ANY(%(q)s)), (SELECT min(lease_until) FROM {jobs} WHERE state = 'running')) "
+    "- {now} END"
+)
+
+# -- settle and the other fenced writes ------------------------------------------------------
+_HELD = "j.id = h.id AND j.attempt = h.attempt AND j.state = 'running'"
+# Every outcome of a batch in one statement: the state's columns, the outbox entry of the
+# jobs that ended, their done wake-up, and a work wake-up for queues with a retry scheduled.
+_SETTLE = (
+    "WITH h AS (SELECT * FROM unnest(%(ids)s::text[], %(attempts)s::int[], %(states)s::text[], "
+    "%(results)s::bytea[], %(errors)s::jsonb[], %(etas)s::float8[]) "
+    "AS h(id, attempt, state, result, error, eta)), "
+    "settled AS (UPDATE {jobs} j SET state = h.state, "
+    "result = CASE WHEN h.state = 'succeeded' THEN h.result ELSE j.result END, "
+    "progress = CASE WHEN h.state = 'succeeded' THEN 1.0 ELSE j.progress END, "
+    "failures = j.failures + CASE WHEN h.state IN ('retrying', 'failed') THEN 1 ELSE 0 END, "
+    "eta = CASE WHEN h.state = 'retrying' THEN coalesce(h.eta, {now}) ELSE j.eta END, "
+    "finished_at = CASE WHEN h.state = 'retrying' THEN j.finished_at ELSE {now} END, "
+    "expires_at = CASE h.state WHEN 'retrying' THEN j.expires_at "
+    "WHEN 'failed' THEN {now} + %(dead_ttl)s ELSE {now} + %(ttl)s END, "
+    "hook_due = CASE WHEN h.state = 'retrying' OR j.callback_url IS NULL THEN j.hook_due "
+    "ELSE {now} END, lease_until = NULL, "
+    "errors = CASE WHEN h.error IS NULL THEN j.errors "
+    "ELSE coalesce(j.errors, '[]') || jsonb_build_array(h.error) END "
+    f"FROM h WHERE {_HELD} RETURNING j.id, j.queue, j.state), "
+    "ended AS (SELECT id FROM settled WHERE state <> 'retrying'), " + _NOTIFY_ENDED + ", "
+    "retried AS (SELECT pg_notify(%(work)s, queue) FROM settled WHERE state = 'retrying' "
+    "GROUP BY queue) "
+    "SELECT (SELECT count(*) FROM settled), (SELECT count(*) FROM notified), "
+    "(SELECT count(*) FROM retried)"
+)
+_LEASES = "unnest(%(ids)s::text[], %(attempts)s::int[]) AS h(id, attempt)"
+_EXTEND = (
+    "UPDATE {jobs} j SET lease_until = {now} + %(lease)s "
+    f"FROM {_LEASES} WHERE {_HELD} RETURNING j.id, j.cancel_requested"
+)
+_RELEASE = (
+    "WITH back AS (UPDATE {jobs} j SET state = 'queued', lease_until = NULL "
+    f"FROM {_LEASES} WHERE {_HELD} RETURNING j.queue) "
+    "SELECT count(pg_notify(%(work)s, queue)) FROM (SELECT DISTINCT queue FROM back) q"
+)
+_PROGRESS = (
+    "UPDATE {jobs} j SET progress = h.progress, message = h.message FROM unnest("
+    "%(ids)s::text[], %(attempts)s::int[], %(progress)s::float8[], %(messages)s::text[]) "
+    f"AS h(id, attempt, progress, message) WHERE {_HELD}"
+)
+
+# -- control ---------------------------------------------------------------------------------
+_CANCEL_WAITING = (
+    "WITH ended AS (UPDATE {jobs} j SET state = 'cancelled', finished_at = {now}, "
+    "expires_at = {now} + %(ttl)s, hook_due = CASE WHEN j.callback_url IS NULL THEN NULL "
+    "ELSE {now} END WHERE j.id = %(id)s AND j.state IN ('scheduled', 'queued', 'retrying') "
+    "RETURNING j.id), " + _NOTIFY_ENDED + " "
+    "SELECT (SELECT count(*) FROM ended), (SELECT count(*) FROM notified)"
+)
+_CANCEL_RUNNING = (
+    "UPDATE {jobs} SET cancel_requested = true WHERE id = %(id)s AND state = 'running'"
+)
+_REPLAY = (
+    "WITH moved AS (UPDATE {jobs} SET state = 'queued', failures = 0, recoveries = 0, "
+    "finished_at = NULL, expires_at = NULL, progress = 0, message = NULL, eta = NULL "
+    "WHERE state = 'failed' AND (%(all)s OR id = ANY(%(ids)s)) RETURNING id, queue), "
+    "woken AS (SELECT pg_notify(%(work)s, queue) FROM moved GROUP BY queue) "
+    "SELECT id, (SELECT count(*) FROM woken) FROM moved"
+)
+_WEBHOOKS_DUE = (
+    "WITH due AS (SELECT seq, hook_due FROM {jobs} WHERE hook_due IS NOT NULL AND "
+    "hook_due <= {now} ORDER BY hook_due LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
+    "UPDATE {jobs} j SET hook_due = {now} + %(lease)s FROM due WHERE j.seq = due.seq "
+    "RETURNING due.hook_due, j.id, j.callback_url, j.finished_at, "
+    "jsonb_array_length(coalesce(j.webhooks, '[]')), {now}"
+)
+_WEBHOOK_ATTEMPTED = (
+    "UPDATE {jobs} SET hook_due = %s, webhooks = coalesce(webhooks, '[]') || "
+    "jsonb_build_array(%s::jsonb) WHERE id = %s"
+)
+# A name never held gets a free row first, so that there is always a row to lock.
+_LEASE_ROW = (
+    "INSERT INTO {leases} (name, holder, until, renewed) VALUES (%s, '', 0, 0) "
+    "ON CONFLICT (name) DO NOTHING"
+)
+_LEASE_LOCK = "SELECT holder, until, renewed, {now} FROM {leases} WHERE name = %s FOR UPDATE"
+_LEASE_TAKE = "UPDATE {leases} SET holder = %s, until = {now} + %s, renewed = {now} WHERE name = %s"
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """The migrations this version ships, in order: (version, file name, SQL)."""
+    folder = resources.files("dromos.brokers").joinpath("postgres_migrations")
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql") and entry.name[:4].isdigit():
+            found.append((int(entry.name[:4]), entry.name, entry.read_text()))
+    return sorted(found)
+
+
+def _lock_key(text: str) -> int:
+    """A 64-bit advisory lock key for ``text`` (a schema's migrations, its publishers)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), signed=True)
+
+
+def _by_job(item: Outcome | Lease | ProgressUpdate) -> str:
+    """The order batches are written in: two batches that touch the same jobs (a worker's
+    heartbeat and its settle) then lock their rows in the same order, and cannot deadlock."""
+    return item.job_id
+
+
+def _status(row: tuple[Any, ...]) -> JobStatus:
+    (job_id, task, queue, state, progress, message, attempt, priority, result, errors,
+     created, eta, started, finished, cancel, webhooks) = row  # fmt: skip
+    return job_status(
+        job_id=job_id, task=task, queue=queue, state=JobState(state), progress=progress,
+        message=message, attempts=attempt, priority=priority, result=result,
+        errors=_errors_decoder.decode(errors) if errors else [], created_at=created, eta=eta,
+        started_at=started, finished_at=finished, cancel_requested=bool(cancel),
+        webhooks=webhooks,
+    )  # fmt: skip
+
+
+class _LoopState:
+    """What one event loop holds: a pool, the listening connection and its reader, and the
+    notifiers that reader wakes (so that each notification wakes this loop's waiters once)."""
+
+    def __init__(self, pool: AsyncConnectionPool[AsyncConnection[TupleRow]]) -> None:
+        self.pool = pool
+        self.listener: AsyncConnection[TupleRow] | None = None
+        self.reader: asyncio.Task[None] | None = None
+        self.work = Notifier()  # keyed by queue
+        self.done = Notifier()  # keyed by job id
+        self.bus = Notifier()  # the event bus: one key
+
+    def abandon(self) -> None:
+        """Drop the sockets of a loop that is gone (its tasks cannot run any more)."""
+        if self.listener is not None and not self.listener.closed:
+            self.listener.pgconn.finish()
+
+
+class PostgresBroker(PostgresEventBus, Broker):
+    """Jobs, status, results and the event bus in one PostgreSQL schema."""
+
+    schemes = ("postgresql", "postgres")
+
+    def __init__(self, url: str, options: BrokerOptions | None = None) -> None:
+        super().__init__(options)
+        parts = urlsplit(url)
+        if parts.scheme not in self.schemes:
+            raise ConfigurationError(f"not a PostgreSQL URL: {url!r}")
+        query = dict(parse_qsl(parts.query))
+        self.schema = query.pop("schema", "public")
+        if not _SCHEMA_NAME.fullmatch(self.schema):
+            raise ConfigurationError(
+                "schema= takes a name of letters, digits and _ (at most 48, not starting "
+                "with a digit)"
+            )
+        try:
+            self.pool_size = int(query.pop("pool_size", _POOL_SIZE))
+        except ValueError:
+            raise ConfigurationError("pool_size= takes a whole number") from None
+        if self.pool_size < 1:
+            raise ConfigurationError("pool_size= must be at least 1")
+        # Everything else (sslmode, connect_timeout, application_name ...) is libpq's.
+        self.conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(query)))
+        host = parts.netloc.rpartition("@")[2]
+        self._safe_url = f"{host}{parts.path}"  # for messages: no credentials
+        quoted = f'"{self.schema}"'
+        self._names = {
+            "jobs": f"{quoted}.dromos_jobs",
+            "events": f"{quoted}.dromos_events",
+            "groups": f"{quoted}.dromos_event_groups",
+            "claims": f"{quoted}.dromos_event_claims",
+            "leases": f"{quoted}.dromos_leases",
+            "batches": f"{quoted}.dromos_batches",
+            "versions": f"{quoted}.dromos_schema_version",
+            "schema": quoted,
+            "now": _NOW,
+        }
+        self._sql: dict[str, str] = {}
+        self.work_channel = f"{self.schema}.dromos_work"
+        self.done_channel = f"{self.schema}.dromos_done"
+        self.bus_channel = f"{self.schema}.dromos_events"
+        self._publish_lock = _lock_key(f"dromos:{self.schema}:publish")
+        self._loops: dict[asyncio.AbstractEventLoop, _LoopState] = {}
+        self._creating: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+        self._migrated = False
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _q(self, template: str) -> str:
+        """``template`` with this broker's table names (and the clock) filled in, cached."""
+        sql = self._sql.get(template)
+        if sql is None:
+            sql = self._sql[template] = template.format_map(self._names)
+        return sql
+
+    async def _connect(self) -> AsyncConnection[TupleRow]:
+        try:
+            return await AsyncConnection.connect(self.conninfo, autocommit=True)
+        except psycopg.Error as exc:
+            raise BrokerError(f"cannot reach PostgreSQL at {self._safe_url}: {exc}") from exc
+
+    async def _state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is not None:
+            return state
+        # One state per loop, also when many coroutines ask at once on first use.
+        async with self._creating.setdefault(loop, asyncio.Lock()):
+            return self._loops.get(loop) or await self._new_state(loop)
+
+    async def _new_state(self, loop: asyncio.AbstractEventLoop) -> _LoopState:
+        # The listening connection first: it says clearly why the server cannot be reached,
+        # and it migrates the schema before anything else looks for the tables.
+        listener = await self._connect()
+        pool: AsyncConnectionPool[AsyncConnection[TupleRow]] = AsyncConnectionPool(
+            self.conninfo,
+            min_size=1,
+            max_size=self.pool_size,
+            kwargs={"autocommit": True},
+            open=False,
+            name=f"dromos-{self.schema}",
+        )
+        try:
+            if not self._migrated:
+                await self._migrate(listener)
+            await self._listen(listener)
+            await pool.open(wait=True, timeout=_OPEN_TIMEOUT)
+        except BaseException as exc:
+            await listener.close()
+            await pool.close()
+            if isinstance(exc, psycopg.Error):
+                raise BrokerError(f"PostgreSQL at {self._safe_url}: {exc}") from exc
+            raise
+        state = _LoopState(pool)
+        state.listener = listener
+        state.reader = asyncio.create_task(self._read(state), name="dromos-postgres-listen")
+        self._loops[loop] = state
+        return state
+
+    async def _listen(self, conn: AsyncConnection[TupleRow]) -> None:
+        for channel in (self.work_channel, self.done_channel, self.bus_channel):
+            await conn.execute(f'LISTEN "{channel}"')
+
+    async def _relisten(self, state: _LoopState) -> AsyncConnection[TupleRow]:
+        """A new listening connection for ``state`` (closed again if LISTEN fails)."""
+        conn = await AsyncConnection.connect(self.conninfo, autocommit=True)
+        try:
+            await self._listen(conn)
+        except BaseException:
+            await conn.close()
+            raise
+        state.listener = conn
+        return conn
+
+    async def _read(self, state: _LoopState) -> None:
+        """The loop's one reader of notifications; reconnects (with backoff) when its
+        connection breaks. Waiters look again on their own meanwhile."""
+        backoff = 0.1
+        while True:
+            conn = state.listener
+            try:
+                if conn is None:
+                    conn = await self._relisten(state)
+                    backoff = 0.1
+                async for note in conn.notifies():
+                    self._dispatch(state, note.channel, note.payload)
+                raise psycopg.OperationalError("the notifications ended")
+            except Exception as exc:  # the reader must outlive anything: without it, no pushes
+                log.warning(
+                    "PostgreSQL listener at %s lost (%s); reconnecting", self._safe_url, exc
+                )
+                state.listener = None
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _dispatch(self, state: _LoopState, channel: str, payload: str) -> None:
+        if channel == self.work_channel:
+            state.work.notify((payload,))
+        elif channel == self.done_channel:
+            state.done.notify(payload.split())
+        elif channel == self.bus_channel:
+            state.bus.notify(("events",))
+
+    @contextlib.asynccontextmanager
+    async def _cursor(self, *, transaction: bool = False) -> AsyncIterator[Cursor]:
+        """A cursor on a pooled connection (autocommit: one statement, one transaction;
+        ``transaction=True``: everything in the block commits together or not at all)."""
+        state = await self._state()
+        try:
+            async with state.pool.connection() as conn:
+                if transaction:
+                    async with conn.transaction():
+                        yield conn.cursor()
+                else:
+                    yield conn.cursor()
+        except psycopg.Error as exc:
+            raise BrokerError(f"PostgreSQL at {self._safe_url} failed: {exc}") from exc
+
+    async def _fetch(self, template: str, params: Any = None) -> list[tuple[Any, ...]]:
+        async with self._cursor() as cur:
+            await cur.execute(self._q(template), params)
+            return await cur.fetchall()
+
+    async def _fetchone(self, template: str, params: Any = None) -> tuple[Any, ...] | None:
+        async with self._cursor() as cur:
+            await cur.execute(self._q(template), params)
+            return await cur.fetchone()
+
+    async def _execute(self, template: str, params: Any = None) -> int:
+        async with self._cursor() as cur:
+            await cur.execute(self._q(template), params)
+            return cur.rowcount
+
+    # -- life cycle and migrations ------------------------------------------------------------
+    async def open(self) -> None:
+        await self._state()
+
+    async def close(self) -> None:
+        """Close the pool and listener of every loop that used this broker (each on its own
+        loop; a loop that is gone gets its sockets closed without it)."""
+        current = asyncio.get_running_loop()
+        states, self._loops = self._loops, {}
+        self._creating = {}
+        for loop, state in states.items():
+            if loop is current:
+                await self._close_state(state)
+            elif loop.is_running():
+                done = asyncio.run_coroutine_threadsafe(self._close_state(state), loop)
+                try:
+                    await asyncio.wait_for(asyncio.wrap_future(done), 5.0)
+                except Exception:
+                    state.abandon()
+            else:
+                state.abandon()
+
+    @staticmethod
+    async def _close_state(state: _LoopState) -> None:
+        if state.reader is not None:
+            state.reader.cancel()
+            with contextlib.suppress(BaseException):
+                await state.reader
+        if state.listener is not None:
+            await state.listener.close()
+        await state.pool.close()
+
+    async def migrate(self) -> int:
+        """Apply the migrations the schema lacks (creating the schema if need be); return the
+        schema's version. :meth:`open` does the same on first use."""
+        conn = await self._connect()
+        try:
+            return await self._migrate(conn)
+        except psycopg.Error as exc:
+            raise BrokerError(f"migrating PostgreSQL at {self._safe_url}: {exc}") from exc
+        finally:
+            await conn.close()
+
+    async def _version(self, conn: AsyncConnection[TupleRow]) -> int:
+        """The schema's version (0: no dromos tables yet), read without a lock."""
+        cur = await conn.execute("SELECT to_regclass(%s)", (self._names["versions"],))
+        found = await cur.fetchone()
+        if found is None or found[0] is None:
+            return 0
+        cur = await conn.execute(self._q("SELECT coalesce(max(version), 0) FROM {versions}"))
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def _migrate(self, conn: AsyncConnection[TupleRow]) -> int:
+        """Bring the schema up to date: a schema already there costs two reads, no lock; else
+        every missing migration runs in one transaction under an advisory lock (a second
+        process waits, then finds them applied)."""
+        shipped = migrations()
+        latest = shipped[-1][0]
+        current = await self._version(conn)
+        if current < latest:
+            async with conn.transaction():
+                key = _lock_key(f"dromos:{self.schema}:migrate")
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+                await conn.execute(self._q("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                await conn.execute(self._q(
+                    "CREATE TABLE IF NOT EXISTS {versions} (version integer PRIMARY KEY, "
+                    "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+                ))  # fmt: skip
+                cur = await conn.execute(self._q("SELECT version FROM {versions}"))
+                applied = {row[0] for row in await cur.fetchall()}
+                await conn.execute(self._q("SET LOCAL search_path TO {schema}"))
+                for version, name, sql in shipped:
+                    if version not in applied:
+                        await conn.execute(sql)
+                        await conn.execute(
+                            self._q("INSERT INTO {versions} (version, name) VALUES (%s, %s)"),
+                            (version, name),
+                        )
+                        log.info("PostgreSQL schema %s: applied %s", self.schema, name)
+            current = max(latest, current)
+        self._migrated = True
+        return current
+
+    # -- producing ------------------------------------------------------------------------
+    async def enqueue(self, requests: Sequence[EnqueueRequest]) -> list[str]:
+        if not requests:
+            return []
+        async with self._cursor(transaction=True) as cur:
+            return await self._insert(cur, requests)
+
+    async def enqueue_in(self, connection: Any, requests: Sequence[EnqueueRequest]) -> list[str]:
+        """:meth:`enqueue` with the caller's ``psycopg.AsyncConnection``, in its transaction.
+
+        Nothing is committed here: the jobs, and the NOTIFY that wakes the workers (which
+        PostgreSQL delivers at commit), exist only once the caller commits. Inside a
+        transaction block the inserts run in a savepoint; on a connection that is not in
+        autocommit mode they open the transaction the caller then commits; in autocommit
+        mode, outside a block, they are one transaction of their own. The database clock
+        reads the transaction's start (``now()``): a delayed job's state and an idempotency
+        key's window count from there.
+        """
+        if not isinstance(connection, AsyncConnection):
+            raise ConfigurationError(
+                "connection= takes a psycopg (3) AsyncConnection on the PostgreSQL broker, "
+                f"not {type(connection).__name__}"
+            )
+        if not requests:
+            return []
+        if not self._migrated:
+            await self._state()
+        status = connection.info.transaction_status
+        if status == psycopg.pq.TransactionStatus.INERROR:
+            raise BrokerError("connection=: your transaction has failed; roll it back first")
+        try:
+            cur = connection.cursor(row_factory=tuple_row)  # whatever rows the caller reads
+            if status == psycopg.pq.TransactionStatus.IDLE and not connection.autocommit:
+                return await self._insert(cur, requests)  # the statements open the transaction
+            async with connection.transaction():
+                return await self._insert(cur, requests)
+        except psycopg.Error as exc:
+            raise BrokerError(f"enqueue in your transaction failed: {exc}") from exc
+
+    async def _insert(
+        self, cur: Cursor, requests: Sequence[EnqueueRequest], batch_id: str | None = None
+    ) -> list[str]:
+        """Insert the jobs on ``cur`` (inside a transaction); the ids, in request order (the
+        existing job's for a key still in its window)."""
+        ids: list[str] = []
+        plain: dict[str, list[Any]] = {
+            k: [] for k in ("ids", "tasks", "queues", "priorities", "etas", "payloads",
+                            "created", "callbacks")
+        }  # fmt: skip
+        keyed: list[tuple[int, dict[str, Any]]] = []
+        created_at, created = None, 0.0
+        for index, req in enumerate(requests):
+            msg = req.message
+            ids.append(msg.id)
+            if msg.created_at is not created_at:  # a batch shares one: convert it once
+                created_at = msg.created_at
+                created = created_at.timestamp()
+            eta = None if msg.eta is None else msg.eta.timestamp()
+            headers = msg.headers
+            key = headers.get("idempotency_key") if headers else None
+            callback = headers.get("callback_url") if headers else None
+            if key is None:
+                for name, value in zip(
+                    plain,
+                    (msg.id, msg.task, msg.queue, msg.priority, eta, req.payload, created,
+                     callback),
+                    strict=True,
+                ):  # fmt: skip
+                    plain[name].append(value)
+            else:
+                keyed.append((index, {
+                    "id": msg.id, "task": msg.task, "queue": msg.queue, "eta": eta,
+                    "priority": msg.priority, "payload": req.payload, "created": created,
+                    "key": key, "window": req.idempotency_window, "callback": callback,
+                }))  # fmt: skip
+        if plain["ids"]:
+            params = {**plain, "work": self.work_channel, "batch": batch_id}
+            await cur.execute(self._q(_INSERT_MANY), params)
+        woken: set[str] = set()
+        for index, row in keyed:
+            await cur.execute(self._q(_FORGET_KEY), (row["queue"], row["key"]))
+            await cur.execute(self._q(_INSERT_KEYED), row)
+            if await cur.fetchone() is not None:
+                woken.add(row["queue"])
+                continue
+            # The key names a job (perhaps one another transaction just committed: this
+            # statement's snapshot is newer than the insert's).
+            await cur.execute(self._q(_KEY_HOLDER), (row["queue"], row["key"]))
+            found = await cur.fetchone()
+            if found is not None:
+                ids[index] = found[0]
+        if woken:
+            await cur.execute(_NOTIFY_QUEUES, (self.work_channel, sorted(woken)))
+        return ids
+
+    # -- batches ----------------------------------------------------------------------------
+    # Counted by the trigger of migration 0003, in whatever statement ends a batch's job.
+    async def enqueue_batch(
+        self, batch: BatchRecord, requests: Sequence[EnqueueRequest]
+    ) -> list[str]:
+        record: dict[str, Any] = {"id": batch.id, "total": batch.total}
+        callback = batch.callback
+        if callback is None:
+            record |= dict.fromkeys(("cb_id", "cb_task", "cb_queue", "cb_priority", "cb_head",
+                                     "cb_tail", "cb_url"))  # fmt: skip
+        else:
+            msg = callback.message
+            head, found, tail = callback.payload.partition(SUMMARY_PLACEHOLDER)
+            record |= {
+                "cb_id": msg.id, "cb_task": msg.task, "cb_queue": msg.queue,
+                "cb_priority": msg.priority, "cb_head": head, "cb_tail": tail if found else None,
+                "cb_url": msg.headers.get("callback_url"),
+            }  # fmt: skip
+        async with self._cursor(transaction=True) as cur:
+            await cur.execute(self._q(_NEW_BATCH), record)
+            return await self._insert(cur, requests, batch.id)
+
+    async def batch_status(self, batch_id: str) -> BatchStatus | None:
+        row = await self._fetchone(_BATCH_STATUS, (batch_id,))
+        if row is None:
+            return None
+        total, succeeded, failed, cancelled, callback, finished = row
+        return BatchStatus(
+            id=batch_id, total=total, succeeded=succeeded, failed=failed, cancelled=cancelled,
+            callback_id=callback,
+            finished_at=None if finished is None else datetime.fromtimestamp(finished, UTC),
+        )  # fmt: skip
+
+    async def batch_jobs(self, batch_id: str) -> list[str] | None:
+        rows = await self._fetch(_BATCH_JOBS, (batch_id,))
+        return [job_id for _, job_id in rows if job_id is not None] if rows else None
+
+    # -- consuming ------------------------------------------------------------------------
+    async def claim(
+        self, queues: Sequence[str], limit: int, lease: float, worker: str = ""
+    ) -> list[Delivery]:
+        if limit <= 0 or not queues:
+            return []
+        params = {
+            "max": self.options.max_recoveries, "ttl": self.options.dead_letter_ttl,
+            "done": self.done_channel, "lease": lease, "worker": worker, "limit": limit,
+            "queue": queues[0], "queues": list(queues),
+        }  # fmt: skip
+        claim = _CLAIM_ONE if len(queues) == 1 else _CLAIM_MANY
+        async with self._cursor(transaction=True) as cur:
+            await cur.execute(self._q(_RECOVER), params)
+            await cur.execute(self._q(_PROMOTE))
+            await cur.execute(self._q(claim), params)
+            rows = await cur.fetchall()
+        rows.sort(key=lambda r: (-r[0], r[1]))
+        return [Delivery(r[2], r[3], r[4], r[5]) for r in rows]
+
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        state = await self._state()
+        await self._wait_for_change(state.work, list(queues), _NEXT_DUE, list(queues), timeout)
+
+    async def _wait_for_change(
+        self, notifier: Notifier, keys: list[str], next_due: str, names: list[str], timeout: float
+    ) -> None:
+        """Until a notification on ``keys``, the time the query ``next_due`` (seconds from now,
+        given ``names``) says, or ``timeout``; looks again every ``_RECHECK`` seconds in case a
+        notification was lost."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        with notifier.listen(keys) as listener:  # before the check: no lost wake-up
+            while True:
+                row = await self._fetchone(next_due, {"q": names})
+                due = float("inf") if row is None or row[0] is None else float(row[0])
+                left = deadline - loop.time()
+                if due <= 0 or left <= 0:
+                    return
+                if await listener.wait(min(left, due, _RECHECK)):
+                    return
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> int:
+        if not outcomes:
+            return 0
+        outcomes = sorted(outcomes, key=_by_job)
+        params: dict[str, Any] = {
+            "ids": [o.job_id for o in outcomes],
+            "attempts": [o.attempt for o in outcomes],
+            "states": [o.state.value for o in outcomes],
+            "results": [
+                (o.result or b"null") if o.state is _S.SUCCEEDED else None for o in outcomes
+            ],
+            "errors": [error_json(o.error) for o in outcomes],
+            "etas": [o.eta for o in outcomes],
+            "ttl": self.options.result_ttl,
+            "dead_ttl": self.options.dead_letter_ttl,
+            "done": self.done_channel,
+            "work": self.work_channel,
+        }
+        row = await self._fetchone(_SETTLE, params)
+        return int(row[0]) if row else 0
+
+    async def extend(self, leases: Sequence[Lease], lease: float) -> HeartbeatReply:
+        if not leases:
+            return HeartbeatReply()
+        leases = sorted(leases, key=_by_job)
+        rows = await self._fetch(_EXTEND, {
+            "ids": [h.job_id for h in leases], "attempts": [h.attempt for h in leases],
+            "lease": lease,
+        })  # fmt: skip
+        held = {job_id for job_id, _ in rows}
+        lost = frozenset(h.job_id for h in leases if h.job_id not in held)
+        return HeartbeatReply(lost, frozenset(job_id for job_id, flag in rows if flag))
+
+    async def release(self, leases: Sequence[Lease]) -> None:
+        if leases:
+            leases = sorted(leases, key=_by_job)
+            await self._execute(_RELEASE, {
+                "ids": [h.job_id for h in leases], "attempts": [h.attempt for h in leases],
+                "work": self.work_channel,
+            })  # fmt: skip
+
+    async def progress(self, updates: Sequence[ProgressUpdate]) -> None:
+        if updates:
+            updates = sorted(updates, key=_by_job)
+            await self._execute(_PROGRESS, {
+                "ids": [u.job_id for u in updates], "attempts": [u.attempt for u in updates],
+                "progress": [u.progress for u in updates],
+                "messages": [None if u.message is None else clean(u.message) for u in updates],
+            })  # fmt: skip
+
+    # -- status and control ---------------------------------------------------------------
+    async def status(self, job_id: str) -> JobStatus | None:
+        row = await self._fetchone(
+            f"SELECT {_STATUS_COLUMNS} FROM {{jobs}} WHERE id = %s", (job_id,)
+        )
+        return None if row is None else _status(row)
+
+    async def wait(self, job_id: str, timeout: float | None) -> JobStatus | None:
+        state = await self._state()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        with state.done.listen((job_id,)) as listener:  # before the first read of the status
+            while True:
+                status = await self.status(job_id)
+                if status is None or status.state.terminal:
+                    return status
+                left = None if deadline is None else deadline - loop.time()
+                if left is not None and left <= 0:
+                    return None
+                await listener.wait(_RECHECK if left is None else min(left, _RECHECK))
+
+    async def cancel(self, job_id: str) -> JobState | None:
+        params = {"id": job_id, "ttl": self.options.result_ttl, "done": self.done_channel}
+        # Separate statements: each sees what the one before it (or a claim) committed, so a
+        # job claimed meanwhile is flagged instead.
+        async with self._cursor(transaction=True) as cur:
+            await cur.execute(self._q(_CANCEL_WAITING), params)
+            await cur.execute(self._q(_CANCEL_RUNNING), params)
+            await cur.execute(self._q("SELECT state FROM {jobs} WHERE id = %(id)s"), params)
+            row = await cur.fetchone()
+        return None if row is None else JobState(row[0])
+
+    async def jobs(
+        self,
+        *,
+        state: JobState | None = None,
+        task: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[JobStatus]:
+        where, params = [], []
+        for column, value in (("state", state), ("task", task), ("queue", queue)):
+            if value is not None:
+                where.append(f"{column} = %s")
+                params.append(str(value))
+        if before is not None:
+            where.append("id < %s")
+            params.append(before)
+        sql = f"SELECT {_STATUS_COLUMNS} FROM {{jobs}}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = await self._fetch(sql + " ORDER BY id DESC LIMIT %s", (*params, limit))
+        return [_status(r) for r in rows]
+
+    async def queues(self) -> list[QueueStats]:
+        rows = await self._fetch(
+            "SELECT queue, state, count(*) FROM {jobs} GROUP BY queue, state ORDER BY queue"
+        )
+        counts: dict[str, dict[str, int]] = {}
+        for queue, state, n in rows:
+            counts.setdefault(queue, {})[state] = n
+        return [QueueStats(q, c) for q, c in sorted(counts.items())]
+
+    async def replay(self, job_ids: Sequence[str] | None = None) -> list[str]:
+        rows = await self._fetch(_REPLAY, {
+            "all": job_ids is None, "ids": list(job_ids or ()), "work": self.work_channel,
+        })  # fmt: skip
+        return [r[0] for r in rows]
+
+    async def webhooks_due(self, limit: int, lease: float) -> list[WebhookDue]:
+        if limit <= 0:
+            return []
+        rows = await self._fetch(_WEBHOOKS_DUE, {"limit": limit, "lease": lease})
+        rows.sort(key=lambda r: r[0])  # oldest first
+        return [
+            WebhookDue(job_id, url or "", ended if ended is not None else now, n)
+            for _, job_id, url, ended, n, now in rows
+        ]
+
+    async def webhook_attempted(
+        self, job_id: str, attempt: WebhookAttempt, retry_at: float | None
+    ) -> None:
+        await self._execute(
+            _WEBHOOK_ATTEMPTED, (retry_at, clean(webhook_attempt_json(attempt)), job_id)
+        )
+
+    async def hold_lease(self, name: str, holder: str, ttl: float) -> float | None:
+        async with self._cursor(transaction=True) as cur:
+            await cur.execute(self._q(_LEASE_ROW), (name,))
+            await cur.execute(self._q(_LEASE_LOCK), (name,))
+            row = await cur.fetchone()
+            assert row is not None  # inserted above or there already, and locked
+            current, until, renewed, now = row
+            if current not in ("", holder) and until > now:
+                return None
+            await cur.execute(self._q(_LEASE_TAKE), (holder, ttl, name))
+        return float(renewed)
+
+    async def drop_lease(self, name: str, holder: str) -> None:
+        await self._execute(  # free at once; when it was last held stays
+            "UPDATE {leases} SET holder = '', until = 0 WHERE name = %s AND holder = %s",
+            (name, holder),
+        )
+
+    async def purge(self) -> int:
+        async with self._cursor(transaction=True) as cur:
+            await cur.execute(  # a batch's record lives as long as its results
+                self._q("DELETE FROM {batches} WHERE finished_at < {now} - %s"),
+                (self.options.result_ttl,),
+            )
+            await cur.execute(self._q("DELETE FROM {jobs} WHERE expires_at < {now}"))
+            return cur.rowcount
