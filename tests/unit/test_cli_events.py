@@ -121,3 +121,42 @@ def test_tail_prints_new_events_and_leaves_no_group(cli: Cli, db: str) -> None: 
         return await b.event_groups()
 
     assert _on(db, groups) == []  # every tail left its group
+
+
+def test_batch_status_shows_counts_and_watches_to_the_end(
+    cli: Cli,  # noqa: F811
+    db: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    import dromos
+
+    app = dromos.App("b", broker=db)
+
+    @app.task
+    async def double(x: int) -> int:
+        return 2 * x
+
+    batch = app.tasks["double"].map(range(4))
+    code, out, _ = cli("batch", "status", batch.id, "--json")
+    assert code == 0
+    assert json.loads(out)["total"] == 4
+    assert json.loads(out)["done"] is False
+    code, out, err = cli("batch", "status", batch.id, "--watch", "--timeout", "0.3")
+    assert code == 1  # nobody runs it: not done in time
+    assert "not done" in err
+
+    async def run_all() -> None:
+        worker = app.worker(concurrency=4)
+        runner = asyncio.create_task(worker.run())
+        await batch.aresults(timeout=10)
+        worker.stop()
+        await runner
+
+    app.portal.call(run_all)
+    code, out, _ = cli("batch", "status", batch.id, "--watch")
+    assert code == 0
+    assert "done, 4/4 ended: 4 succeeded" in " ".join(out.split())
+    code, _, err = cli("batch", "status", "nope")
+    assert code == 1
+    assert "no batch" in err
+    app.close()

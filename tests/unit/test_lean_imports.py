@@ -105,8 +105,8 @@ def test_every_command_is_listed_and_found() -> None:
 
     names = cli.list_commands(None)  # type: ignore[arg-type]
     expected = [
-        "demo", "dlq", "enqueue", "events", "jobs", "migrate", "publish", "queues", "schedules",
-        "serve", "status", "worker",
+        "batch", "demo", "dlq", "enqueue", "events", "jobs", "migrate", "publish", "queues",
+        "schedules", "serve", "status", "worker",
     ]  # fmt: skip
     assert names == expected
     for name in names:

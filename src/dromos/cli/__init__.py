@@ -28,6 +28,7 @@ _COMMANDS = {
     "queues": ("jobs", "queues"),
     "dlq": ("jobs", "dlq"),
     "schedules": ("schedules", "schedules"),
+    "batch": ("batch", "batch"),
     "publish": ("events", "publish"),
     "events": ("events", "events"),
     "demo": ("demo", "demo"),
