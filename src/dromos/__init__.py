@@ -8,6 +8,7 @@ by default. Start with :class:`App` and ``@app.task``.
 from dromos.app import App
 from dromos.batch import Batch
 from dromos.brokers.base import Broker
+from dromos.chain import Chain, ChainHandle
 from dromos.context import JobContext, current_job
 from dromos.errors import (
     BrokerError,
@@ -34,6 +35,8 @@ __all__ = [
     "Broker",
     "BrokerError",
     "Call",
+    "Chain",
+    "ChainHandle",
     "ConfigurationError",
     "DromosError",
     "Event",

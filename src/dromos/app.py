@@ -40,6 +40,7 @@ from dromos.task import AsyncTask, Call, Executor, Options, SyncTask, Task
 from dromos.webhooks import DEFAULT_BACKOFF, WebhookSettings
 
 if TYPE_CHECKING:
+    from dromos.chain import Chain
     from dromos.http import Gateway
     from dromos.worker.runtime import Worker
 
@@ -266,6 +267,14 @@ class App:
             return task
 
         return register
+
+    def chain(self, *steps: Call[Any]) -> Chain:
+        """Steps run one after another, each given the previous result as its first argument
+        (``app.chain(fetch.call(url), transform.call(), load.call()).enqueue()``, the same as
+        ``fetch.call(url) | transform.call() | load.call()``); see ``dromos.chain``."""
+        from dromos.chain import Chain
+
+        return Chain(list(steps))
 
     def get_task(self, name: str) -> Task[Any, Any]:
         """The task registered under ``name``; raise :class:`UnknownTaskError` otherwise."""

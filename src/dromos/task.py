@@ -26,6 +26,7 @@ from dromos.webhooks import check_url
 if TYPE_CHECKING:
     from dromos.app import App
     from dromos.batch import Batch
+    from dromos.chain import Chain
 
 __all__ = ["AsyncTask", "Call", "Options", "SyncTask", "Task"]
 
@@ -63,6 +64,12 @@ class Call(Generic[R]):
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     options: Options = _NO_OPTIONS
+
+    def __or__(self, other: Call[Any] | Chain) -> Chain:
+        """A chain: this call, then ``other`` with this one's result as its first argument."""
+        from dromos.chain import Chain
+
+        return Chain([self, *(other.steps if isinstance(other, Chain) else [other])])
 
 
 #: Priorities span this range on every broker (Redis packs them with the enqueue order).

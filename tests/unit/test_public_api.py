@@ -8,6 +8,8 @@ EXPECTED = [
     "Broker",
     "BrokerError",
     "Call",
+    "Chain",
+    "ChainHandle",
     "ConfigurationError",
     "DromosError",
     "Event",

@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dromos.brokers.base import Broker, Delivery, EventRecord, Lease, Outcome, ProgressUpdate
+from dromos.chain import CHAIN_HEADER, next_step
 from dromos.context import JobContext, reset_current, set_current
 from dromos.errors import ConfigurationError, Retry, ValidationError
 from dromos.events.lifecycle import job_event
@@ -402,6 +403,15 @@ class Worker:
             raise
         except Exception as exc:
             return self._failure(run, task, msg.max_attempts, exc)
+        if CHAIN_HEADER in msg.headers:
+            # The next step is queued before this one is reported ended: a worker dying in
+            # between runs this step again, and the next step's idempotency key keeps it one.
+            try:
+                step = next_step(self.app, msg, payload)
+                if step is not None:
+                    await self._broker.enqueue([step])
+            except Exception as exc:
+                return self._failure(run, task, msg.max_attempts, exc)
         return Outcome(d.job_id, d.attempt, _S.SUCCEEDED, result=payload)
 
     async def _call(
