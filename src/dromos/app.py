@@ -270,8 +270,8 @@ class App:
 
     def chain(self, *steps: Call[Any]) -> Chain:
         """Steps run one after another, each given the previous result as its first argument
-        (``app.chain(fetch.call(url), transform.call(), load.call()).enqueue()``, the same as
-        ``fetch.call(url) | transform.call() | load.call()``); see ``dromos.chain``."""
+        (``app.chain(fetch.call(url), transform.step(), load.step()).enqueue()``, the same as
+        ``fetch.call(url) | transform.step() | load.step()``); see ``dromos.chain``."""
         from dromos.chain import Chain
 
         return Chain(list(steps))

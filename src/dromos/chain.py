@@ -1,7 +1,7 @@
 """Chains: jobs run one after another, each given the result of the one before.
 
-``(fetch.call(url) | transform.call() | load.call()).enqueue()`` (or
-``app.chain(fetch.call(url), transform.call(), load.call())``) queues the first step and
+``(fetch.call(url) | transform.step() | load.step()).enqueue()`` (or
+``app.chain(fetch.call(url), transform.step(), load.step())``) queues the first step and
 writes the others into its ``chain`` header; every step's job id is chosen up front, so the
 :class:`ChainHandle` knows them all at once. When a step succeeds, the worker queues the next
 one, the result first among its arguments, *before* it reports the step's end: a worker that

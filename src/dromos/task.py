@@ -185,6 +185,11 @@ class Task(Generic[P, R]):
         """A deferred call (checked when enqueued), for ``enqueue_many``."""
         return Call(self, args, kwargs)
 
+    def step(self, *args: Any, **kwargs: Any) -> Call[R]:
+        """A later step of a chain: its arguments *after* the previous step's result, which
+        comes first (``fetch.call(url) | parse.step() | store.step("table")``)."""
+        return Call(self, args, kwargs)
+
     def enqueue_many(self, calls: Iterable[Call[R] | tuple[Any, ...]]) -> list[Job[R]]:
         """Queue many jobs of this task in one round trip: all are checked, then all queued.
 
@@ -332,6 +337,10 @@ class Bound(Generic[P, R]):
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
         """Queue one job with these options."""
         return self.task.app.enqueue_many([Call(self.task, args, kwargs, self.opts)])[0]
+
+    def step(self, *args: Any, **kwargs: Any) -> Call[R]:
+        """A later step of a chain with these options (see :meth:`Task.step`)."""
+        return Call(self.task, args, kwargs, self.opts)
 
     async def aenqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
         """asyncio twin of :meth:`enqueue`."""

@@ -30,7 +30,7 @@ def _tasks(app: dromos.App) -> tuple[dromos.Task, dromos.Task, dromos.Task]:  # 
 
 async def test_each_step_gets_the_result_before_it(app: dromos.App, workers: Workers) -> None:
     fetch, transform, load = _tasks(app)
-    chain = fetch.call("page") | transform.call(upper=True) | load.call("pages")
+    chain = fetch.call("page") | transform.step(upper=True) | load.step("pages")
     handle = await chain.aenqueue()
     assert len(handle.jobs) == 3
     assert handle.id == handle.jobs[0].id
@@ -48,7 +48,7 @@ async def test_a_failing_step_stops_the_chain_and_says_where(
     app: dromos.App, workers: Workers
 ) -> None:
     fetch, transform, load = _tasks(app)
-    handle = await app.chain(fetch.call("bad"), transform.call(), load.call("t")).aenqueue()
+    handle = await app.chain(fetch.call("bad"), transform.step(), load.step("t")).aenqueue()
     workers.start(app)
     with pytest.raises(dromos.JobFailed) as failed:
         await handle.aresult(timeout=10)
@@ -63,7 +63,7 @@ async def test_a_step_whose_arguments_do_not_fit_is_dead_lettered(
     app: dromos.App, workers: Workers
 ) -> None:
     fetch, _transform, load = _tasks(app)
-    handle = await (fetch.call("x") | load.call("t")).aenqueue()  # load wants an int first
+    handle = await (fetch.call("x") | load.step("t")).aenqueue()  # load wants an int first
     workers.start(app)
     with pytest.raises(dromos.JobFailed) as failed:
         await handle.aresult(timeout=10)
@@ -74,7 +74,7 @@ async def test_a_step_whose_arguments_do_not_fit_is_dead_lettered(
 
 async def test_the_next_step_is_queued_once_even_if_queued_twice(app: dromos.App) -> None:
     fetch, transform, load = _tasks(app)
-    chain = fetch.call("p") | transform.call() | load.call("t")
+    chain = fetch.call("p") | transform.step() | load.step("t")
     handle = await chain.aenqueue()
     broker = await app.abroker()
     [delivery] = await broker.claim(["default"], 1, 30.0)
@@ -97,6 +97,6 @@ def test_chains_are_checked_when_built(app: dromos.App) -> None:
     with pytest.raises(dromos.ConfigurationError, match="two steps"):
         app.chain(fetch.call("x"))
     with pytest.raises(dromos.ConfigurationError, match="only queue"):
-        _ = fetch.call("x") | transform.options(delay=5).call()
+        _ = fetch.call("x") | transform.options(delay=5).step()
     with pytest.raises(dromos.ValidationError):
-        (fetch.call(123) | transform.call()).enqueue()  # the first step is checked at once
+        (fetch.call(123) | transform.step()).enqueue()  # the first step is checked at once

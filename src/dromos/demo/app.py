@@ -20,9 +20,13 @@ __all__ = [
     "LEDGER_ENV",
     "RESIZE_STEPS",
     "app",
+    "batch_report",
     "bill_order",
     "charge_card",
     "count_order",
+    "fetch_feed",
+    "make_thumbnail",
+    "parse_feed",
     "price_quote",
     "refresh_rates",
     "resize_image",
@@ -30,6 +34,7 @@ __all__ = [
     "send_password_reset",
     "send_receipt",
     "send_reminder",
+    "store_items",
     "sync_inventory",
 ]
 
@@ -149,3 +154,37 @@ async def send_receipt(event: dromos.Event[dict[str, Any]]) -> None:
 async def refresh_rates() -> str:
     """Every two seconds: the demo checks each tick ran once, whichever worker fired it."""
     return dromos.current_job().headers.get("scheduled_for", "")
+
+
+# -- batches and chains ---------------------------------------------------------------------
+@app.task(queue="media", retries=0)
+async def make_thumbnail(photo: int) -> str:
+    """One job of the demo's batch; every 50th photo is corrupt (fails for good)."""
+    await asyncio.sleep(0.002)
+    if photo % 50 == 49:
+        raise ValueError(f"photo {photo} is corrupt")
+    return f"/thumbs/{photo}.webp"
+
+
+@app.task(queue="default")
+async def batch_report(summary: dict[str, Any]) -> str:
+    """The batch's on_complete: runs once, when every thumbnail job has ended."""
+    return f"{summary['succeeded']} thumbnails made, {summary['failed']} photos corrupt"
+
+
+@app.task
+async def fetch_feed(url: str) -> list[str]:
+    """Step 1 of the demo's chain."""
+    return [f"{url}#item-{i}" for i in range(3)]
+
+
+@app.task
+async def parse_feed(items: list[str]) -> list[dict[str, str]]:
+    """Step 2: gets step 1's result as its first argument."""
+    return [{"link": link, "title": link.rsplit("#", 1)[1]} for link in items]
+
+
+@app.task
+async def store_items(rows: list[dict[str, str]], table: str) -> str:
+    """Step 3: gets step 2's result first, then its own argument."""
+    return f"{len(rows)} rows into {table}"

@@ -36,6 +36,7 @@ from dromos.demo import app as demo
 from dromos.demo._processes import WorkerProcesses
 from dromos.demo.on_the_bus import groups_per_process, run_events, run_periodic
 from dromos.demo.over_http import run_http
+from dromos.demo.workflows import run_workflows
 from dromos.errors import ConfigurationError
 from dromos.job import Job, JobState, JobStatus
 from dromos.task import Call
@@ -422,6 +423,7 @@ async def run(
             charged = [story.jobs["charge"].id]
             ledger = Path(os.environ.get(demo.LEDGER_ENV, directory / "events.log"))
             checks += [Check(*e) for e in await run_events(console, ledger, charged)]
+            checks += [Check(*e) for e in await run_workflows(console)]
             checks += [Check(*e) for e in await run_periodic(console, started)]
     finally:
         codes = workers.stop()
