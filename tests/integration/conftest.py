@@ -22,11 +22,23 @@ from typing import Any, NamedTuple, TypeVar
 import pytest
 
 import dromos
+from tests import pg_servers
 from tests.integration.ledger_app import BOOT, create_app
+from tests.pg_servers import private_postgres
 from tests.redis_servers import SHARED_HOST, SHARED_PORT, delete_prefix, new_prefix, private_redis
 from tests.servers import require_server
 
-__all__ = ["HERE", "Cluster", "Entry", "Ledger", "alive", "children", "cluster", "private_redis"]
+__all__ = [
+    "HERE",
+    "Cluster",
+    "Entry",
+    "Ledger",
+    "alive",
+    "children",
+    "cluster",
+    "private_postgres",
+    "private_redis",
+]
 
 T = TypeVar("T")
 HERE = Path(__file__).parent
@@ -208,11 +220,28 @@ def redis_cluster(tmp_path: Path) -> Iterator[Cluster]:
         delete_prefix(SHARED_HOST, SHARED_PORT, prefix)
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@contextlib.contextmanager
+def postgres_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """Workers on the shared PostgreSQL (database ``test``) in a fresh schema, dropped with
+    everything in it afterwards (after every worker is killed)."""
+    dsn = pg_servers.require_shared_postgres()
+    schema = pg_servers.new_schema()
+    c = Cluster(tmp_path, f"{dsn}?schema={schema}")
+    try:
+        yield c
+    finally:
+        c.close()
+        pg_servers.drop_schema(schema)
+
+
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
 def any_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
     """The same process-level scenario on every broker (a new broker adds a param here)."""
     if request.param == "redis":
         with redis_cluster(tmp_path) as c:
+            yield c
+    elif request.param == "postgres":
+        with postgres_cluster(tmp_path) as c:
             yield c
     else:
         c = Cluster(tmp_path)

@@ -28,9 +28,23 @@ def _holder_pid(cluster: Cluster) -> int | None:
         db = sqlite3.connect(cluster.url.removeprefix("sqlite:///"))
         try:
             row = db.execute("SELECT holder, until FROM dromos_leases").fetchone()
+        except sqlite3.OperationalError:  # no table yet: no worker has opened the file
+            row = None
         finally:
             db.close()
         holder = row[0] if row and row[1] > time.time() else None
+    elif cluster.url.startswith("postgres"):
+        import psycopg
+
+        dsn, _, query = cluster.url.partition("?")
+        schema = query.removeprefix("schema=")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            row = conn.execute(
+                f"SELECT holder FROM \"{schema}\".dromos_leases WHERE name = %s AND holder <> '' "
+                "AND until > date_part('epoch', now())",
+                ("dromos:scheduler:ledger",),
+            ).fetchone()
+        holder = row[0] if row else None
     else:
         import redis
 
