@@ -39,11 +39,14 @@ def _holder_pid(cluster: Cluster) -> int | None:
         dsn, _, query = cluster.url.partition("?")
         schema = query.removeprefix("schema=")
         with psycopg.connect(dsn, autocommit=True) as conn:
-            row = conn.execute(
-                f"SELECT holder FROM \"{schema}\".dromos_leases WHERE name = %s AND holder <> '' "
-                "AND until > date_part('epoch', now())",
-                ("dromos:scheduler:ledger",),
-            ).fetchone()
+            try:
+                row = conn.execute(
+                    f'SELECT holder FROM "{schema}".dromos_leases WHERE name = %s '
+                    "AND holder <> '' AND until > date_part('epoch', now())",
+                    ("dromos:scheduler:ledger",),
+                ).fetchone()
+            except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+                row = None  # no worker has migrated the schema yet
         holder = row[0] if row else None
     else:
         import redis
