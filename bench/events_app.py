@@ -16,6 +16,7 @@ on an empty store.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import time
@@ -48,9 +49,24 @@ async def record_receipt(order: int) -> None:
     await _clients[pid].rpush(RECEIVED, f"{order} {now!r}")
 
 
-@app.subscriber(TOPIC, group=GROUP, start="earliest")
-async def on_order(data: dict[str, int]) -> None:
+async def handle(data: dict[str, int]) -> None:
     """The benchmark's handler: count the event on the private Redis."""
     if LATENCY:
         await record_receipt(data["order"])
     await aincr_counter()
+
+
+BATCH = int(os.environ.get("BENCH_EVENTS_BATCH", "0"))  # dromos-redis-batch: 32
+
+if BATCH:
+
+    @app.subscriber(TOPIC, group=GROUP, start="earliest", batch=BATCH)
+    async def on_orders(data: list[dict[str, int]]) -> None:
+        """The batch variant, as FastStream's: each event counted, the batch at once."""
+        await asyncio.gather(*(handle(d) for d in data))
+
+else:
+
+    @app.subscriber(TOPIC, group=GROUP, start="earliest")
+    async def on_order(data: dict[str, int]) -> None:
+        await handle(data)

@@ -7,6 +7,9 @@ Systems (``--systems``), each run as a child process of the benchmark by its own
   installed with the extra ``fast``;
 - ``dromos-redis-asyncio``: the same with ``DROMOS_UVLOOP=0`` (asyncio's own loop, as
   FastStream has in its virtualenv): the like-for-like consume figure;
+- ``dromos-redis-batch``: dromos's batch subscriber (``batch=32``: the handler gets a list),
+  like for like with ``faststream-batch``; the handler counts each event as the batch
+  variant of FastStream does (32 ``INCR`` at once);
 - ``faststream``: FastStream (``faststream[redis]``, its current PyPI release, in
   ``bench/.venvs/faststream``) with a Redis Streams consumer group, ``max_workers=32``;
 - ``faststream-batch``: the same with its batch subscriber (``batch=True, max_records=32``).
@@ -81,6 +84,7 @@ SYSTEMS: dict[str, tuple[str | None, dict[str, str]]] = {
     "dromos-sqlite": (None, {}),
     "dromos-redis": (None, {}),
     "dromos-redis-asyncio": (None, {"DROMOS_UVLOOP": "0"}),
+    "dromos-redis-batch": (None, {"BENCH_EVENTS_BATCH": "32"}),
     "faststream": ("faststream", {"BENCH_FASTSTREAM_VARIANT": "faststream"}),
     "faststream-batch": ("faststream", {"BENCH_FASTSTREAM_VARIANT": "faststream-batch"}),
 }
@@ -511,6 +515,10 @@ def _targets(summary: dict[str, dict[str, dict[str, float]]]) -> list[str]:
     if plain is not None:
         each = ", ".join(f"{plain['median'] / v:.2f}x {s}" for s, v in theirs.items())
         out.append(f"  - on asyncio's loop as FastStream (dromos-redis-asyncio): {each}")
+    batched = summary.get("dromos-redis-batch", {}).get("consume")
+    if batched is not None and "faststream-batch" in theirs:
+        r = batched["median"] / theirs["faststream-batch"]
+        out.append(f"  - batch against batch (dromos-redis-batch / faststream-batch): {r:.2f}x")
     return out
 
 

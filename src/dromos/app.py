@@ -328,6 +328,7 @@ class App:
         backoff: float = 1.0,
         max_backoff: float = 300.0,
         start: str | float = "latest",
+        batch: int | None = None,
     ) -> Callable[[Callable[..., Any]], Subscriber]:
         """Handle the events of ``patterns`` (``orders.created``, ``orders.*``, ``orders.#``)
         in the consumer group ``group`` (default: the function's import path).
@@ -336,14 +337,23 @@ class App:
         failing handler is retried ``retries`` times with exponential backoff, then its event
         is dead-lettered for the group (``dromos events dlq``). A new group starts at the
         ``latest`` event, or at the ``earliest`` the bus keeps, or at a Unix time.
+
+        ``batch=N``: the handler takes a list of up to N events (``list[dromos.Event[T]]`` or
+        ``list[T]``) per call, for bulk writes; they succeed or fail together (each event
+        keeps its own attempts), and such a subscriber is alone in its group.
         """
 
         def register(func: Callable[..., Any]) -> Subscriber:
             name = group or f"{func.__module__}.{func.__qualname__}"
             sub = Subscriber(
                 func, patterns, group=name, retries=retries, timeout=timeout,
-                backoff=backoff, max_backoff=max_backoff, start=start,
+                backoff=backoff, max_backoff=max_backoff, start=start, batch=batch,
             )  # fmt: skip
+            mates = [s for s in self.subscribers if s.group == name]
+            if mates and (batch is not None or any(s.batch is not None for s in mates)):
+                raise ConfigurationError(
+                    f"group {name!r}: a batch subscriber (batch=) is alone in its group"
+                )
             self.subscribers.append(sub)
             return sub
 

@@ -230,3 +230,50 @@ async def test_job_lifecycle_events_tell_a_subscriber_of_every_change(
     assert counts["dromos.job.queued"] == 3  # ok, bad, later (not quiet: events=False)
     assert counts["dromos.job.started"] == 2
     assert counts["dromos.job.cancelled"] == 1
+
+
+async def test_a_batch_subscriber_takes_lists_and_its_failures_retry_together(
+    app: dromos.App, workers: Workers
+) -> None:
+    calls: list[list[int]] = []
+    fail_once = {"left": 1}
+
+    @app.subscriber("bulk.#", group="bulk", batch=10, retries=2, backoff=0.01, max_backoff=0.02)
+    async def insert(orders: list[Order]) -> None:
+        calls.append([o.id for o in orders])
+        if fail_once["left"] and any(o.id == 13 for o in orders):
+            fail_once["left"] -= 1
+            raise RuntimeError("database busy")
+
+    workers.start(app, concurrency=10)
+    await asyncio.sleep(0.3)
+    await app.apublish_many([("bulk.orders", {"id": i, "total": 1.0}) for i in range(25)])
+    await app.apublish("bulk.orders", {"id": "bad"})  # does not fit Order: dead-lettered alone
+
+    def all_in() -> bool:
+        return {i for c in calls for i in c} >= set(range(25))
+
+    await eventually(all_in, timeout=20, what="every order inserted")
+    await asyncio.sleep(0.2)
+    assert all(len(c) <= 10 for c in calls)
+    assert max(len(c) for c in calls) > 1  # lists, not one event per call
+    seen = collections.Counter(i for c in calls for i in c)
+    assert seen[13] == 2  # its batch failed once and came back
+    broker = await app.abroker()
+    [letter] = await broker.event_dead_letters("bulk")
+    assert letter.errors[0].type == "ValidationError"
+
+
+def test_a_batch_subscriber_is_alone_in_its_group(app: dromos.App) -> None:
+    @app.subscriber("a", group="g")
+    async def one(event: dromos.Event[Any]) -> None: ...
+
+    with pytest.raises(dromos.ConfigurationError, match="alone"):
+
+        @app.subscriber("b", group="g", batch=5)
+        async def many(events: list[dromos.Event[Any]]) -> None: ...
+
+    with pytest.raises(dromos.ConfigurationError, match="a list"):
+
+        @app.subscriber("c", group="h", batch=5)
+        async def wrong(event: dromos.Event[Any]) -> None: ...

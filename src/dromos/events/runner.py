@@ -60,7 +60,12 @@ class _Group:
     def __init__(self, runner: EventRunner, name: str, subs: list[Subscriber]) -> None:
         self.runner, self.broker, self.name, self.subs = runner, runner.broker, name, subs
         self.lease = max(s.timeout for s in subs) + runner.lease_margin
-        self.running: dict[asyncio.Task[None], EventDelivery] = {}
+        # A batch subscriber (alone in its group) takes up to `batch` events per call; the
+        # worker's concurrency then counts calls of `batch` events.
+        self.batch = subs[0].batch if len(subs) == 1 else None
+        per_call = self.batch or 1
+        self.slots = max(1, runner.concurrency // per_call)
+        self.running: dict[asyncio.Task[None], list[EventDelivery]] = {}
         self.outcomes: list[EventOutcome] = []
         self.flush_wanted = asyncio.Event()
         self.room = asyncio.Event()
@@ -73,11 +78,13 @@ class _Group:
             while not stopping.is_set():
                 # Claim once half the slots are free, not at every free slot: batches stay
                 # large (one round trip for many events) while the other half keeps running.
-                room = self.runner.concurrency - len(self.running)
-                if room <= 0 or len(self.running) > self.runner.concurrency // 2:
+                free = self.slots - len(self.running)
+                if free <= 0 or len(self.running) > self.slots // 2:
                     self.room.clear()
                     await _first(self.room.wait(), stopping.wait())
                     continue
+                per_call = self.batch or 1
+                room = free * per_call
                 try:
                     got = await self.broker.claim_events(self.name, room, self.lease)
                     backoff = 0.1
@@ -86,9 +93,11 @@ class _Group:
                     await _first(asyncio.sleep(backoff), stopping.wait())
                     backoff = min(backoff * 2, 5.0)
                     continue
-                for delivery in got:
-                    task = asyncio.create_task(self._handle(delivery))
-                    self.running[task] = delivery
+                for start in range(0, len(got), per_call):
+                    chunk = got[start : start + per_call]
+                    work = self._handle(chunk[0]) if self.batch is None else self._calls(chunk)
+                    task = asyncio.create_task(work)
+                    self.running[task] = chunk
                     task.add_done_callback(self._finished)
                 if len(got) < room:
                     await _first(self.broker.wait_for_events([self.name], 1.0), stopping.wait())
@@ -105,12 +114,13 @@ class _Group:
         if self.running and grace > 0:
             await asyncio.wait(list(self.running), timeout=grace)
         now = time.time()
-        for task, delivery in list(self.running.items()):
+        for task, deliveries in list(self.running.items()):
             task.cancel()
-            error = JobError(
-                type="Interrupted", message="the worker stopped", attempt=delivery.attempt
-            )
-            self.outcomes.append(EventOutcome(delivery.key, delivery.attempt, error, now))
+            for delivery in deliveries:
+                error = JobError(
+                    type="Interrupted", message="the worker stopped", attempt=delivery.attempt
+                )
+                self.outcomes.append(EventOutcome(delivery.key, delivery.attempt, error, now))
         if self.running:
             await asyncio.gather(*self.running, return_exceptions=True)
 
@@ -119,6 +129,46 @@ class _Group:
         self.outcomes.append(outcome)
         kind = "handled" if outcome.error is None else "retried" if outcome.retry_at else "dead"
         self.runner.counts[kind] += 1
+        self.flush_wanted.set()
+
+    async def _calls(self, deliveries: list[EventDelivery]) -> None:
+        """One call of a batch subscriber with these events (those that cannot be read or do
+        not fit its type are dead-lettered on their own and left out of the call)."""
+        [sub] = self.subs
+        outcomes, keep, arguments = [], [], []
+        for d in deliveries:
+            try:
+                event = decode_event(d.payload, d.attempt)
+                if not sub.handles(event.type):
+                    outcomes.append(EventOutcome(d.key, d.attempt))  # patterns changed
+                    continue
+                arguments.append(sub.argument(event))
+                keep.append(d)
+            except (DecodeError, ValidationError) as exc:
+                error = JobError(type=type(exc).__name__, message=str(exc), attempt=d.attempt)
+                outcomes.append(EventOutcome(d.key, d.attempt, error, None))
+        if arguments:
+            try:
+                await sub.run_batch(arguments)
+                outcomes += [EventOutcome(d.key, d.attempt) for d in keep]
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.info("a batch of %d event(s) failed in %s: %r", len(keep), sub.name, exc)
+                now = time.time()
+                for d in keep:
+                    error = JobError(
+                        type=type(exc).__name__,
+                        message=str(exc) or repr(exc),
+                        traceback=traceback.format_exc(),
+                        attempt=d.attempt,
+                    )
+                    retry = None if d.attempt > sub.retries else now + sub.retry_delay(d.attempt)
+                    outcomes.append(EventOutcome(d.key, d.attempt, error, retry))
+        for o in outcomes:
+            kind = "handled" if o.error is None else "retried" if o.retry_at else "dead"
+            self.runner.counts[kind] += 1
+        self.outcomes += outcomes
         self.flush_wanted.set()
 
     async def _outcome(self, delivery: EventDelivery) -> EventOutcome:

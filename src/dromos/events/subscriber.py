@@ -44,6 +44,7 @@ class Subscriber:
         backoff: float = 1.0,
         max_backoff: float = 300.0,
         start: str | float = "latest",
+        batch: int | None = None,
     ) -> None:
         if not patterns:
             raise ConfigurationError("a subscriber needs at least one topic pattern")
@@ -52,6 +53,8 @@ class Subscriber:
             raise ConfigurationError(f"group must be a non-empty string, got {group!r}")
         if retries < 0 or timeout <= 0 or backoff < 0:
             raise ConfigurationError("retries >= 0, timeout > 0 and backoff >= 0, please")
+        if batch is not None and batch < 1:
+            raise ConfigurationError("batch= is the most events per call: 1 or more")
         if isinstance(start, str) and start not in START_POSITIONS:
             raise ConfigurationError(
                 f"start must be 'latest', 'earliest' or a Unix time: {start!r}"
@@ -65,7 +68,8 @@ class Subscriber:
         self.max_backoff = max_backoff
         self.start = start
         self.is_async = inspect.iscoroutinefunction(func)
-        self._wants, self._data_type = _wanted(func)
+        self.batch = batch  # None: one event per call; else a list of up to this many
+        self._wants, self._data_type = _wanted(func, listed=batch is not None)
         self._adapter: pydantic.TypeAdapter[Any] | None = None
 
     def __repr__(self) -> str:
@@ -111,6 +115,15 @@ class Subscriber:
             ]
             raise ValidationError(event.type, problems) from None
 
+    async def run_batch(self, arguments: list[Any]) -> None:
+        """Call a batch handler with the arguments of several events, within its time limit."""
+        async with asyncio.timeout(self.timeout):
+            if self.is_async:
+                await self.func(arguments)
+            else:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(None, functools.partial(self.func, arguments))
+
     async def run(self, event: Event[Any]) -> None:
         """Call the handler with this event, within its time limit."""
         argument = self.argument(event)
@@ -123,8 +136,9 @@ class Subscriber:
                 await loop.run_in_executor(None, functools.partial(self.func, argument))
 
 
-def _wanted(func: Callable[..., Any]) -> tuple[str, Any]:
-    """("event" or "data", the data's declared type or None) from the first parameter."""
+def _wanted(func: Callable[..., Any], listed: bool = False) -> tuple[str, Any]:
+    """("event" or "data", the data's declared type or None) from the first parameter (of a
+    batch handler, ``listed``: from what its list holds)."""
     params = list(inspect.signature(func).parameters.values())
     if not params:
         raise ConfigurationError(f"subscriber {func.__qualname__} must take one parameter")
@@ -133,6 +147,13 @@ def _wanted(func: Callable[..., Any]) -> tuple[str, Any]:
     except Exception as exc:
         raise ConfigurationError(f"subscriber {func.__qualname__}: bad type hints: {exc}") from exc
     hint = hints.get(params[0].name)
+    if listed and hint is not None:
+        if typing.get_origin(hint) not in (list, typing.get_origin(list[int])):
+            raise ConfigurationError(
+                f"subscriber {func.__qualname__} has batch=: its parameter is a list "
+                "(list[dromos.Event[T]], list[T] or no annotation)"
+            )
+        (hint,) = typing.get_args(hint) or (Any,)
     if hint is None or hint is Any:
         return "event", None
     if hint is Event:
