@@ -65,6 +65,10 @@ class _Group:
         self.batch = subs[0].batch if len(subs) == 1 else None
         per_call = self.batch or 1
         self.slots = max(1, runner.concurrency // per_call)
+        # Batch calls: the next batch is claimed while one runs (its events leased, waiting on
+        # the gate), so a claim's round trip does not stall the handler.
+        self.gate = asyncio.Semaphore(self.slots)
+        self.ahead = 1 if self.batch else 0
         self.running: dict[asyncio.Task[None], list[EventDelivery]] = {}
         self.outcomes: list[EventOutcome] = []
         self.flush_wanted = asyncio.Event()
@@ -78,8 +82,8 @@ class _Group:
             while not stopping.is_set():
                 # Claim once half the slots are free, not at every free slot: batches stay
                 # large (one round trip for many events) while the other half keeps running.
-                free = self.slots - len(self.running)
-                if free <= 0 or len(self.running) > self.slots // 2:
+                free = self.slots + self.ahead - len(self.running)
+                if free <= 0 or len(self.running) > (self.slots + self.ahead) // 2:
                     self.room.clear()
                     await _first(self.room.wait(), stopping.wait())
                     continue
@@ -149,7 +153,8 @@ class _Group:
                 outcomes.append(EventOutcome(d.key, d.attempt, error, None))
         if arguments:
             try:
-                await sub.run_batch(arguments)
+                async with self.gate:
+                    await sub.run_batch(arguments)
                 outcomes += [EventOutcome(d.key, d.attempt) for d in keep]
             except asyncio.CancelledError:
                 raise
