@@ -117,17 +117,14 @@ class Subscriber:
 
     async def run_batch(self, arguments: list[Any]) -> None:
         """Call a batch handler with the arguments of several events, within its time limit."""
-        async with asyncio.timeout(self.timeout):
-            if self.is_async:
-                await self.func(arguments)
-            else:
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(None, functools.partial(self.func, arguments))
+        await self._call(arguments)
 
     async def run(self, event: Event[Any]) -> None:
         """Call the handler with this event, within its time limit."""
-        argument = self.argument(event)
-        # asyncio.timeout, not wait_for: no second task per event.
+        await self._call(self.argument(event))
+
+    async def _call(self, argument: Any) -> None:
+        # asyncio.timeout, not wait_for: no second task per call.
         async with asyncio.timeout(self.timeout):
             if self.is_async:
                 await self.func(argument)
