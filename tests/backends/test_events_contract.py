@@ -251,3 +251,25 @@ async def test_publish_blocking_stores_the_events_or_nothing(broker: Broker) -> 
     else:
         assert got == []
         waiting.cancel()
+
+
+async def test_keys_that_name_no_event_change_nothing(broker: Broker) -> None:
+    await broker.join_group("g", ["#"], "latest")
+    await broker.publish([record()])
+    [d] = await broker.claim_events("g", 10, 30.0)
+    await broker.settle_events("g", [EventOutcome(d.key, 1, failure(1), None)])
+    for key in ("nope", "999999999", "1-0x"):
+        assert await broker.settle_events("g", [EventOutcome(key, 1)]) == 0
+        assert await broker.replay_events("g", [key]) == 0
+    assert [x.key for x in await broker.event_dead_letters("g")] == [d.key]
+
+
+async def test_dead_letters_are_listed_oldest_first_up_to_the_limit(broker: Broker) -> None:
+    await broker.join_group("g", ["#"], "latest")
+    await broker.publish([record(data=i) for i in range(3)])
+    got = await broker.claim_events("g", 10, 30.0)
+    await broker.settle_events("g", [EventOutcome(d.key, 1, failure(1), None) for d in got])
+    assert [x.key for x in await broker.event_dead_letters("g", limit=2)] == [
+        d.key for d in got[:2]
+    ]
+    assert await broker.event_dead_letters("g", limit=0) == []

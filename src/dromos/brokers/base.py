@@ -56,6 +56,8 @@ __all__ = [
     "ProgressUpdate",
     "QueueStats",
     "WebhookDue",
+    "dead_letter_from_row",
+    "event_seq",
     "fill_summary",
     "job_status",
     "webhook_attempt_json",
@@ -257,6 +259,26 @@ class EventDeadLetter:
     attempts: int
     errors: list[JobError]
     failed_at: datetime | None
+
+
+def event_seq(key: str) -> int | None:
+    """The sequence number an event key names on a bus numbered by one (memory, SQLite,
+    PostgreSQL); None for a key that is not one, which names no event."""
+    return int(key) if key.isdigit() else None
+
+
+_event_errors = msgspec.json.Decoder(list[JobError])
+
+
+def dead_letter_from_row(group: str, row: Sequence[Any]) -> EventDeadLetter:
+    """A dead letter from the row an SQL bus keeps: ``(seq, topic, payload, attempt,
+    errors as a JSON array or NULL, failed_at as Unix seconds or NULL)``."""
+    seq, topic, payload, attempt, errors, failed = row
+    return EventDeadLetter(
+        group=group, key=str(seq), topic=topic, payload=bytes(payload), attempts=attempt,
+        errors=_event_errors.decode(errors) if errors else [],
+        failed_at=None if failed is None else datetime.fromtimestamp(failed, UTC),
+    )  # fmt: skip
 
 
 def webhook_attempts(stored: bytes | str | None) -> list[WebhookAttempt]:

@@ -21,6 +21,7 @@ from dromos.brokers.base import (
     EventOutcome,
     EventRecord,
     GroupStats,
+    event_seq,
 )
 from dromos.events.topics import matches_any
 from dromos.job import JobError
@@ -152,9 +153,11 @@ class MemoryEventBus:
             if g is None:
                 return 0
             for outcome in outcomes:
-                seq = int(outcome.key)
-                claim = g.claims.get(seq)
-                if claim is None or claim.state != "running" or claim.attempt != outcome.attempt:
+                seq = event_seq(outcome.key)
+                claim = None if seq is None else g.claims.get(seq)
+                if seq is None or claim is None:
+                    continue
+                if claim.state != "running" or claim.attempt != outcome.attempt:
                     continue
                 applied += 1
                 if outcome.error is None:
@@ -199,9 +202,11 @@ class MemoryEventBus:
             g = self._groups.get(group)
             if g is None:
                 return []
-            out = []
+            out: list[EventDeadLetter] = []
             for seq, claim in sorted(g.claims.items()):
                 entry = self._log.get(seq)
+                if len(out) >= limit:
+                    break
                 if claim.state != "dead" or entry is None:
                     continue
                 failed = claim.failed_at
@@ -210,8 +215,6 @@ class MemoryEventBus:
                     attempts=claim.attempt, errors=list(claim.errors),
                     failed_at=None if failed is None else datetime.fromtimestamp(failed, UTC),
                 ))  # fmt: skip
-                if len(out) >= limit:
-                    break
             return out
 
     async def replay_events(self, group: str, keys: Sequence[str] | None = None) -> int:
@@ -220,7 +223,7 @@ class MemoryEventBus:
             g = self._groups.get(group)
             if g is None:
                 return 0
-            wanted = None if keys is None else {int(k) for k in keys}
+            wanted = None if keys is None else {event_seq(k) for k in keys}
             replayed = 0
             for seq, claim in g.claims.items():
                 if claim.state == "dead" and (wanted is None or seq in wanted):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -32,6 +31,8 @@ from dromos.brokers.base import (
     EventOutcome,
     EventRecord,
     GroupStats,
+    dead_letter_from_row,
+    event_seq,
 )
 from dromos.brokers.memory_events import poison_error
 from dromos.events.topics import matches_any
@@ -146,7 +147,7 @@ def error_json(error: JobError | None) -> str | None:
 
 def _seqs(keys: Sequence[str]) -> list[int]:
     """Event keys as ``seq`` numbers; a key that is not one names no event."""
-    return [int(k) for k in keys if k.isdigit()]
+    return [seq for seq in map(event_seq, keys) if seq is not None]
 
 
 class PostgresEventBus:
@@ -339,18 +340,7 @@ class PostgresEventBus:
 
     async def event_dead_letters(self, group: str, limit: int = 100) -> list[EventDeadLetter]:
         rows = await self._fetch(_DEAD, (group, limit))
-        return [
-            EventDeadLetter(
-                group=group,
-                key=str(seq),
-                topic=topic,
-                payload=bytes(payload),
-                attempts=attempt,
-                errors=_errors.decode(errors) if errors else [],
-                failed_at=None if failed is None else datetime.fromtimestamp(failed, UTC),
-            )
-            for seq, topic, payload, attempt, errors, failed in rows
-        ]
+        return [dead_letter_from_row(group, row) for row in rows]
 
     async def replay_events(self, group: str, keys: Sequence[str] | None = None) -> int:
         row = await self._fetchone(_REPLAY, {

@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -29,6 +28,8 @@ from dromos.brokers.base import (
     EventOutcome,
     EventRecord,
     GroupStats,
+    dead_letter_from_row,
+    event_seq,
 )
 from dromos.brokers.memory_events import poison_error
 from dromos.events.topics import matches_any
@@ -214,7 +215,10 @@ class SQLiteEventBus:
         held = "grp = ? AND seq = ? AND state = 'running' AND attempt = ?"
         with self._write() as db:
             for o in outcomes:
-                where = (group, int(o.key), o.attempt)
+                seq = event_seq(o.key)
+                if seq is None:
+                    continue
+                where = (group, seq, o.attempt)
                 if o.error is None:
                     cur = db.execute(f"DELETE FROM dromos_event_claims WHERE {held}", where)
                     applied += cur.rowcount
@@ -293,18 +297,7 @@ class SQLiteEventBus:
                 "WHERE c.grp = ? AND c.state = 'dead' ORDER BY c.seq LIMIT ?",
                 (group, limit),
             ).fetchall()
-            return [
-                EventDeadLetter(
-                    group=group,
-                    key=str(seq),
-                    topic=topic,
-                    payload=bytes(payload),
-                    attempts=attempt,
-                    errors=_errors.decode(errors) if errors else [],
-                    failed_at=None if failed is None else datetime.fromtimestamp(failed, UTC),
-                )
-                for seq, topic, payload, attempt, errors, failed in rows
-            ]
+            return [dead_letter_from_row(group, row) for row in rows]
 
         result: list[EventDeadLetter] = await self._run(dead)
         return result
@@ -319,9 +312,8 @@ class SQLiteEventBus:
                 )
                 if keys is None:
                     return int(db.execute(sql, (now, group)).rowcount)
-                return sum(
-                    db.execute(f"{sql} AND seq = ?", (now, group, int(k))).rowcount for k in keys
-                )
+                seqs = [seq for seq in map(event_seq, keys) if seq is not None]
+                return sum(db.execute(f"{sql} AND seq = ?", (now, group, q)).rowcount for q in seqs)
 
         replayed: int = await self._run(replay)
         if replayed:
