@@ -14,21 +14,14 @@ from urllib.parse import urlsplit
 
 import click
 
-from dromos.app import DEFAULT_BROKER
 from dromos.brokers import create_broker
+from dromos.cli.jobs import broker_option
 
 __all__ = ["migrate"]
 
 
 @click.command()
-@click.option(
-    "--broker",
-    "broker_url",
-    envvar="DROMOS_BROKER",
-    default=DEFAULT_BROKER,
-    show_default=True,
-    help="Broker URL (env: DROMOS_BROKER).",
-)
+@broker_option
 def migrate(broker_url: str) -> None:
     """Apply the broker's pending schema migrations (PostgreSQL) and print its version."""
     broker = create_broker(broker_url)  # an unknown or unusable URL is one error line

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import msgspec
-import pydantic
 from fastapi import APIRouter, Depends, Path, Request
 from starlette.responses import Response, StreamingResponse
 
@@ -24,7 +23,7 @@ from dromos.app import App
 from dromos.batch import Batch
 from dromos.errors import ConfigurationError, JobNotFound, UnknownTaskError, ValidationError
 from dromos.http.auth import Scope
-from dromos.http.enqueue import read_json
+from dromos.http.enqueue import read_model
 from dromos.http.guard import Guard
 from dromos.http.openapi import json_body
 from dromos.http.problems import ProblemError, field_errors
@@ -141,17 +140,8 @@ def batches_router(app: App, guard: Guard) -> APIRouter:
         },
     )
     async def submit(request: Request) -> Response:
-        data = await read_json(request, '{"jobs": [{"task": ..., "args": [...]}, ...]}')
-        try:
-            body = BatchRequest.model_validate(data)
-        except pydantic.ValidationError as exc:
-            errors = field_errors(exc.errors(include_url=False, include_input=False), "(body)")
-            raise ProblemError(
-                422,
-                "the body does not fit {jobs: [...], on_complete: {...}}: "
-                + ", ".join(e.field for e in errors),
-                errors=errors,
-            ) from None
+        shape = '{"jobs": [{"task": ..., "args": [...]}, ...], "on_complete": {...}}'
+        body = await read_model(request, BatchRequest, shape)
         calls = [_call(app, job, ("jobs", i)) for i, job in enumerate(body.jobs)]
         callback: Call[Any] | None = None
         if body.on_complete is not None:

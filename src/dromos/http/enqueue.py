@@ -19,7 +19,7 @@ import math
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 import pydantic
@@ -37,7 +37,9 @@ from dromos.http.schemas import JobRequest
 from dromos.http.settings import GatewaySettings
 from dromos.job import JobState, JobStatus
 
-__all__ = ["enqueue_router", "job_location", "read_json", "respond_with_status"]
+__all__ = ["enqueue_router", "job_location", "read_json", "read_model", "respond_with_status"]
+
+M = TypeVar("M", bound=pydantic.BaseModel)
 
 #: Task names that can be a path segment as they are; others use the general route.
 _PATH_SAFE = re.compile(r"^[A-Za-z0-9._~-]+$")
@@ -108,19 +110,26 @@ async def read_json(request: Request, shape: str) -> Any:
         ) from None
 
 
-async def _read_envelope(request: Request) -> JobRequest:
-    """The body as a :class:`JobRequest`: 415 if not JSON by type, 400 if not JSON, 422."""
-    data = await read_json(request, '{"args": [...], "kwargs": {...}, "options": {...}}')
+async def read_model(request: Request, model: type[M], shape: str) -> M:
+    """The body as ``model``: 415 if not JSON by type, 400 if not JSON, 422 naming the fields
+    that do not fit (``shape`` shows what to send)."""
+    data = await read_json(request, shape)
     try:
-        return JobRequest.model_validate(data)
+        return model.model_validate(data)
     except pydantic.ValidationError as exc:
         errors = field_errors(exc.errors(include_url=False, include_input=False), "(body)")
         raise ProblemError(
             422,
-            "the body does not fit {args: [...], kwargs: {...}, options: {...}}: "
-            + ", ".join(e.field for e in errors),
+            f"the body does not fit {shape}: " + ", ".join(e.field for e in errors),
             errors=errors,
         ) from None
+
+
+async def _read_envelope(request: Request) -> JobRequest:
+    """The body as a :class:`JobRequest`."""
+    return await read_model(
+        request, JobRequest, '{"args": [...], "kwargs": {...}, "options": {...}}'
+    )
 
 
 def _options_located(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
