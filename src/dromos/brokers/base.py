@@ -59,6 +59,7 @@ __all__ = [
     "dead_letter_from_row",
     "event_seq",
     "fill_summary",
+    "job_filters",
     "job_status",
     "webhook_attempt_json",
     "webhook_attempts",
@@ -265,6 +266,26 @@ def event_seq(key: str) -> int | None:
     """The sequence number an event key names on a bus numbered by one (memory, SQLite,
     PostgreSQL); None for a key that is not one, which names no event."""
     return int(key) if key.isdigit() else None
+
+
+def job_filters(
+    mark: str,
+    state: JobState | None,
+    task: str | None,
+    queue: str | None,
+    before: str | None,
+) -> tuple[str, list[str]]:
+    """The ``WHERE`` clause (or "") and its parameters of :meth:`Broker.jobs` for an SQL
+    backend whose driver writes parameters as ``mark`` (``?``, ``%s``)."""
+    where, params = [], []
+    for column, value in (("state", state), ("task", task), ("queue", queue)):
+        if value is not None:
+            where.append(f"{column} = {mark}")
+            params.append(str(value))
+    if before is not None:
+        where.append(f"id < {mark}")
+        params.append(before)
+    return (" WHERE " + " AND ".join(where) if where else ""), params
 
 
 _event_errors = msgspec.json.Decoder(list[JobError])

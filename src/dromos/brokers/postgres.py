@@ -62,6 +62,7 @@ from dromos.brokers.base import (
     ProgressUpdate,
     QueueStats,
     WebhookDue,
+    job_filters,
     job_status,
     webhook_attempt_json,
 )
@@ -856,18 +857,9 @@ class PostgresBroker(PostgresEventBus, Broker):
         limit: int = 100,
         before: str | None = None,
     ) -> list[JobStatus]:
-        where, params = [], []
-        for column, value in (("state", state), ("task", task), ("queue", queue)):
-            if value is not None:
-                where.append(f"{column} = %s")
-                params.append(str(value))
-        if before is not None:
-            where.append("id < %s")
-            params.append(before)
-        sql = f"SELECT {_STATUS_COLUMNS} FROM {{jobs}}"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        rows = await self._fetch(sql + " ORDER BY id DESC LIMIT %s", (*params, limit))
+        where, params = job_filters("%s", state, task, queue, before)
+        sql = f"SELECT {_STATUS_COLUMNS} FROM {{jobs}}{where} ORDER BY id DESC LIMIT %s"
+        rows = await self._fetch(sql, (*params, limit))
         return [_status(r) for r in rows]
 
     async def queues(self) -> list[QueueStats]:

@@ -47,6 +47,7 @@ from dromos.brokers.base import (
     ProgressUpdate,
     QueueStats,
     WebhookDue,
+    job_filters,
     job_status,
     webhook_attempt_json,
 )
@@ -705,18 +706,8 @@ class SQLiteBroker(SQLiteEventBus, Broker):
         limit: int = 100,
         before: str | None = None,
     ) -> list[JobStatus]:
-        where, params = [], []
-        for column, value in (("state", state), ("task", task), ("queue", queue)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(str(value))
-        if before is not None:
-            where.append("id < ?")
-            params.append(before)
-        sql = f"SELECT {_STATUS_COLUMNS} FROM dromos_jobs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id DESC LIMIT ?"
+        where, params = job_filters("?", state, task, queue, before)
+        sql = f"SELECT {_STATUS_COLUMNS} FROM dromos_jobs{where} ORDER BY id DESC LIMIT ?"
         rows = await self._run(lambda: self._conn.execute(sql, (*params, limit)).fetchall())
         return [_status(r) for r in rows]
 
