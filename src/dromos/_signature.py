@@ -9,6 +9,7 @@ written them) and turned back into the declared types before the call.
 from __future__ import annotations
 
 import inspect
+import types
 import typing
 from collections.abc import Callable
 from typing import Any, NotRequired, Required
@@ -21,7 +22,7 @@ from dromos.errors import ConfigurationError, ValidationError
 if typing.TYPE_CHECKING:
     import pydantic
 
-__all__ = ["Signature"]
+__all__ = ["Signature", "one_item"]
 
 _P = inspect.Parameter
 _SCALARS = (int, str, bool)
@@ -194,3 +195,54 @@ def _errors(exc: pydantic.ValidationError) -> list[dict[str, Any]]:
         {"loc": tuple(e["loc"]), "msg": e["msg"], "type": e["type"]}
         for e in exc.errors(include_url=False, include_input=False)
     ]
+
+
+def one_item(task: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    """The signature a job of a batch task (``batch_size=``) has: ``func`` takes one list of
+    items and returns a list of results (or None); a job carries one item and gets one result.
+
+    Returned as a stand-in function whose hints are the list's and the result list's element
+    types, for :class:`Signature` to check and convert one job's argument and result.
+    """
+    params = list(inspect.signature(func).parameters.values())
+    if len(params) != 1 or params[0].kind not in (_P.POSITIONAL_ONLY, _P.POSITIONAL_OR_KEYWORD):
+        raise ConfigurationError(
+            f"batch task {task!r} must take exactly one parameter, the list of items "
+            "(e.g. def insert(rows: list[Row]) -> list[int] | None)"
+        )
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception as exc:
+        raise ConfigurationError(f"task {task!r}: cannot read its type hints: {exc}") from exc
+    item = _element(hints.get(params[0].name, Any))
+    result = hints.get("return", Any)
+    if result is None or result is type(None):
+        result_item: Any = type(None)
+    else:  # a list of results, possibly "| None" (the whole batch returns nothing)
+        options = [a for a in typing.get_args(result) if a is not type(None)]
+        is_optional = typing.get_origin(result) in (typing.Union, types.UnionType)
+        result_item = _element(options[0] if is_optional and len(options) == 1 else result)
+        result_item = _no_exceptions(result_item)  # an item's failure is no result
+
+    def job(item: Any) -> Any:  # pragma: no cover - never called, only read
+        raise NotImplementedError
+
+    job.__annotations__ = {"item": item, "return": result_item}
+    return job
+
+
+def _element(hint: Any) -> Any:
+    """``T`` of ``list[T]``, ``Sequence[T]`` ... (Any when the hint says nothing)."""
+    args = typing.get_args(hint)
+    return args[0] if args else Any
+
+
+def _no_exceptions(hint: Any) -> Any:
+    """``int | ValueError`` as ``int``: exceptions in a batch's results fail their jobs."""
+    if typing.get_origin(hint) not in (typing.Union, types.UnionType):
+        return hint
+    members = typing.get_args(hint)
+    kept = [m for m in members if not (isinstance(m, type) and issubclass(m, BaseException))]
+    if len(kept) == len(members):
+        return hint
+    return typing.Union[tuple(kept)] if kept else Any  # noqa: UP007 - built from a tuple

@@ -36,7 +36,7 @@ from dromos.events.subscriber import Subscriber
 from dromos.job import Job
 from dromos.message import encode, new_job_id, new_job_ids, utcnow
 from dromos.schedules import Periodic
-from dromos.task import AsyncTask, Call, Executor, Options, SyncTask, Task
+from dromos.task import AsyncTask, BatchTask, Call, Executor, Options, SyncTask, Task
 from dromos.webhooks import DEFAULT_BACKOFF, WebhookSettings
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ __all__ = ["App"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 DEFAULT_BROKER = "sqlite:///./dromos.db"
 
@@ -59,6 +60,24 @@ class TaskDecorator(Protocol):
     def __call__(self, func: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...  # type: ignore[overload-overlap]
     @overload
     def __call__(self, func: Callable[P, R], /) -> SyncTask[P, R]: ...
+
+
+class BatchTaskDecorator(Protocol):
+    """What ``@app.task(batch_size=...)`` returns: a function of a list of items becomes a
+    task whose jobs each carry one item (``BatchTask[item, result]``)."""
+
+    @overload
+    def __call__(
+        self, func: Callable[[list[T]], Coroutine[Any, Any, None]], /
+    ) -> BatchTask[T, None]: ...
+    @overload
+    def __call__(
+        self, func: Callable[[list[T]], Coroutine[Any, Any, Sequence[R] | None]], /
+    ) -> BatchTask[T, R]: ...
+    @overload
+    def __call__(self, func: Callable[[list[T]], None], /) -> BatchTask[T, None]: ...
+    @overload
+    def __call__(self, func: Callable[[list[T]], Sequence[R] | None], /) -> BatchTask[T, R]: ...
 
 
 def _connection(calls: list[Call[Any]]) -> Any:
@@ -86,8 +105,10 @@ def _batch_options(what: str, options: Options, callback: bool = False) -> None:
         raise ConfigurationError(f"{what}: the batch_id header is the batch's to set")
     if options.connection is not None:
         raise ConfigurationError(f"{what}: a batch cannot be enqueued in your transaction")
-    if callback and (options.delay is not None or options.eta is not None):
-        raise ConfigurationError(f"{what}: the callback runs when the batch ends (no delay=/eta=)")
+    if callback and (options.delay is not None or options.eta is not None or options.depends_on):
+        raise ConfigurationError(
+            f"{what}: the callback runs when the batch ends (no delay=/eta=/depends_on=)"
+        )
 
 
 def _seconds(value: float | timedelta) -> float:
@@ -178,6 +199,8 @@ class App:
         self,
         /,
         *,
+        batch_size: int,
+        batch_wait: float | timedelta = 0.5,
         name: str | None = None,
         queue: str = "default",
         retries: int = 3,
@@ -188,6 +211,25 @@ class App:
         priority: int = 0,
         executor: Executor = "thread",
         events: bool | None = None,
+        rate_limit: str | None = None,
+    ) -> BatchTaskDecorator: ...
+    @overload
+    def task(
+        self,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        retries: int = 3,
+        retry_on: tuple[type[BaseException], ...] | None = None,
+        backoff: float = 1.0,
+        max_backoff: float = 600.0,
+        timeout: float | None = None,
+        priority: int = 0,
+        executor: Executor = "thread",
+        events: bool | None = None,
+        rate_limit: str | None = None,
+        rate_limit_key: str | Callable[..., Any] | None = None,
     ) -> TaskDecorator: ...
     def task(
         self,
@@ -204,6 +246,10 @@ class App:
         priority: int = 0,
         executor: Executor = "thread",
         events: bool | None = None,
+        rate_limit: str | None = None,
+        rate_limit_key: str | Callable[..., Any] | None = None,
+        batch_size: int | None = None,
+        batch_wait: float | timedelta = 0.5,
     ) -> Any:
         """Register a function (``async def`` or plain ``def``) as a task.
 
@@ -212,14 +258,25 @@ class App:
         functions run in the worker's threads, or in a process pool with
         ``executor="process"`` (for CPU-bound work). ``events`` (default: the app's
         ``job_events``) announces the jobs' changes on the event bus (``dromos.job.*``).
+        ``rate_limit="100/s"`` caps its starts across every worker (per value of the argument
+        ``rate_limit_key`` names, or of what that function of the arguments returns); see
+        ``dromos.rate``. ``batch_size=100, batch_wait=0.5``: the function takes a list of
+        items and returns a list of results; each job carries one item, and a worker calls
+        the function with up to ``batch_size`` of them (waiting at most ``batch_wait`` seconds
+        for more after the first); see :class:`~dromos.task.BatchTask`.
         """
 
         def register(fn: Callable[..., Any]) -> Task[Any, Any]:
-            cls = AsyncTask if asyncio.iscoroutinefunction(fn) else SyncTask
-            task: Task[Any, Any] = cls(
+            cls: type[Task[Any, Any]] = (
+                BatchTask if batch_size is not None
+                else AsyncTask if asyncio.iscoroutinefunction(fn)
+                else SyncTask
+            )  # fmt: skip
+            task = cls(
                 self, fn, name=name, queue=queue, retries=retries, retry_on=retry_on,
                 backoff=backoff, max_backoff=max_backoff, timeout=timeout, priority=priority,
-                executor=executor, events=events,
+                executor=executor, events=events, rate_limit=rate_limit,
+                rate_limit_key=rate_limit_key, batch_size=batch_size, batch_wait=batch_wait,
             )  # fmt: skip
             if task.name in self.tasks:
                 raise ConfigurationError(

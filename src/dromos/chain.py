@@ -65,7 +65,8 @@ class Chain:
             raise ConfigurationError("the steps of a chain belong to one app")
         for s in steps[1:]:
             o = s.options
-            if o.delay or o.eta or o.idempotency_key or o.callback_url or o.connection:
+            if any((o.delay, o.eta, o.idempotency_key, o.callback_url, o.connection,
+                    o.depends_on)):  # fmt: skip
                 raise ConfigurationError(
                     f"step {s.task.name!r}: only queue, priority, timeout and retries can be "
                     "set on a step after the first"

@@ -8,6 +8,7 @@ them all; each message says what to do next. The tree is kept shallow::
      ├── ValidationError         arguments that do not fit a task's signature (nothing queued)
      ├── UnknownTaskError        a task name the app does not know
      ├── JobNotFound             no job with that id (never existed, or its retention ended)
+     │    └── DependencyNotFound a job named in depends_on= (nothing was queued)
      ├── JobFailed               the job ended in ``failed``; ``.status`` tells why
      │    └── JobCancelled       the job ended in ``cancelled``
      ├── ResultTimeout           waiting for a result took longer than asked (a TimeoutError)
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BrokerError",
     "ConfigurationError",
+    "DependencyNotFound",
     "DromosError",
     "JobCancelled",
     "JobFailed",
@@ -78,6 +80,18 @@ class JobNotFound(DromosError, LookupError):
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         super().__init__(f"no job {job_id!r}: check the id, or it outlived its retention")
+
+
+class DependencyNotFound(JobNotFound):
+    """A job named in ``depends_on=`` is not known to the broker; nothing of the call was
+    queued."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.args = (
+            f"depends_on names no job {job_id!r} (never enqueued, or its retention ended): "
+            "nothing was queued; drop it, or enqueue that job first",
+        )
 
 
 class JobFailed(DromosError):

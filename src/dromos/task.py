@@ -11,16 +11,17 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import random
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
-from dromos._signature import Signature
-from dromos.brokers.base import EnqueueRequest
-from dromos.context import JobContext, run_as
+from dromos._signature import Signature, one_item
+from dromos.brokers.base import DEPENDS_ON_HEADER, EnqueueRequest
+from dromos.context import JobContext, reset_current, run_as, set_current
 from dromos.errors import ConfigurationError, ValidationError
 from dromos.job import Job
 from dromos.message import Message, encode, new_job_id, utcnow
+from dromos.rate import key_function, parse_rate
 from dromos.webhooks import check_url
 
 if TYPE_CHECKING:
@@ -28,10 +29,11 @@ if TYPE_CHECKING:
     from dromos.batch import Batch
     from dromos.chain import Chain
 
-__all__ = ["AsyncTask", "Call", "Options", "SyncTask", "Task"]
+__all__ = ["AsyncTask", "BatchTask", "Call", "Options", "SyncTask", "Task"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 Executor = Literal["thread", "process"]
 
@@ -51,6 +53,9 @@ class Options:
     headers: Mapping[str, str] | None = None
     connection: Any = None
     """The caller's own database connection to enqueue in (its open transaction)."""
+    depends_on: tuple[str, ...] = ()
+    """Ids of the jobs that must succeed before this one is queued (the ``depends_on``
+    header)."""
 
 
 _NO_OPTIONS = Options()
@@ -88,6 +93,21 @@ def _seconds(value: float | timedelta | None) -> float | None:
     return value.total_seconds() if isinstance(value, timedelta) else value
 
 
+def _dependency_ids(items: Iterable[Job[Any] | str]) -> tuple[str, ...]:
+    """The ids of ``depends_on=`` (``Job`` handles or id strings), in order, each once."""
+    if isinstance(items, str | Job):
+        items = [items]  # one dependency given alone
+    ids: dict[str, None] = {}
+    for item in items:
+        job_id = item.id if isinstance(item, Job) else item
+        if not isinstance(job_id, str) or not job_id.strip() or "," in job_id:
+            raise ConfigurationError(
+                f"depends_on= takes dromos.Job handles or job ids, not {item!r}"
+            )
+        ids[job_id.strip()] = None
+    return tuple(ids)
+
+
 class Task(Generic[P, R]):
     """A function registered with an app; see the module docstring."""
 
@@ -106,6 +126,10 @@ class Task(Generic[P, R]):
         priority: int = 0,
         executor: Executor = "thread",
         events: bool | None = None,
+        rate_limit: str | None = None,
+        rate_limit_key: str | Callable[..., Any] | None = None,
+        batch_size: int | None = None,
+        batch_wait: float | timedelta = 0.5,
     ) -> None:
         self.app = app
         self._events = events
@@ -127,7 +151,26 @@ class Task(Generic[P, R]):
                 f"task {self.name!r}: executor='process' is for plain functions; "
                 "an async function already runs without blocking the worker"
             )
-        self.signature = Signature(self.name, func)
+        # Batch consumption: the function takes a list of items, each job carries one.
+        self.batch_size = batch_size or 0
+        self.batch_wait = _seconds(batch_wait) or 0.0
+        if batch_size is not None and (batch_size < 1 or self.batch_wait < 0):
+            raise ConfigurationError(
+                f"task {self.name!r}: batch_size must be 1 or more and batch_wait 0 or more"
+            )
+        if batch_size is not None and rate_limit_key is not None:
+            raise ConfigurationError(
+                f"task {self.name!r}: rate_limit_key= is not supported on a batch task "
+                "(its rate_limit= counts its jobs, whatever their keys)"
+            )
+        self.signature = Signature(self.name, one_item(self.name, func) if batch_size else func)
+        # Starts allowed per period across every worker (per key value with rate_limit_key).
+        self.rate_limit = None if rate_limit is None else parse_rate(rate_limit)
+        if rate_limit_key is not None and self.rate_limit is None:
+            raise ConfigurationError(f"task {self.name!r}: rate_limit_key= needs a rate_limit=")
+        self.rate_key = (
+            None if rate_limit_key is None else key_function(self.name, func, rate_limit_key)
+        )
         self.__doc__ = func.__doc__
         self.__wrapped__ = func
 
@@ -148,22 +191,33 @@ class Task(Generic[P, R]):
         callback_url: str | None = None,
         headers: Mapping[str, str] | None = None,
         connection: Any = None,
+        depends_on: Iterable[Job[Any] | str] | None = None,
     ) -> Bound[P, R]:
         """This task with per-job options, ready to ``enqueue``.
 
         ``connection``: your own open database connection (a psycopg ``AsyncConnection`` on
         the PostgreSQL broker, with ``aenqueue``): the job is inserted in its current
         transaction, so it exists, and runs, only if that transaction commits.
+
+        ``depends_on``: jobs (``Job`` handles or ids, already enqueued) that must all succeed
+        first: the job waits ``scheduled`` until the last one did, and ends ``failed`` (or
+        ``cancelled``) without running if one of them does. See ``docs/workflows.md``.
         """
         if delay is not None and eta is not None:
             raise ConfigurationError("give either delay= or eta=, not both")
+        deps = () if depends_on is None else _dependency_ids(depends_on)
+        if deps and (delay is not None or eta is not None):
+            raise ConfigurationError(
+                "depends_on= cannot be combined with delay= or eta=: the job is queued when "
+                "its dependencies succeeded"
+            )
         if eta is not None and eta.tzinfo is None:
             raise ConfigurationError("eta= must be timezone-aware, e.g. datetime.now(UTC)")
         opts = Options(
             delay=_seconds(delay), eta=eta, idempotency_key=idempotency_key,
             priority=None if priority is None else _priority(priority),
             queue=queue, timeout=_seconds(timeout), retries=retries,
-            callback_url=callback_url, headers=headers, connection=connection,
+            callback_url=callback_url, headers=headers, connection=connection, depends_on=deps,
         )  # fmt: skip
         return Bound(self, opts)
 
@@ -277,6 +331,8 @@ class Task(Generic[P, R]):
                 problem = {"loc": ("callback_url",), "msg": refused, "type": "callback_url"}
                 raise ValidationError(self.name, [problem])
             headers["callback_url"] = o.callback_url
+        if o.depends_on:
+            headers[DEPENDS_ON_HEADER] = ",".join(o.depends_on)
         eta = o.eta.astimezone(UTC) if o.eta else None
         if o.delay:
             eta = now + timedelta(seconds=o.delay)
@@ -288,6 +344,12 @@ class Task(Generic[P, R]):
             timeout=o.timeout, created_at=now, headers=headers,
         )  # fmt: skip
         return EnqueueRequest(message, encode(message), window)
+
+    def rate_key_of(self, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
+        """The broker's name for the window a job of this task starts in."""
+        if self.rate_key is None:
+            return f"{self.app.name}:{self.name}"
+        return f"{self.app.name}:{self.name}:{self.rate_key(args, kwargs)}"
 
     def retry_delay(self, failures: int) -> float:
         """Backoff before the next attempt after ``failures`` failed ones: exponential, jittered.
@@ -323,6 +385,30 @@ class SyncTask(Task[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function inline (no queue); ``current_job()`` works and reports nowhere."""
         return run_as(JobContext("inline", self.name), self.func, *args, **kwargs)  # type: ignore[no-any-return]
+
+
+class BatchTask(Task[[T], R]):
+    """A task of ``batch_size=``: its function takes a list of items and returns a list of
+    results; a job carries one item (``insert.enqueue(row)``) and has its own status and
+    result. The worker gathers up to ``batch_size`` jobs (waiting at most ``batch_wait``
+    seconds after the first) and calls the function once for all of them."""
+
+    def __call__(self, items: list[T]) -> Any:
+        """Run the function inline on ``items`` (no queue): its list of results, or the
+        coroutine of an ``async def``."""
+        ctx = JobContext("inline", self.name)
+        func: Callable[..., Any] = self.func  # typed by the jobs' one item, takes the list
+        if not self.is_async:
+            return run_as(ctx, func, items)
+
+        async def inline() -> Any:
+            token = set_current(ctx)
+            try:
+                return await func(items)
+            finally:
+                reset_current(token)
+
+        return inline()
 
 
 class Bound(Generic[P, R]):

@@ -9,6 +9,7 @@ the PostgreSQL entry alone, so ``make_broker``, ``app`` and ``workers`` work as 
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -156,6 +157,36 @@ async def test_a_committed_enqueue_in_wakes_a_waiting_worker(
     t0 = time.monotonic()
     await asyncio.wait_for(waiting, 5.0)
     assert time.monotonic() - t0 < 0.5
+
+
+async def test_dromos_enqueue_takes_the_depends_on_header(
+    make_broker: MakeBroker, backend: Target
+) -> None:
+    broker = await make_broker()
+    dependency = request()
+    await broker.enqueue([dependency])
+    dep = dependency.message.id
+    enqueue = f'SELECT "{_schema(backend)}".dromos_enqueue(%s::jsonb)'
+
+    def envelope(depends_on: str, **fields: Any) -> str:
+        return json.dumps({"task": "t", "headers": {"depends_on": depends_on}, **fields})
+
+    async with await psycopg.AsyncConnection.connect(POSTGRES_DSN, autocommit=True) as c:
+        cur = await c.execute(enqueue, (envelope(f" {dep} ,{dep}"),))  # each id once
+        row = await cur.fetchone()
+        assert row is not None
+        job_id = row[0]
+        with pytest.raises(psycopg.errors.NoDataFound, match="no job nope"):
+            await c.execute(enqueue, (envelope(f"{dep},nope"),))
+        with pytest.raises(psycopg.errors.RaiseException, match="eta"):
+            await c.execute(enqueue, (envelope(dep, eta="2030-01-01T00:00:00Z"),))
+    status = await broker.status(job_id)
+    assert status is not None
+    assert (status.state, status.message) == (JobState.SCHEDULED, "waiting for 1 job(s)")
+    assert len(await broker.jobs()) == 2  # the refused calls stored nothing
+    [delivery] = await broker.claim(["default"], 10, 30.0)
+    assert await broker.settle([Outcome(dep, delivery.attempt, JobState.SUCCEEDED)]) == 1
+    assert [d.job_id for d in await broker.claim(["default"], 10, 30.0)] == [job_id]
 
 
 # -- migrations and schemas ------------------------------------------------------------------

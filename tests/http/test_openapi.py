@@ -54,7 +54,9 @@ def test_kwargs_are_typed_and_required_as_the_signature_says(doc: Doc) -> None:
     assert args["maxItems"] == 2
     assert "minItems" not in args  # any leading part may come by position
     options = _schema(doc, request["properties"]["options"])
-    assert set(options["properties"]) == {"delay", "priority", "idempotency_key", "callback_url"}
+    assert set(options["properties"]) == {
+        "delay", "priority", "idempotency_key", "callback_url", "depends_on",
+    }  # fmt: skip
 
 
 def test_models_var_args_and_keyword_only_parameters(doc: Doc) -> None:

@@ -111,6 +111,12 @@ def create_app(
         counts = ":".join(str(summary[k]) for k in ("total", "succeeded", "failed", "cancelled"))
         _write(summary["batch_id"], 0, f"batch-done:{counts}:{tag}")
 
+    @app.task(retries=0, rate_limit="50/s")
+    async def limited(n: int) -> int:
+        """At most 50 starts per second across every worker; ledgers when it started."""
+        _record(f"limited@{time.time():.6f}")
+        return n
+
     @app.task(retries=0)
     async def die() -> None:
         """Kill the worker process on every attempt (a poison job)."""

@@ -21,6 +21,7 @@ async def test_a_file_without_the_webhook_columns_gets_them_and_keeps_its_jobs(
     kept = await one.aenqueue()
     await app.aclose()
     with sqlite3.connect(path) as db:  # back to the first schema: no webhook columns
+        db.execute("DROP TRIGGER dromos_jobs_release")  # (schema 4's, which names them)
         db.execute("DROP INDEX dromos_jobs_hooks")
         for column in ("hook_due", "webhooks", "callback_url"):
             db.execute(f"ALTER TABLE dromos_jobs DROP COLUMN {column}")
@@ -36,6 +37,33 @@ async def test_a_file_without_the_webhook_columns_gets_them_and_keeps_its_jobs(
     with sqlite3.connect(path) as db:
         columns = {row[1] for row in db.execute("PRAGMA table_info(dromos_jobs)")}
         version = db.execute("SELECT value FROM dromos_meta WHERE key = 'schema_version'")
-        assert version.fetchone() == ("3",)
+        assert version.fetchone() == ("4",)
     db.close()
     assert {"callback_url", "webhooks", "hook_due"} <= columns
+
+
+async def test_a_file_without_dependencies_gets_them_and_keeps_its_jobs(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    app = dromos.App("old", f"sqlite:///{path}")
+
+    @app.task
+    async def one() -> int:
+        return 1
+
+    kept = await one.aenqueue()
+    await app.aclose()
+    with sqlite3.connect(path) as db:  # back to schema 3: no dependencies
+        db.execute("DROP TRIGGER dromos_jobs_release")
+        db.execute("DROP TABLE dromos_dependencies")
+        for column in ("waiting", "dependents"):
+            db.execute(f"ALTER TABLE dromos_jobs DROP COLUMN {column}")
+        db.execute("UPDATE dromos_meta SET value = '3' WHERE key = 'schema_version'")
+    db.close()
+
+    again = dromos.App("old", f"sqlite:///{path}")
+    task = again.task(one.func, name="one")
+    waiting = await task.options(depends_on=[kept.id]).aenqueue()
+    assert (await waiting.astatus()).state is dromos.JobState.SCHEDULED
+    assert await again.job(kept.id).acancel() is dromos.JobState.CANCELLED
+    assert (await waiting.astatus()).state is dromos.JobState.CANCELLED  # the trigger is back
+    await again.aclose()

@@ -52,6 +52,16 @@ EXAMPLE = textwrap.dedent(
         return len(words)
 
 
+    @app.task(batch_size=100, batch_wait=0.5)
+    async def insert(rows: list[Size]) -> list[int]:
+        return [row.width for row in rows]
+
+
+    @app.task(batch_size=10, rate_limit="5/s")
+    def notify(addresses: list[str]) -> None:
+        pass
+
+
     async def use() -> None:
         # good calls type-check
         resize.enqueue(1, width=2)
@@ -86,6 +96,14 @@ EXAMPLE = textwrap.dedent(
         await pending
         reveal_type(measure("a"))  # R8
         reveal_type(crop)  # R9
+
+        # a batch task's jobs carry one item each, and get one result each
+        insert.enqueue(Size(1, 2))
+        notify.enqueue("a@example.com")
+        insert.enqueue([Size(1, 2)])  # type: ignore[arg-type]
+        notify.enqueue(1)  # type: ignore[arg-type]
+        reveal_type(insert.enqueue(Size(1, 2)).result())  # R10
+        reveal_type(notify.enqueue("b").result())  # R11
     """
 )
 
@@ -135,6 +153,11 @@ def test_inline_calls_keep_the_functions_types(mypy_report: str) -> None:
     assert re.fullmatch(r"(typing\.)?Coroutine\[Any, Any, str\]", _revealed(mypy_report, "# R7"))
     assert _revealed(mypy_report, "# R8") == "typed_example.Size"
     assert _revealed(mypy_report, "# R9").startswith("dromos.task.AsyncTask[")
+
+
+def test_a_batch_tasks_jobs_take_one_item_and_give_one_result(mypy_report: str) -> None:
+    assert _revealed(mypy_report, "# R10") == "int"
+    assert _revealed(mypy_report, "# R11") == "None"
 
 
 def test_a_missing_expected_error_would_be_reported(tmp_path: Path) -> None:

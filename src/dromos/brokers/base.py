@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from dromos.message import Message
 
 __all__ = [
+    "DEPENDS_ON_HEADER",
     "SUMMARY_PLACEHOLDER",
     "BatchRecord",
     "Broker",
@@ -57,10 +58,13 @@ __all__ = [
     "QueueStats",
     "WebhookDue",
     "dead_letter_from_row",
+    "dependencies",
+    "dependency_error",
     "event_seq",
     "fill_summary",
     "job_filters",
     "job_status",
+    "waiting_message",
     "webhook_attempt_json",
     "webhook_attempts",
 ]
@@ -114,6 +118,32 @@ class BatchRecord:
 def fill_summary(payload: bytes, summary: bytes) -> bytes:
     """The callback's envelope with the summary in place of the placeholder."""
     return payload.replace(SUMMARY_PLACEHOLDER, summary)
+
+
+#: The header naming a job's dependencies: their ids joined by commas. It is the wire format
+#: (a producer without Python writes it too), so the brokers read it from the envelope.
+DEPENDS_ON_HEADER = "depends_on"
+
+
+def dependencies(message: Message) -> list[str]:
+    """The ids of the message's ``depends_on`` header, in order, each once ([] for none)."""
+    header = message.headers.get(DEPENDS_ON_HEADER)
+    if not header:
+        return []
+    return list(dict.fromkeys(i for part in header.split(",") if (i := part.strip())))
+
+
+def waiting_message(count: int) -> str:
+    """The status message of a dependent waiting for ``count`` dependencies (the SQL and Lua
+    backends write the same text)."""
+    return f"waiting for {count} job(s)"
+
+
+def dependency_error(dependency: str, state: JobState, attempt: int) -> JobError:
+    """Why a dependent ended without running: ``dependency`` ended ``state`` (failed or
+    cancelled). The SQL and Lua backends write the same entry."""
+    kind = "DependencyFailed" if state is JobState.FAILED else "DependencyCancelled"
+    return JobError(type=kind, message=f"dependency {dependency} ended {state}", attempt=attempt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,7 +371,8 @@ def job_status(
     job whose time has come reads ``queued`` (the next claim readies it) and shows no eta;
     ``error`` is the last entry of the history unless the job succeeded.
     """
-    if state in (JobState.SCHEDULED, JobState.RETRYING) and (eta or 0.0) <= time.time():
+    # A dependent waiting for its dependencies is scheduled without an eta: it stays so.
+    if state in (JobState.SCHEDULED, JobState.RETRYING) and eta is not None and eta <= time.time():
         state = JobState.QUEUED
     decoded: Any = None if result is None else msgspec.json.decode(result)
     return JobStatus(
@@ -402,6 +433,10 @@ class Broker(abc.ABC):
         returns, the jobs survive a crash of the caller (and, on a durable backend, of the
         broker). All or none holds per queue on a Redis Cluster, whose queues live in
         different slots.
+
+        A job whose ``depends_on`` header names other jobs (see "dependencies" below) waits
+        for them; one naming a job the broker does not know refuses the whole call with
+        :class:`~dromos.errors.DependencyNotFound`, storing nothing.
         """
 
     async def enqueue_in(self, connection: Any, requests: Sequence[EnqueueRequest]) -> list[str]:
@@ -424,6 +459,22 @@ class Broker(abc.ABC):
         :meth:`open`. The default always returns ``None``.
         """
         return None
+
+    # -- dependencies ---------------------------------------------------------------------
+    # A job enqueued with the ``depends_on`` header (ids joined by commas, see
+    # :func:`dependencies`) is looked at in the write that stores it: a dependency already
+    # failed or cancelled ends it at once (see below); one already succeeded counts as done;
+    # when every one succeeded, the job is stored as any other. Otherwise it is stored
+    # ``scheduled`` without an eta, its message :func:`waiting_message` (how many are left),
+    # and no claim readies it: the write that ends its last unfinished dependency with
+    # ``succeeded`` queues it (and wakes the workers of its queue), exactly once when two
+    # dependencies end at the same moment. A dependency that ends ``failed`` (dead-lettered)
+    # or ``cancelled`` ends each dependent waiting for it in the same state, in the same
+    # write, with the entry :func:`dependency_error`, and so on down a chain of dependents;
+    # such an end is like any other (counted in its batch, its webhook's outbox entry, its
+    # done wake-up). A ``retrying`` dependency has not ended. Cancelling a waiting dependent
+    # ends it at once; a dead-lettered dependent replayed runs without looking at its
+    # dependencies again. Every dependency must exist when the dependent is enqueued.
 
     # -- batches --------------------------------------------------------------------------
     # Every job of a batch is counted ONCE, at its first end (succeeded, failed = dead-lettered,
@@ -653,3 +704,13 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def purge(self) -> int:
         """Delete ended jobs whose retention time has passed; return how many."""
+
+    # -- rate limits ----------------------------------------------------------------------
+    # Task rate limits (dromos.rate) are one sliding-window log per key, kept by the broker so
+    # that every worker shares it, and timed by the broker's clock where it has one.
+
+    async def throttle(self, key: str, limit: int, period: float) -> float:
+        """Reserve the next start that keeps ``key`` at ``limit`` starts per ``period``
+        seconds (``dromos.rate.next_start``) and record it; return the seconds until it
+        (0.0: start now). A reservation is kept whether or not the caller starts."""
+        raise NotImplementedError(f"{type(self).__name__} has no rate limits yet")

@@ -29,11 +29,16 @@ from dromos.brokers.base import (
     ProgressUpdate,
     QueueStats,
     WebhookDue,
+    dependencies,
+    dependency_error,
     fill_summary,
     job_status,
+    waiting_message,
 )
 from dromos.brokers.memory_events import MemoryEventBus
+from dromos.errors import DependencyNotFound
 from dromos.job import PENDING_STATES, JobError, JobState, JobStatus, WebhookAttempt
+from dromos.rate import next_start
 
 __all__ = ["MemoryBroker"]
 
@@ -72,6 +77,7 @@ class _Row:
     hook_due: float | None = None  # the outbox: when its webhook delivery is due next
     batch_id: str | None = None
     batch_counted: bool = False  # its first end was counted in its batch (a replay's is not)
+    waiting: int = 0  # dependencies not ended yet; > 0 only while it is scheduled for them
 
     def to_status(self) -> JobStatus:
         return job_status(
@@ -123,19 +129,31 @@ class MemoryBroker(MemoryEventBus, Broker):
         self._delayed: list[tuple[float, int, str]] = []  # (eta, seq, id)
         self._idem: dict[tuple[str, str], str] = {}  # (queue, idempotency key) -> job id
         self._batches: dict[str, _Batch] = {}
+        # dependency id -> the dependents enqueued while it had not ended (see _release)
+        self._dependents: dict[str, list[str]] = {}
         self._seq = 0
         self._work = Notifier()  # keyed by queue
         self._done = Notifier()  # keyed by job id
         self._init_bus()
         self._leases: dict[str, tuple[str, float, float]] = {}  # name -> holder, until, renewed
+        # rate-limit key -> its period, and its starts oldest first
+        self._starts: dict[str, tuple[float, list[float]]] = {}
 
     # -- producing ------------------------------------------------------------------------
     async def enqueue(self, requests: Sequence[EnqueueRequest]) -> list[str]:
         now = time.time()
         with self._lock:
+            self._check_dependencies(requests)
             ids = [self._insert(req, now) for req in requests]
         self._work.notify({r.message.queue for r in requests})
         return ids
+
+    def _check_dependencies(self, requests: Sequence[EnqueueRequest]) -> None:
+        """Refuse the call (before anything is stored) if a job names an unknown dependency."""
+        for req in requests:
+            for dep in dependencies(req.message):
+                if dep not in self._rows:
+                    raise DependencyNotFound(dep)
 
     def _insert(
         self, req: EnqueueRequest, now: float, batch_id: str | None = None, payload: bytes = b""
@@ -168,14 +186,38 @@ class MemoryBroker(MemoryEventBus, Broker):
             row.idempotency_until = now + req.idempotency_window
             self._idem[(msg.queue, key)] = row.id
         self._rows[row.id] = row
-        self._place(row)
+        deps = dependencies(msg)
+        if deps:
+            self._wait_for(row, deps, now)
+        else:
+            self._place(row)
         return row.id
+
+    def _wait_for(self, row: _Row, deps: list[str], now: float) -> None:
+        """Place a new dependent: ended at once if a dependency failed or was cancelled,
+        waiting for the ones not ended yet, else as any job (caller holds the lock)."""
+        pending = []
+        for dep_id in deps:
+            dep = self._rows[dep_id]
+            if dep.state in (_S.FAILED, _S.CANCELLED):
+                self._end_for(row, dep, now)
+                return
+            if dep.state is not _S.SUCCEEDED:
+                pending.append(dep_id)
+        if not pending:
+            self._place(row)
+            return
+        row.state, row.eta = _S.SCHEDULED, None
+        row.waiting, row.message = len(pending), waiting_message(len(pending))
+        for dep_id in pending:
+            self._dependents.setdefault(dep_id, []).append(row.id)
 
     async def enqueue_batch(
         self, batch: BatchRecord, requests: Sequence[EnqueueRequest]
     ) -> list[str]:
         now = time.time()
         with self._lock:
+            self._check_dependencies(requests)
             ids = [r.message.id for r in requests]
             self._batches[batch.id] = _Batch(batch, ids, remaining=batch.total)
             for req in requests:
@@ -269,6 +311,8 @@ class MemoryBroker(MemoryEventBus, Broker):
         row.state = state
         row.finished_at = now
         row.lease_until = None
+        if row.waiting:  # a dependent that ended waiting (cancelled, or its dependency did)
+            row.waiting, row.message = 0, None
         ttl = self.options.dead_letter_ttl if state is _S.FAILED else self.options.result_ttl
         row.expires_at = now + ttl
         if row.callback_url is not None:  # the outbox entry, in the same step as the end
@@ -276,6 +320,29 @@ class MemoryBroker(MemoryEventBus, Broker):
         if row.batch_id is not None and not row.batch_counted:
             self._count(row, state, now)
         self._done.notify((row.id,))
+        self._release(row, state, now)
+
+    def _release(self, row: _Row, state: JobState, now: float) -> None:
+        """The dependents waiting for ``row``, which just ended ``state``: one dependency
+        fewer (the last one queues the dependent), or ended as it did, down their chain."""
+        for dependent_id in self._dependents.pop(row.id, ()):
+            dependent = self._rows.get(dependent_id)
+            if dependent is None or dependent.state is not _S.SCHEDULED or not dependent.waiting:
+                continue  # ended meanwhile (cancelled, or another dependency failed)
+            if state is not _S.SUCCEEDED:
+                self._end_for(dependent, row, now)
+                continue
+            dependent.waiting -= 1
+            dependent.message = waiting_message(dependent.waiting) if dependent.waiting else None
+            if not dependent.waiting:
+                dependent.state = _S.QUEUED
+                self._place(dependent)
+                self._work.notify((dependent.queue,))
+
+    def _end_for(self, row: _Row, dependency: _Row, now: float) -> None:
+        """End ``row`` as its ``dependency`` ended (failed or cancelled), saying why."""
+        row.errors.append(dependency_error(dependency.id, dependency.state, row.attempt))
+        self._end(row, dependency.state, now)
 
     def _count(self, row: _Row, state: JobState, now: float) -> None:
         """Count the first end of a batch's job; the last one queues the callback."""
@@ -522,12 +589,26 @@ class MemoryBroker(MemoryEventBus, Broker):
             if current is not None and current[0] == holder:
                 self._leases[name] = ("", 0.0, current[2])  # free; when it was held stays
 
+    async def throttle(self, key: str, limit: int, period: float) -> float:
+        now = time.time()
+        with self._lock:
+            _, known = self._starts.get(key, (period, []))
+            starts = [t for t in known if t > now - period]
+            at = next_start(now, starts, limit, period)
+            starts.append(at)
+            self._starts[key] = (period, starts)
+        return at - now
+
     async def purge(self) -> int:
         now = time.time()
         with self._lock:
+            for key, (period, starts) in list(self._starts.items()):
+                if starts[-1] <= now - period:  # its window is empty: forget the key
+                    del self._starts[key]
             gone = [r for r in self._rows.values() if (r.expires_at or now) < now]
             for row in gone:
                 del self._rows[row.id]
+                self._dependents.pop(row.id, None)
                 slot = (row.queue, row.idempotency_key or "")
                 if row.idempotency_key and self._idem.get(slot) == row.id:
                     del self._idem[slot]

@@ -26,6 +26,8 @@ open transaction: they exist, and their NOTIFY is delivered, only if the caller 
 
 Batches are counted by a trigger (migration 0003) in whatever statement ends a batch's job,
 so no write that ends a job can forget to; the one that ends the last inserts the callback.
+Dependencies likewise (migration 0005): a trigger releases a job's dependents when it ends,
+and the enqueue of a dependent hands it to ``dromos_add_dependencies`` in its transaction.
 """
 
 from __future__ import annotations
@@ -62,12 +64,13 @@ from dromos.brokers.base import (
     ProgressUpdate,
     QueueStats,
     WebhookDue,
+    dependencies,
     job_filters,
     job_status,
     webhook_attempt_json,
 )
 from dromos.brokers.postgres_events import PostgresEventBus, clean, error_json
-from dromos.errors import BrokerError, ConfigurationError
+from dromos.errors import BrokerError, ConfigurationError, DependencyNotFound
 from dromos.job import JobError, JobState, JobStatus, WebhookAttempt
 
 __all__ = ["PostgresBroker", "migrations"]
@@ -110,13 +113,18 @@ _FORGET_KEY = (
     "UPDATE {jobs} SET idempotency_key = NULL WHERE queue = %s AND idempotency_key = %s "
     "AND idempotency_until <= {now}"
 )
+# One job at a time: those with an idempotency key, and those with dependencies (which
+# dromos_add_dependencies of migration 0005 then looks at, once the row is in).
 _INSERT_KEYED = (
     "INSERT INTO {jobs} (id, task, queue, state, priority, eta, payload, created_at, "
-    "idempotency_key, idempotency_until, callback_url) VALUES (%(id)s, %(task)s, %(queue)s, "
-    "CASE WHEN %(eta)s::float8 > {now} THEN 'scheduled' ELSE 'queued' END, %(priority)s, "
-    "%(eta)s, %(payload)s, %(created)s, %(key)s, {now} + %(window)s, %(callback)s) "
-    "ON CONFLICT DO NOTHING RETURNING id"
+    "idempotency_key, idempotency_until, callback_url, batch_id) VALUES (%(id)s, %(task)s, "
+    "%(queue)s, CASE WHEN %(eta)s::float8 > {now} THEN 'scheduled' ELSE 'queued' END, "
+    "%(priority)s, %(eta)s, %(payload)s, %(created)s, %(key)s, "
+    "CASE WHEN %(key)s::text IS NULL THEN NULL ELSE {now} + %(window)s END, %(callback)s, "
+    "%(batch)s) ON CONFLICT DO NOTHING RETURNING id"
 )
+_ADD_DEPENDENCIES = "SELECT {schema}.dromos_add_dependencies(%s, %s::text[])"
+_KNOWN = "SELECT id FROM {jobs} WHERE id = ANY(%s::text[])"
 _NEW_BATCH = (
     "INSERT INTO {batches} (id, total, remaining, created_at, callback_id, callback_task, "
     "callback_queue, callback_priority, callback_head, callback_tail, callback_url) VALUES "
@@ -246,7 +254,8 @@ _PROGRESS = (
 _CANCEL_WAITING = (
     "WITH ended AS (UPDATE {jobs} j SET state = 'cancelled', finished_at = {now}, "
     "expires_at = {now} + %(ttl)s, hook_due = CASE WHEN j.callback_url IS NULL THEN NULL "
-    "ELSE {now} END WHERE j.id = %(id)s AND j.state IN ('scheduled', 'queued', 'retrying') "
+    "ELSE {now} END, message = CASE WHEN j.waiting > 0 THEN NULL ELSE j.message END, "
+    "waiting = 0 WHERE j.id = %(id)s AND j.state IN ('scheduled', 'queued', 'retrying') "
     "RETURNING j.id), " + _NOTIFY_ENDED + " "
     "SELECT (SELECT count(*) FROM ended), (SELECT count(*) FROM notified)"
 )
@@ -365,6 +374,7 @@ class PostgresBroker(PostgresEventBus, Broker):
             "groups": f"{quoted}.dromos_event_groups",
             "claims": f"{quoted}.dromos_event_claims",
             "leases": f"{quoted}.dromos_leases",
+            "rates": f"{quoted}.dromos_rate_starts",
             "batches": f"{quoted}.dromos_batches",
             "versions": f"{quoted}.dromos_schema_version",
             "schema": quoted,
@@ -653,7 +663,8 @@ class PostgresBroker(PostgresEventBus, Broker):
             headers = msg.headers
             key = headers.get("idempotency_key") if headers else None
             callback = headers.get("callback_url") if headers else None
-            if key is None:
+            deps = dependencies(msg) if headers else []
+            if key is None and not deps:
                 for name, value in zip(
                     plain,
                     (msg.id, msg.task, msg.queue, msg.priority, eta, req.payload, created,
@@ -666,16 +677,27 @@ class PostgresBroker(PostgresEventBus, Broker):
                     "id": msg.id, "task": msg.task, "queue": msg.queue, "eta": eta,
                     "priority": msg.priority, "payload": req.payload, "created": created,
                     "key": key, "window": req.idempotency_window, "callback": callback,
+                    "batch": batch_id, "deps": deps,
                 }))  # fmt: skip
+        wanted = list(dict.fromkeys(d for _, row in keyed for d in row["deps"]))
+        if wanted:  # refused before anything is written
+            await cur.execute(self._q(_KNOWN), (wanted,))
+            known = {r[0] for r in await cur.fetchall()}
+            for dep in wanted:
+                if dep not in known:
+                    raise DependencyNotFound(dep)
         if plain["ids"]:
             params = {**plain, "work": self.work_channel, "batch": batch_id}
             await cur.execute(self._q(_INSERT_MANY), params)
         woken: set[str] = set()
         for index, row in keyed:
-            await cur.execute(self._q(_FORGET_KEY), (row["queue"], row["key"]))
+            if row["key"] is not None:
+                await cur.execute(self._q(_FORGET_KEY), (row["queue"], row["key"]))
             await cur.execute(self._q(_INSERT_KEYED), row)
             if await cur.fetchone() is not None:
                 woken.add(row["queue"])
+                if row["deps"]:
+                    await self._add_dependencies(cur, row["id"], row["deps"])
                 continue
             # The key names a job (perhaps one another transaction just committed: this
             # statement's snapshot is newer than the insert's).
@@ -686,6 +708,14 @@ class PostgresBroker(PostgresEventBus, Broker):
         if woken:
             await cur.execute(_NOTIFY_QUEUES, (self.work_channel, sorted(woken)))
         return ids
+
+    async def _add_dependencies(self, cur: Cursor, job_id: str, deps: list[str]) -> None:
+        """Make the job just inserted wait for ``deps`` (or end it, or leave it ready), in
+        the same transaction: migration 0005's ``dromos_add_dependencies``."""
+        try:
+            await cur.execute(self._q(_ADD_DEPENDENCIES), (job_id, deps))
+        except psycopg.errors.NoDataFound as exc:  # one was deleted since the check above
+            raise DependencyNotFound(exc.diag.message_detail or "?") from None
 
     # -- batches ----------------------------------------------------------------------------
     # Counted by the trigger of migration 0003, in whatever statement ends a batch's job.
@@ -912,8 +942,15 @@ class PostgresBroker(PostgresEventBus, Broker):
             (name, holder),
         )
 
+    async def throttle(self, key: str, limit: int, period: float) -> float:
+        rows = await self._fetch(
+            "SELECT {schema}.dromos_throttle(%s, %s, %s)", (key, limit, period)
+        )
+        return float(rows[0][0])
+
     async def purge(self) -> int:
         async with self._cursor(transaction=True) as cur:
+            await cur.execute(self._q("DELETE FROM {rates} WHERE until <= {now}"))
             await cur.execute(  # a batch's record lives as long as its results
                 self._q("DELETE FROM {batches} WHERE finished_at < {now} - %s"),
                 (self.options.result_ttl,),

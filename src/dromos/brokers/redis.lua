@@ -12,6 +12,14 @@
 --   T:succeeded  zset / T:failed / T:cancelled: ended jobs, score expiry (ms)
 --   T:all        zset: every job id with score 0, for listing newest first (ids sort by time)
 --   T:idem:<key> string: the job id an idempotency key names, expiring with its window
+--   {<prefix>:__rate__:<key>}:rate  zset: one rate limit's window (dromos.rate), the starts
+--                handed out by time, expiring a period after its newest (script throttle)
+--   T:waiting    zset: dependents waiting for their dependencies (state scheduled, no eta),
+--                score 0; no claim readies them: the end of their last dependency does
+--   T:dependents:<id>  set: the dependents waiting for job <id> of this queue, each the JSON
+--                array [tag, id, work channel, done channel] of the dependent (on a single
+--                server a dependent may live in another queue; a Cluster refuses that);
+--                deleted by the script that ends job <id>, which sets its field dependents
 --
 --   T:outbox     zset: jobs whose completion webhook is due, score when (ms); a job enters
 --                it in the script that ends it, and leaves once delivered or given up
@@ -25,7 +33,9 @@
 --
 -- Job hash fields: id task queue state priority seq payload created_at eta attempt failures
 -- recoveries worker started_at finished_at expires_at progress message result errors cancel
--- idem callback (the webhook URL) webhooks (its attempts, a JSON array). Times are Unix ms. errors is a JSON array of {type, message, traceback,
+-- idem callback (the webhook URL) webhooks (its attempts, a JSON array), and for
+-- dependencies: waiting (a dependent's dependencies not ended yet) and dependents (1: some
+-- wait for this job). Times are Unix ms. errors is a JSON array of {type, message, traceback,
 -- attempt}, appended to as text. A lease's end is its score in T:running (nowhere else).
 -- Channels: <prefix>:work:<queue> (jobs became ready), <prefix>:done:<queue> (jobs ended,
 -- one message per script call: a MessagePack array id, status, id, status ... where status is
@@ -59,13 +69,16 @@ local function append_error(jk, err)
     redis.call('HSET', jk, 'errors', string.sub(errors, 1, -2) .. ',' .. err .. ']')
   end
 end
-local function make_ready(jk, id)
+local function make_ready(jk, id, tag)
   local f = redis.call('HMGET', jk, 'priority', 'seq')
   redis.call('HSET', jk, 'state', 'queued')
-  redis.call('ZADD', T .. ':ready', ready_score(f[1], f[2]), id)
+  redis.call('ZADD', (tag or T) .. ':ready', ready_score(f[1], f[2]), id)
 end
 -- Ended jobs of this call, by end state: {state = {expires, id, ...}}; done = their ids.
 local ended, done = {}, {}
+-- The same for jobs of other queues this call ended (dependents, on a single server):
+-- tag -> {ended = ..., done = ..., channel = that queue's done channel}.
+local others = {}
 -- The batch's callback gets the summary in place of its placeholder argument: every
 -- occurrence, found as plain text (no pattern), as SQLite's replace() does.
 local PLACEHOLDER = '"__dromos_batch_summary__"'
@@ -110,23 +123,81 @@ local function count_in_batch(jk, bk, state, now)
   redis.call('HINCRBY', bk, state, 1)
   if redis.call('HINCRBY', bk, 'remaining', -1) == 0 then complete_batch(bk, now) end
 end
+local finish  -- below: it and release() call each other, down a chain of dependents
+-- A dependent leaves the waiting ones (readied, or ended while it waited).
+local function stop_waiting(jk, tag, id)
+  redis.call('HSET', jk, 'waiting', 0)
+  redis.call('HDEL', jk, 'message')
+  redis.call('ZREM', tag .. ':waiting', id)
+end
+local function dependency_error(dep, state)
+  local kind = 'DependencyFailed'
+  if state == 'cancelled' then kind = 'DependencyCancelled' end
+  return cjson.encode({type = kind, message = 'dependency ' .. dep .. ' ended ' .. state,
+    attempt = 0})
+end
+-- Job id of queue tag just ended in state: each dependent still waiting for it has one
+-- dependency fewer (the last one readies it and wakes its queue), or, for a failed or
+-- cancelled end, ends as it did (with the same ttl), and so on down its own dependents.
+local function release(tag, id, state, now, ttl)
+  local dk = tag .. ':dependents:' .. id
+  local members = redis.call('SMEMBERS', dk)
+  redis.call('DEL', dk)
+  for _, member in ipairs(members) do
+    local x = cjson.decode(member)  -- tag, id, work channel, done channel
+    local xk = x[1] .. ':job:' .. x[2]
+    local f = redis.call('HMGET', xk, 'state', 'waiting')
+    if f[1] == 'scheduled' and tonumber(f[2] or '0') > 0 then
+      if state == 'succeeded' then
+        local left = redis.call('HINCRBY', xk, 'waiting', -1)
+        if left > 0 then
+          redis.call('HSET', xk, 'message', 'waiting for ' .. left .. ' job(s)')
+        else
+          stop_waiting(xk, x[1], x[2])
+          make_ready(xk, x[2], x[1])
+          redis.call('PUBLISH', x[3], '1')
+        end
+      else
+        stop_waiting(xk, x[1], x[2])
+        append_error(xk, dependency_error(id, state))
+        local home = nil
+        if x[1] ~= T then home = {x[1], x[4]} end
+        finish(xk, x[2], state, now, ttl, {}, nil, nil, nil, home)
+      end
+    end
+  end
+end
 -- extra: more fields of the same HSET (the result, on success). callback: whether the job
 -- has a webhook URL, when the caller read it already (nil: look). batch: the job's batch
--- key, when the caller read it already (false: none; nil: look). Every end of a job goes
--- through here, so this is where a batch counts it, in the same script.
-local function finish(jk, id, state, now, ttl, extra, callback, batch)
+-- key, when the caller read it already (false: none; nil: look). dependents: whether jobs
+-- wait for this one, likewise. home: nil for a job of this queue (T), else {tag, done
+-- channel} of the job's own queue. Every end of a job goes through here, so this is where a
+-- batch counts it and its dependents learn of it, in the same script.
+finish = function(jk, id, state, now, ttl, extra, callback, batch, dependents, home)
+  local tag, e, d = T, ended, done
+  if home then
+    tag = home[1]
+    local other = others[tag]
+    if not other then
+      other = {ended = {}, done = {}, channel = home[2]}
+      others[tag] = other
+    end
+    e, d = other.ended, other.done
+  end
   local expires = now + ttl
   redis.call('HSET', jk, 'state', state, 'finished_at', now, 'expires_at', expires, unpack(extra))
   redis.call('PEXPIREAT', jk, expires)
   if callback == nil then callback = redis.call('HEXISTS', jk, 'callback') == 1 end
-  if callback then redis.call('ZADD', T .. ':outbox', now, id) end  -- the webhook's outbox
+  if callback then redis.call('ZADD', tag .. ':outbox', now, id) end  -- the webhook's outbox
   if batch == nil then batch = redis.call('HGET', jk, 'batch') end
   if batch then count_in_batch(jk, batch, state, now) end
-  local set = ended[state]
-  if not set then set = {}; ended[state] = set end
+  local set = e[state]
+  if not set then set = {}; e[state] = set end
   set[#set + 1] = expires
   set[#set + 1] = id
-  done[#done + 1] = id
+  d[#d + 1] = id
+  if dependents == nil then dependents = redis.call('HEXISTS', jk, 'dependents') == 1 end
+  if dependents then release(tag, id, state, now, ttl) end
 end
 -- What a waiting caller reads of an ended job (redis.py builds its status from them).
 local STATUS_FIELDS = {'id', 'task', 'queue', 'state', 'progress', 'message', 'attempt',
@@ -138,30 +209,49 @@ local CARRY_LIMIT = 65536  -- a longer result is not carried: the caller reads i
 -- script runs atomically: a caller subscribing later reads the ended state itself). A
 -- Cluster broadcasts messages to every node, where NUMSUB sees only this node's listeners:
 -- there every call publishes, the ids only (CLUSTER is set when the scripts are loaded).
-local function publish_ended(channel)
-  for state, set in pairs(ended) do variadic('ZADD', T .. ':' .. state, set) end
-  if #done == 0 then return end
+local function publish_list(tag, e, d, channel)
+  for state, set in pairs(e) do variadic('ZADD', tag .. ':' .. state, set) end
+  if #d == 0 then return end
   local carry = not CLUSTER
   if carry and redis.call('PUBSUB', 'NUMSUB', channel)[2] == 0 then return end
   local msg = {}
-  for _, id in ipairs(done) do
+  for _, id in ipairs(d) do
     msg[#msg + 1] = id
-    local f = carry and redis.call('HMGET', jkey(id), unpack(STATUS_FIELDS))
+    local f = carry and redis.call('HMGET', tag .. ':job:' .. id, unpack(STATUS_FIELDS))
     if f and f[9] and #f[9] > CARRY_LIMIT then f = false end
     msg[#msg + 1] = f
   end
   redis.call('PUBLISH', channel, cmsgpack.pack(msg))
+end
+local function publish_ended(channel)
+  publish_list(T, ended, done, channel)
+  for tag, other in pairs(others) do publish_list(tag, other.ended, other.done, other.channel) end
+  ended, done, others = {}, {}, {}
 end
 
 --- enqueue
 -- ARGV: T, work channel, queue, then one MessagePack array of jobs, each an array:
 --   id task priority eta(ms or '') payload created_at(ms) idem_key('' for none) idem_window(ms)
 --   callback_url ('' for none)
+--   and, for a job with dependencies only, one more array: this queue's done channel, the
+--   result ttl(ms), the dead-letter ttl(ms), then per dependency its tag and its id.
 -- For the jobs of a batch, two more: the batch key, and the batch record to create (in the
 -- first queue's call; '' in the others) as one MessagePack array: id total ttl(ms) jobs,
 -- then the callback's id ('' for none) tag task queue priority payload channel url ('').
 local now = clock()
 local jobs = cmsgpack.unpack(ARGV[4])
+-- Dependencies are looked at before anything is written: one the broker does not know
+-- (never enqueued, or its retention passed) refuses the whole call.
+for _, job in ipairs(jobs) do
+  local deps = job[10]
+  if deps then
+    for k = 4, #deps, 2 do
+      if redis.call('EXISTS', deps[k] .. ':job:' .. deps[k + 1]) == 0 then
+        return redis.error_reply('DROMOS_NO_DEPENDENCY ' .. deps[k + 1])
+      end
+    end
+  end
+end
 local bk = ARGV[5] or ''
 if ARGV[6] and ARGV[6] ~= '' and redis.call('EXISTS', bk) == 0 then
   local b = cmsgpack.unpack(ARGV[6])
@@ -173,7 +263,8 @@ if ARGV[6] and ARGV[6] ~= '' and redis.call('EXISTS', bk) == 0 then
     if b[12] ~= '' then redis.call('HSET', bk, 'cb_url', b[12]) end
   end
 end
-local out, ready, scheduled, all = {}, {}, {}, {}
+local out, ready, scheduled, all, waiting = {}, {}, {}, {}, {}
+local done_channel = nil  -- set when a job ended at once (a dependency failed already)
 local seq = redis.call('INCRBY', T .. ':seq', #jobs) - #jobs
 for _, job in ipairs(jobs) do
   local id, task, prio, eta, key = job[1], job[2], job[3], job[4], job[7]
@@ -191,17 +282,25 @@ for _, job in ipairs(jobs) do
       seq = seq + 1
       local state = 'queued'
       if eta ~= '' and tonumber(eta) > now then state = 'scheduled' end
+      -- A dependent: the first dependency that failed or was cancelled (cause) ends it at
+      -- once; else it waits for those not ended yet (pending: tag, id, ...), if any.
+      local deps, cause, pending = job[10], nil, {}
+      if deps then
+        for k = 4, #deps, 2 do
+          local dep = redis.call('HGET', deps[k] .. ':job:' .. deps[k + 1], 'state')
+          if dep == 'failed' or dep == 'cancelled' then
+            if not cause then cause = {deps[k + 1], dep} end
+          elseif dep ~= 'succeeded' then
+            pending[#pending + 1] = deps[k]
+            pending[#pending + 1] = deps[k + 1]
+          end
+        end
+        if cause or #pending > 0 then state, eta = 'scheduled', '' end
+      end
       redis.call('HSET', jk, 'id', id, 'task', task, 'queue', ARGV[3], 'state', state,
         'priority', prio, 'seq', seq, 'payload', job[5], 'created_at', job[6],
         'attempt', 0, 'failures', 0, 'recoveries', 0, 'progress', 0)
       if eta ~= '' then redis.call('HSET', jk, 'eta', eta) end
-      if state == 'queued' then
-        ready[#ready + 1] = ready_score(prio, seq)
-        ready[#ready + 1] = id
-      else
-        scheduled[#scheduled + 1] = tonumber(eta)
-        scheduled[#scheduled + 1] = id
-      end
       all[#all + 1] = 0
       all[#all + 1] = id
       if key ~= '' then
@@ -210,6 +309,29 @@ for _, job in ipairs(jobs) do
       end
       if job[9] ~= '' then redis.call('HSET', jk, 'callback', job[9]) end
       if bk ~= '' then redis.call('HSET', jk, 'batch', bk) end
+      if cause then
+        append_error(jk, dependency_error(cause[1], cause[2]))
+        local ttl = deps[2]
+        if cause[2] == 'failed' then ttl = deps[3] end
+        done_channel = deps[1]
+        finish(jk, id, cause[2], now, tonumber(ttl), {}, job[9] ~= '', bk ~= '' and bk, false)
+      elseif #pending > 0 then
+        local n = #pending / 2
+        redis.call('HSET', jk, 'waiting', n, 'message', 'waiting for ' .. n .. ' job(s)')
+        waiting[#waiting + 1] = 0
+        waiting[#waiting + 1] = id
+        local member = cjson.encode({T, id, ARGV[2], deps[1]})
+        for k = 1, #pending, 2 do
+          redis.call('SADD', pending[k] .. ':dependents:' .. pending[k + 1], member)
+          redis.call('HSET', pending[k] .. ':job:' .. pending[k + 1], 'dependents', 1)
+        end
+      elseif state == 'queued' then
+        ready[#ready + 1] = ready_score(prio, seq)
+        ready[#ready + 1] = id
+      else
+        scheduled[#scheduled + 1] = tonumber(eta)
+        scheduled[#scheduled + 1] = id
+      end
     end
     out[#out + 1] = id
   end
@@ -217,7 +339,9 @@ end
 variadic('ZADD', T .. ':ready', ready)
 variadic('ZADD', T .. ':scheduled', scheduled)
 variadic('ZADD', T .. ':all', all)
+variadic('ZADD', T .. ':waiting', waiting)
 if #ready > 0 then redis.call('PUBLISH', ARGV[2], '1') end
+if done_channel then publish_ended(done_channel) end
 return out
 
 --- claim
@@ -295,15 +419,15 @@ local applied, settled, retrying = 0, {}, {}
 for _, o in ipairs(cmsgpack.unpack(ARGV[6])) do
   local id, attempt, state = o[1], o[2], o[3]
   local jk = jkey(id)
-  local f = redis.call('HMGET', jk, 'state', 'attempt', 'callback', 'batch')
-  local callback, batch = f[3] ~= false, f[4]
+  local f = redis.call('HMGET', jk, 'state', 'attempt', 'callback', 'batch', 'dependents')
+  local callback, batch, dependents = f[3] ~= false, f[4], f[5] ~= false
   if f[1] == 'running' and f[2] == attempt then
     applied = applied + 1
     settled[#settled + 1] = id
     if o[5] ~= '' then append_error(jk, o[5]) end
     if state == 'succeeded' then
       finish(jk, id, state, now, tonumber(ARGV[2]), {'result', o[4], 'progress', 1}, callback,
-        batch)
+        batch, dependents)
     elseif state == 'retrying' then
       redis.call('HINCRBY', jk, 'failures', 1)
       redis.call('HSET', jk, 'state', 'retrying', 'eta', o[6])
@@ -311,9 +435,9 @@ for _, o in ipairs(cmsgpack.unpack(ARGV[6])) do
       retrying[#retrying + 1] = id
     elseif state == 'failed' then
       redis.call('HINCRBY', jk, 'failures', 1)
-      finish(jk, id, state, now, tonumber(ARGV[3]), {}, callback, batch)
+      finish(jk, id, state, now, tonumber(ARGV[3]), {}, callback, batch, dependents)
     else
-      finish(jk, id, state, now, tonumber(ARGV[2]), {}, callback, batch)
+      finish(jk, id, state, now, tonumber(ARGV[2]), {}, callback, batch, dependents)
     end
   end
 end
@@ -382,6 +506,9 @@ if state == 'scheduled' or state == 'queued' or state == 'retrying' then
   local set = state
   if state == 'queued' then set = 'ready' end
   redis.call('ZREM', T .. ':' .. set, id)
+  if state == 'scheduled' and tonumber(redis.call('HGET', jk, 'waiting') or '0') > 0 then
+    stop_waiting(jk, T, id)
+  end
   finish(jk, id, 'cancelled', now, tonumber(ARGV[3]), {})
   publish_ended(ARGV[4])
   return 'cancelled'
@@ -487,3 +614,21 @@ return seen
 local key = T .. ':lease:' .. ARGV[2]
 if redis.call('GET', key) == ARGV[3] then redis.call('DEL', key) end
 return 1
+
+--- throttle
+-- ARGV: T, limit, period (ms). One rate-limit key's sliding-window log (dromos.rate): a
+-- sorted set of its starts by time (reservations may lie ahead), members from a counter.
+-- Reserves the next start (dromos.rate.next_start) and returns the ms until it.
+local key = T .. ':rate'
+local now, limit, period = clock(), tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - period)
+local at = now
+if redis.call('ZCARD', key) >= limit then
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  local nth = redis.call('ZRANGE', key, -limit, -limit, 'WITHSCORES')
+  at = math.max(now, tonumber(last[2]), tonumber(nth[2]) + period)
+end
+redis.call('ZADD', key, at, redis.call('INCR', key .. ':n'))
+redis.call('PEXPIREAT', key, at + period)  -- the log is empty once its newest start is out
+redis.call('PEXPIREAT', key .. ':n', at + period)
+return at - now

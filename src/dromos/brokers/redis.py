@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import re
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -42,6 +43,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from dromos.batch import BatchStatus
 from dromos.brokers._notify import Notifier
 from dromos.brokers.base import (
+    DEPENDS_ON_HEADER,
     BatchRecord,
     Broker,
     BrokerOptions,
@@ -53,12 +55,13 @@ from dromos.brokers.base import (
     ProgressUpdate,
     QueueStats,
     WebhookDue,
+    dependencies,
     job_status,
     webhook_attempt_json,
     webhook_attempts,
 )
 from dromos.brokers.redis_events import RedisEventBus
-from dromos.errors import BrokerError, ConfigurationError
+from dromos.errors import BrokerError, ConfigurationError, DependencyNotFound
 from dromos.job import JobError, JobState, JobStatus, WebhookAttempt
 from dromos.task import MAX_PRIORITY
 
@@ -91,6 +94,7 @@ _errors = msgspec.json.Decoder(list[JobError])
 _NO_MESSAGE = "\0"
 _STATE_SETS = {
     "scheduled": _S.SCHEDULED,
+    "waiting": _S.SCHEDULED,  # dependents waiting for their dependencies
     "ready": _S.QUEUED,
     "running": _S.RUNNING,
     "retrying": _S.RETRYING,
@@ -104,6 +108,7 @@ _MAX_CONNECTIONS = 1024
 _REMEMBERED = 100_000  # job ids whose queue an instance remembers (see RedisBroker._enqueued)
 _LEASES = "__leases__"  # the "queue" whose hash tag the named leases share
 _PRIORITY_UNIT = 2**40  # ready score = -priority * _PRIORITY_UNIT + seq (see redis.lua)
+_NO_DEPENDENCY = re.compile(r"DROMOS_NO_DEPENDENCY (\S+)")  # the enqueue script's refusal
 
 
 def _scripts(cluster: bool, file: str = "redis.lua") -> dict[str, str]:
@@ -449,16 +454,53 @@ class RedisBroker(RedisEventBus, Broker):
 
     # -- producing ------------------------------------------------------------------------
     async def enqueue(self, requests: Sequence[EnqueueRequest]) -> list[str]:
-        groups, batches = self._batches(requests)
+        groups, batches = self._batches(requests, await self._dependencies(requests))
         await self._register(groups)
         return self._stored(requests, groups, await self._enqueue(batches))
+
+    async def _dependencies(self, requests: Sequence[EnqueueRequest]) -> dict[int, list[Any]]:
+        """What the enqueue script needs of each job with dependencies (by request index):
+        its queue's done channel, the retention times, then each dependency's tag and id.
+
+        A dependency's queue is learned here (the script needs its tag): one the broker does
+        not know refuses the call before anything is sent. A Cluster keeps a dependent and its
+        dependencies in one slot, so it refuses a dependency in another queue.
+        """
+        wanted = {i: deps for i, r in enumerate(requests) if (deps := dependencies(r.message))}
+        if not wanted:
+            return {}
+        await self._state()  # learns whether the server is a Cluster
+        ids = {d for deps in wanted.values() for d in deps}
+        hints = {j: q for j in ids if (q := self._enqueued.get(j) or self._held.get(j))}
+        where = hints | await self._queue_of([j for j in ids if j not in hints])
+        opts = self.options
+        out: dict[int, list[Any]] = {}
+        for index, deps in wanted.items():
+            queue = requests[index].message.queue
+            args: list[Any] = [
+                self._done_channel(queue),
+                _ms(opts.result_ttl),
+                _ms(opts.dead_letter_ttl),
+            ]
+            for dep in deps:
+                if dep not in where:
+                    raise DependencyNotFound(dep)
+                if self._cluster and where[dep] != queue:
+                    raise ConfigurationError(
+                        f"on a Redis Cluster a job and its dependencies must be in one queue "
+                        f"(a dependent is counted down in its dependency's slot): {dep} is in "
+                        f"{where[dep]!r}, not {queue!r}"
+                    )
+                args += [self._tag(where[dep]), dep]
+            out[index] = args
+        return out
 
     def enqueue_blocking(self, requests: Sequence[EnqueueRequest]) -> list[str] | None:
         # A blocking caller sends the script from its own thread on a plain client: handing
         # the call to the portal's loop and back costs more than the round trip itself.
         sync = self._sync
-        if sync is None:
-            return None
+        if sync is None or any(DEPENDS_ON_HEADER in r.message.headers for r in requests):
+            return None  # dependencies are looked up first, on the loop
         groups, batches = self._batches(requests)
         try:
             new = set(groups) - self._queues
@@ -481,9 +523,10 @@ class RedisBroker(RedisEventBus, Broker):
         return self._stored(requests, groups, stored)
 
     def _batches(
-        self, requests: Sequence[EnqueueRequest]
+        self, requests: Sequence[EnqueueRequest], deps: dict[int, list[Any]] | None = None
     ) -> tuple[dict[str, list[int]], list[tuple[str, list[Any]]]]:
-        """The requests' indexes per queue, and the enqueue script's arguments per queue."""
+        """The requests' indexes per queue, and the enqueue script's arguments per queue
+        (``deps``: :meth:`_dependencies`)."""
         groups: dict[str, list[int]] = {}
         for index, req in enumerate(requests):
             groups.setdefault(req.message.queue, []).append(index)
@@ -493,13 +536,16 @@ class RedisBroker(RedisEventBus, Broker):
             for index in indexes:
                 req = requests[index]
                 msg = req.message
-                jobs.append((
+                job: tuple[Any, ...] = (
                     msg.id, msg.task, max(-MAX_PRIORITY, min(MAX_PRIORITY, msg.priority)),
                     _due_ms(msg.eta.timestamp()) if msg.eta is not None else "",
                     _text(req.payload), _ms(msg.created_at.timestamp()),
                     msg.headers.get("idempotency_key", ""), max(1, _ms(req.idempotency_window)),
                     msg.headers.get("callback_url", ""),
-                ))  # fmt: skip
+                )  # fmt: skip
+                if deps and index in deps:
+                    job += (deps[index],)
+                jobs.append(job)
             batches.append((queue, [self._work_channel(queue), queue, _pack(jobs)]))
         return groups, batches
 
@@ -528,7 +574,7 @@ class RedisBroker(RedisEventBus, Broker):
                 "on a Redis Cluster the jobs of a batch and its on_complete callback must all "
                 f"go to one queue (its count lives in that queue's slot), not {sorted(queues)}"
             )
-        groups, batches = self._batches(requests)
+        groups, batches = self._batches(requests, await self._dependencies(requests))
         home = requests[0].message.queue  # the first group's: it creates the record
         key = self._batch_key(home, batch.id)
         callback: tuple[Any, ...] = ("",) + ("",) * 7
@@ -589,18 +635,26 @@ class RedisBroker(RedisEventBus, Broker):
     async def _enqueue(self, batches: list[tuple[str, list[Any]]]) -> list[Any]:
         """One script call per queue; several queues in one MULTI/EXEC (all or none), except
         on a Cluster, where queues live in different slots and each is all or none alone."""
-        if len(batches) == 1 or self._cluster:
-            return [await self._call("enqueue", queue, *args) for queue, args in batches]
-        state = await self._state()
-        script = state.scripts["enqueue"]
         try:
-            async with state.client.pipeline(transaction=True) as pipe:
-                for queue, args in batches:
-                    tag = self._tag(queue)
-                    await script(keys=[f"{tag}:ready"], args=[tag, *args], client=pipe)
-                return list(await pipe.execute())
-        except RedisError as exc:
-            raise BrokerError(f"Redis at {self._safe_url} failed enqueue: {exc}") from exc
+            if len(batches) == 1 or self._cluster:
+                return [await self._call("enqueue", queue, *args) for queue, args in batches]
+            state = await self._state()
+            script = state.scripts["enqueue"]
+            try:
+                async with state.client.pipeline(transaction=True) as pipe:
+                    for queue, args in batches:
+                        tag = self._tag(queue)
+                        await script(keys=[f"{tag}:ready"], args=[tag, *args], client=pipe)
+                    return list(await pipe.execute())
+            except RedisError as exc:
+                raise BrokerError(f"Redis at {self._safe_url} failed enqueue: {exc}") from exc
+        except BrokerError as exc:
+            # The script found a dependency gone since _dependencies looked (its retention
+            # passed meanwhile): it wrote nothing.
+            missing = _NO_DEPENDENCY.search(str(exc.__cause__))
+            if missing is None:
+                raise
+            raise DependencyNotFound(missing.group(1)) from None
 
     # -- consuming ------------------------------------------------------------------------
     async def claim(
@@ -852,11 +906,11 @@ class RedisBroker(RedisEventBus, Broker):
         stats = []
         for queue in sorted(await self._known_queues()):
             tag = self._tag(queue)
-            counts = {}
+            counts: dict[str, int] = {}
             for name, job_state in _STATE_SETS.items():
                 n = await client.zcard(f"{tag}:{name}")
                 if n:
-                    counts[job_state.value] = int(n)
+                    counts[job_state.value] = counts.get(job_state.value, 0) + int(n)
             if counts:
                 stats.append(QueueStats(queue, counts))
         return stats
@@ -910,6 +964,11 @@ class RedisBroker(RedisEventBus, Broker):
 
     async def drop_lease(self, name: str, holder: str) -> None:
         await self._call("drop_lease", _LEASES, name, holder)
+
+    # -- rate limits: each key its own slot ({<prefix>:__rate__:<key>}), expiring when idle --
+    async def throttle(self, key: str, limit: int, period: float) -> float:
+        waited = await self._call("throttle", f"__rate__:{key}", limit, max(1, _ms(period)))
+        return int(waited) / 1000
 
     async def purge(self) -> int:
         gone = 0

@@ -47,12 +47,15 @@ from dromos.brokers.base import (
     ProgressUpdate,
     QueueStats,
     WebhookDue,
+    dependencies,
+    dependency_error,
     job_filters,
     job_status,
+    waiting_message,
     webhook_attempt_json,
 )
 from dromos.brokers.sqlite_events import SQLiteEventBus
-from dromos.errors import BrokerError, ConfigurationError
+from dromos.errors import BrokerError, ConfigurationError, DependencyNotFound
 from dromos.job import JobError, JobState, JobStatus, WebhookAttempt
 
 __all__ = ["SQLiteBroker"]
@@ -141,9 +144,10 @@ _PICK_ONE = (
 # Columns added since the first schema: files made before get them on open (NULL in old rows).
 _ADDED_COLUMNS = (
     ("callback_url", "TEXT"), ("webhooks", "TEXT"), ("hook_due", "REAL"), ("batch_id", "TEXT"),
-    ("batch_counted", "INTEGER NOT NULL DEFAULT 0"),
+    ("batch_counted", "INTEGER NOT NULL DEFAULT 0"), ("waiting", "INTEGER NOT NULL DEFAULT 0"),
+    ("dependents", "INTEGER NOT NULL DEFAULT 0"),
 )  # fmt: skip
-_SCHEMA_VERSION = "3"
+_SCHEMA_VERSION = "4"
 # Batches are counted by triggers, so that EVERY write that ends a job (a settle, a cancel, a
 # claim dead-lettering a poison job, and any written later) counts it in its own transaction:
 # the first terminal state of a batch's job brings its batch down by one, and the update that
@@ -173,6 +177,35 @@ _BATCH_TRIGGERS = (
     "'succeeded', NEW.succeeded, 'failed', NEW.failed, 'cancelled', NEW.cancelled)) AS BLOB), "
     f"coalesce(NEW.finished_at, {_NOW}), NEW.callback_url); END",
 )
+# Dependencies are released by a trigger for the same reason: whatever write first ends a job
+# that dependents wait for (flag ``dependents``) takes one dependency off each of them in its
+# own transaction, and the update that takes the last one queues the dependent; a failed or
+# cancelled end ends them as it ended (keeping its retention time), saying why in the same
+# words as dromos.brokers.base.dependency_error. That update ends jobs in turn, so the
+# trigger fires again for their dependents: the connection sets PRAGMA recursive_triggers
+# (the batch triggers do not need it and are not affected: they set no state).
+_ENDED = "('succeeded', 'failed', 'cancelled')"
+_WAITING_FOR = (
+    "state = 'scheduled' AND waiting > 0 AND id IN "
+    "(SELECT dependent FROM dromos_dependencies WHERE dependency = NEW.id)"
+)
+_DEPENDENCY_TRIGGER = (
+    "CREATE TRIGGER IF NOT EXISTS dromos_jobs_release AFTER UPDATE OF state ON dromos_jobs "
+    f"WHEN NEW.dependents AND NEW.state IN {_ENDED} AND OLD.state NOT IN {_ENDED} BEGIN "
+    "UPDATE dromos_jobs SET waiting = waiting - 1, "
+    "state = CASE WHEN waiting = 1 THEN 'queued' ELSE state END, message = CASE WHEN "
+    "waiting = 1 THEN NULL ELSE 'waiting for ' || (waiting - 1) || ' job(s)' END "
+    f"WHERE NEW.state = 'succeeded' AND {_WAITING_FOR}; "
+    "UPDATE dromos_jobs SET state = NEW.state, waiting = 0, message = NULL, "
+    f"finished_at = coalesce(NEW.finished_at, {_NOW}), expires_at = coalesce("
+    f"NEW.finished_at, {_NOW}) + coalesce(NEW.expires_at - NEW.finished_at, 0), "
+    f"hook_due = CASE WHEN callback_url IS NULL THEN NULL ELSE {_NOW} END, "
+    "errors = json_insert(coalesce(errors, '[]'), '$[#]', json_object('type', CASE NEW.state "
+    "WHEN 'failed' THEN 'DependencyFailed' ELSE 'DependencyCancelled' END, 'message', "
+    "'dependency ' || NEW.id || ' ended ' || NEW.state, 'attempt', attempt)) "
+    f"WHERE NEW.state <> 'succeeded' AND {_WAITING_FOR}; "
+    "DELETE FROM dromos_dependencies WHERE dependency = NEW.id; END"
+)
 
 
 def _migrate(db: sqlite3.Connection) -> None:
@@ -189,7 +222,7 @@ def _migrate(db: sqlite3.Connection) -> None:
         "CREATE INDEX IF NOT EXISTS dromos_jobs_batch ON dromos_jobs (batch_id, seq) "
         "WHERE batch_id IS NOT NULL"
     )
-    for trigger in _BATCH_TRIGGERS:
+    for trigger in (*_BATCH_TRIGGERS, _DEPENDENCY_TRIGGER):
         db.execute(trigger)
     db.execute("UPDATE dromos_meta SET value = ? WHERE key = 'schema_version'", (_SCHEMA_VERSION,))
 
@@ -209,6 +242,19 @@ def _status(row: sqlite3.Row | tuple[Any, ...]) -> JobStatus:
 def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
+
+
+def _check_dependencies(db: sqlite3.Connection, ids: list[str]) -> None:
+    """Refuse the enqueue (before anything is stored) if one of ``ids`` names no job."""
+    wanted = list(dict.fromkeys(ids))
+    found: set[str] = set()
+    for chunk in _chunks(wanted):
+        marks = ",".join("?" * len(chunk))
+        rows = db.execute(f"SELECT id FROM dromos_jobs WHERE id IN ({marks})", chunk)
+        found.update(r[0] for r in rows)
+    for job_id in wanted:
+        if job_id not in found:
+            raise DependencyNotFound(job_id)
 
 
 class SQLiteBroker(SQLiteEventBus, Broker):
@@ -285,6 +331,7 @@ class SQLiteBroker(SQLiteEventBus, Broker):
             if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                 db.execute("PRAGMA journal_mode = WAL")  # once per file: it is persistent
             db.execute(f"PRAGMA synchronous = {self.synchronous}")
+            db.execute("PRAGMA recursive_triggers = ON")  # dependencies, down a chain
             schema = resources.files("dromos.brokers").joinpath("sqlite_schema.sql").read_text()
             db.execute("BEGIN IMMEDIATE")
             for statement in schema.split(";\n"):
@@ -371,26 +418,31 @@ class SQLiteBroker(SQLiteEventBus, Broker):
             headers = msg.headers
             key = headers.get("idempotency_key") if headers else None
             callback = headers.get("callback_url") if headers else None
-            if key is None and callback is None:
+            deps = dependencies(msg) if headers else []
+            if key is None and callback is None and not deps:
                 plain += (msg.id, msg.task, msg.queue, state, msg.priority, eta, req.payload,
                           created)  # fmt: skip
             else:
                 row = (msg.id, msg.task, msg.queue, state, msg.priority, eta, req.payload,
                        created, key, now + req.idempotency_window, callback)  # fmt: skip
-                keyed.append((index, key, row))
+                keyed.append((index, key, row, deps))
         with self._write() as db:
+            _check_dependencies(db, [d for *_, deps in keyed for d in deps])
             step = 8 * _ROWS
             for start in range(0, len(plain), step):
                 values = plain[start : start + step]
                 db.execute(_INSERT_PLAIN + _MORE_PLAIN * (len(values) // 8 - 1), values)
-            for index, key, row in keyed:
+            for index, key, row, deps in keyed:
                 if key is not None:
                     db.execute(
                         "UPDATE dromos_jobs SET idempotency_key = NULL "
                         "WHERE queue = ? AND idempotency_key = ? AND idempotency_until <= ?",
                         (row[2], key, now),
                     )
-                if db.execute(_INSERT, row).rowcount == 0 and key is not None:
+                if db.execute(_INSERT, row).rowcount:
+                    if deps:
+                        self._wait_for(db, row[0], deps, now)
+                elif key is not None:
                     found = db.execute(
                         "SELECT id FROM dromos_jobs WHERE queue = ? AND idempotency_key = ?",
                         (row[2], key),
@@ -398,6 +450,48 @@ class SQLiteBroker(SQLiteEventBus, Broker):
                     if found is not None:
                         ids[index] = found[0]
         return ids
+
+    def _wait_for(self, db: sqlite3.Connection, job_id: str, deps: list[str], now: float) -> None:
+        """A new dependent, just inserted: ended at once if a dependency failed or was
+        cancelled, waiting for the ones not ended yet, else left as inserted."""
+        states: dict[str, str] = {}
+        for chunk in _chunks(deps):
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT id, state FROM dromos_jobs WHERE id IN ({marks})"
+            states.update(db.execute(sql, chunk).fetchall())
+        for dep in deps:
+            if dep not in states:
+                raise DependencyNotFound(dep)
+            if states[dep] in ("failed", "cancelled"):
+                ended = JobState(states[dep])
+                opts = self.options
+                ttl = opts.dead_letter_ttl if ended is _S.FAILED else opts.result_ttl
+                error = _json.encode(dependency_error(dep, ended, 0)).decode()
+                db.execute(
+                    "UPDATE dromos_jobs SET state = ?, finished_at = ?, expires_at = ?, "
+                    f"{_HOOK}, errors = json_insert(coalesce(errors, '[]'), '$[#]', json(?)) "
+                    "WHERE id = ?",
+                    (ended.value, now, now + ttl, now, error, job_id),
+                )
+                return
+        pending = [dep for dep in deps if states[dep] != "succeeded"]
+        if not pending:
+            return
+        db.execute(
+            "UPDATE dromos_jobs SET state = 'scheduled', eta = NULL, waiting = ?, message = ? "
+            "WHERE id = ?",
+            (len(pending), waiting_message(len(pending)), job_id),
+        )
+        db.executemany(
+            "INSERT OR IGNORE INTO dromos_dependencies (dependency, dependent) VALUES (?, ?)",
+            [(dep, job_id) for dep in pending],
+        )
+        for chunk in _chunks(pending):
+            marks = ",".join("?" * len(chunk))
+            db.execute(
+                f"UPDATE dromos_jobs SET dependents = 1 WHERE id IN ({marks}) AND dependents = 0",
+                chunk,
+            )
 
     async def enqueue_batch(
         self, batch: BatchRecord, requests: Sequence[EnqueueRequest]
@@ -422,7 +516,9 @@ class SQLiteBroker(SQLiteEventBus, Broker):
             msg = cb.message
             callback = (msg.id, msg.task, msg.queue, msg.priority, cb.payload,
                         msg.headers.get("callback_url"))  # fmt: skip
+        waits = [(r.message.id, deps) for r in requests if (deps := dependencies(r.message))]
         with self._write() as db:
+            _check_dependencies(db, [d for _, deps in waits for d in deps])
             db.execute(
                 "INSERT OR IGNORE INTO dromos_batches (id, total, remaining, created_at, "
                 "callback_id, callback_task, callback_queue, callback_priority, "
@@ -435,6 +531,8 @@ class SQLiteBroker(SQLiteEventBus, Broker):
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
+            for job_id, deps in waits:
+                self._wait_for(db, job_id, deps, now)
         return [r.message.id for r in requests]
 
     async def batch_status(self, batch_id: str) -> BatchStatus | None:
@@ -687,7 +785,8 @@ class SQLiteBroker(SQLiteEventBus, Broker):
         with self._write() as db:
             db.execute(
                 "UPDATE dromos_jobs SET state = 'cancelled', finished_at = ?, expires_at = ?, "
-                f"{_HOOK} WHERE id = ? AND state IN ('scheduled', 'queued', 'retrying')",
+                f"{_HOOK}, message = CASE WHEN waiting > 0 THEN NULL ELSE message END, "
+                "waiting = 0 WHERE id = ? AND state IN ('scheduled', 'queued', 'retrying')",
                 (now, now + self.options.result_ttl, now, job_id),
             )
             db.execute(
@@ -807,10 +906,36 @@ class SQLiteBroker(SQLiteEventBus, Broker):
 
         await self._run(drop)
 
+    async def throttle(self, key: str, limit: int, period: float) -> float:
+        def reserve() -> float:
+            with self._write() as db:
+                now = time.time()  # once the write lock is ours: waiting for it made no start
+                db.execute(
+                    "DELETE FROM dromos_rate_starts WHERE key = ? AND until <= ?", (key, now)
+                )
+                last = db.execute(
+                    "SELECT max(at) FROM dromos_rate_starts WHERE key = ?", (key,)
+                ).fetchone()[0]
+                nth = db.execute(  # the limit-th newest start, if there are that many
+                    "SELECT at FROM dromos_rate_starts WHERE key = ? ORDER BY at DESC "
+                    "LIMIT 1 OFFSET ?",
+                    (key, limit - 1),
+                ).fetchone()
+                at = now if nth is None else max(now, last, nth[0] + period)
+                db.execute(
+                    "INSERT INTO dromos_rate_starts (key, at, until) VALUES (?, ?, ?)",
+                    (key, at, at + period),
+                )
+            return at - now
+
+        wait: float = await self._run(reserve)
+        return wait
+
     async def purge(self) -> int:
         def _purge() -> int:
             now = time.time()
             with self._write() as db:
+                db.execute("DELETE FROM dromos_rate_starts WHERE until <= ?", (now,))
                 db.execute(  # a batch's record lives as long as its results
                     "DELETE FROM dromos_batches WHERE finished_at < ?",
                     (now - self.options.result_ttl,),

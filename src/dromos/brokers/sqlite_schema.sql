@@ -22,8 +22,14 @@
 --   batch_id        the batch the job belongs to (NULL: none)
 --   batch_counted   1 once its first end was counted in its batch (a replayed job's next end
 --                   is not); both added, with the batch triggers, by sqlite.py's _migrate
+--   waiting         a dependent's dependencies not ended yet: > 0 only while it is scheduled
+--                   for them (no eta); the end of its last one queues it
+--   dependents      1 once a dependent waits for this job: only then does its end look at
+--                   dromos_dependencies; both added, with the dependency trigger, by _migrate
 -- dromos_batches  one row per batch: its counts, and the callback job the trigger inserts
 --                 when remaining reaches 0 (see sqlite.py's _BATCH_TRIGGERS)
+-- dromos_dependencies  one row per (dependency, dependent) still to resolve: deleted by the
+--                 trigger that ends the dependency (sqlite.py's _DEPENDENCY_TRIGGER)
 -- dromos_meta     key/value: schema_version
 --
 -- Indexes are partial so that each hot query touches only the rows it can want:
@@ -57,7 +63,9 @@ CREATE TABLE IF NOT EXISTS dromos_jobs (
     webhooks          TEXT,
     hook_due          REAL,
     batch_id          TEXT,
-    batch_counted     INTEGER NOT NULL DEFAULT 0
+    batch_counted     INTEGER NOT NULL DEFAULT 0,
+    waiting           INTEGER NOT NULL DEFAULT 0,
+    dependents        INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS dromos_jobs_ready
     ON dromos_jobs (queue, priority DESC, seq) WHERE state = 'queued';
@@ -86,6 +94,11 @@ CREATE TABLE IF NOT EXISTS dromos_batches (
     callback_payload  BLOB,     -- holds the summary placeholder
     callback_url      TEXT
 );
+CREATE TABLE IF NOT EXISTS dromos_dependencies (
+    dependency TEXT NOT NULL,
+    dependent  TEXT NOT NULL,
+    PRIMARY KEY (dependency, dependent)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dromos_meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -126,3 +139,11 @@ CREATE TABLE IF NOT EXISTS dromos_leases (
     until   REAL NOT NULL,
     renewed REAL NOT NULL   -- when it was last taken or renewed (kept when it runs out)
 );
+-- Rate limits (dromos.rate): the starts handed out per key, each kept until its window ends.
+CREATE TABLE IF NOT EXISTS dromos_rate_starts (
+    key   TEXT NOT NULL,
+    at    REAL NOT NULL,  -- when the start is (a reservation may lie in the future)
+    until REAL NOT NULL   -- at + the limit's period: after it the start counts no more
+);
+CREATE INDEX IF NOT EXISTS dromos_rate_starts_key ON dromos_rate_starts (key, at);
+CREATE INDEX IF NOT EXISTS dromos_rate_starts_until ON dromos_rate_starts (until);

@@ -21,9 +21,15 @@ from starlette.responses import Response, StreamingResponse
 
 from dromos.app import App
 from dromos.batch import Batch
-from dromos.errors import ConfigurationError, JobNotFound, UnknownTaskError, ValidationError
+from dromos.errors import (
+    ConfigurationError,
+    DependencyNotFound,
+    JobNotFound,
+    UnknownTaskError,
+    ValidationError,
+)
 from dromos.http.auth import Scope
-from dromos.http.enqueue import read_model
+from dromos.http.enqueue import read_model, unknown_dependency
 from dromos.http.guard import Guard
 from dromos.http.openapi import json_body
 from dromos.http.problems import ProblemError, field_errors
@@ -97,7 +103,13 @@ def _call(app: App, job: BatchJob, where: tuple[Any, ...]) -> Call[Any]:
                 ]
             ),
         )
-    bound = task.options(delay=o.delay, priority=o.priority, callback_url=o.callback_url)
+    try:
+        bound = task.options(
+            delay=o.delay, priority=o.priority, callback_url=o.callback_url,
+            depends_on=o.depends_on,
+        )  # fmt: skip
+    except ConfigurationError as exc:
+        raise ProblemError(422, str(exc), errors=[]) from None
     call = Call(task, tuple(job.args), dict(job.kwargs), bound.opts)
     try:
         task.request(call, app.idempotency_window)  # checked here, to say which job
@@ -152,6 +164,16 @@ def batches_router(app: App, guard: Guard) -> APIRouter:
             callback = Call(task, tuple(done.args), dict(done.kwargs))
         try:
             batch = await app.abatch(calls, on_complete=callback)
+        except DependencyNotFound as exc:
+            where = next(
+                (i for i, j in enumerate(body.jobs) if exc.job_id in (j.options.depends_on or ())),
+                None,
+            )
+            place: tuple[str | int, ...] = (
+                ("jobs", where, "options", "depends_on") if where is not None else ("jobs",)
+            )
+            ids = body.jobs[where].options.depends_on if where is not None else None
+            raise unknown_dependency(exc, place, ids) from None
         except ValidationError as exc:
             raise ProblemError(422, str(exc), errors=field_errors(exc.errors)) from None
         except ConfigurationError as exc:

@@ -27,7 +27,12 @@ from fastapi import APIRouter, Depends, Header, Path, Request
 from starlette.responses import Response
 
 from dromos.app import App
-from dromos.errors import ConfigurationError, UnknownTaskError, ValidationError
+from dromos.errors import (
+    ConfigurationError,
+    DependencyNotFound,
+    UnknownTaskError,
+    ValidationError,
+)
 from dromos.http.auth import Scope
 from dromos.http.guard import Guard
 from dromos.http.openapi import ACCEPTED_HEADERS, json_body, task_body
@@ -37,7 +42,14 @@ from dromos.http.schemas import JobRequest
 from dromos.http.settings import GatewaySettings
 from dromos.job import JobState, JobStatus
 
-__all__ = ["enqueue_router", "job_location", "read_json", "read_model", "respond_with_status"]
+__all__ = [
+    "enqueue_router",
+    "job_location",
+    "read_json",
+    "read_model",
+    "respond_with_status",
+    "unknown_dependency",
+]
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 
@@ -140,6 +152,21 @@ def _options_located(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def unknown_dependency(
+    exc: DependencyNotFound, where: tuple[str | int, ...], ids: list[str] | None
+) -> ProblemError:
+    """The 422 of an enqueue refused for a dependency the broker does not know, naming the
+    place in the body (``options.depends_on.<i>``)."""
+    loc = (*where, ids.index(exc.job_id)) if ids and exc.job_id in ids else where
+    return ProblemError(
+        422,
+        str(exc),
+        slug="unknown-dependency",
+        title="A dependency names no job",
+        errors=field_errors([{"loc": loc, "msg": str(exc), "type": "unknown_dependency"}]),
+    )
+
+
 def _idempotency_key(envelope: JobRequest, header: str | None) -> str | None:
     option = envelope.options.idempotency_key
     if header is not None and option is not None and header != option:
@@ -173,6 +200,7 @@ def _enqueuer(app: App, settings: GatewaySettings) -> Callable[..., Awaitable[Re
                 priority=options.priority,
                 idempotency_key=_idempotency_key(envelope, idempotency_key),
                 callback_url=options.callback_url,
+                depends_on=options.depends_on,
             )
             job = await bound.aenqueue(*envelope.args, **envelope.kwargs)
         except ValidationError as exc:
@@ -181,6 +209,8 @@ def _enqueuer(app: App, settings: GatewaySettings) -> Callable[..., Awaitable[Re
                 422, str(exc), slug="invalid-arguments", title="The arguments do not fit the "
                 "task's signature", errors=errors,
             ) from None  # fmt: skip
+        except DependencyNotFound as exc:
+            raise unknown_dependency(exc, ("options", "depends_on"), options.depends_on) from None
         except ConfigurationError as exc:
             raise ProblemError(422, str(exc), errors=[]) from None
         prefer = parse_prefer(request.headers.getlist("prefer"), settings.max_wait)

@@ -13,21 +13,13 @@ stream of one-off clients cannot grow memory without bound.
 from __future__ import annotations
 
 import math
-import re
 import threading
 import time
 from dataclasses import dataclass
 
-from dromos.errors import ConfigurationError
+from dromos.rate import split_rate
 
 __all__ = ["Rate", "RateLimiter", "parse_rate"]
-
-_UNITS = {
-    "s": 1.0, "sec": 1.0, "second": 1.0,
-    "m": 60.0, "min": 60.0, "minute": 60.0,
-    "h": 3600.0, "hour": 3600.0,
-}  # fmt: skip
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)?\s*([a-z]+)\s*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,16 +35,7 @@ class Rate:
 
 def parse_rate(text: str) -> Rate:
     """``"100/s"``, ``"6000/min"``, ``"10/5s"``, ``"1000/hour"`` as a :class:`Rate`."""
-    match = _RATE.match(text.lower())
-    unit = _UNITS.get(match.group(3)) if match else None
-    if match is None or unit is None:
-        raise ConfigurationError(
-            f"rate limit {text!r}: write REQUESTS/PERIOD, e.g. 100/s, 6000/min or 10/5s"
-        )
-    tokens, period = float(match.group(1)), float(match.group(2) or 1) * unit
-    if tokens <= 0 or period <= 0:
-        raise ConfigurationError(f"rate limit {text!r}: both numbers must be positive")
-    return Rate(tokens, period)
+    return Rate(*split_rate(text))
 
 
 class RateLimiter:

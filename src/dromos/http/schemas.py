@@ -16,7 +16,7 @@ import inspect
 import re
 import typing
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import pydantic
@@ -31,6 +31,9 @@ __all__ = ["MAX_DELAY", "JobOptions", "JobRequest", "task_request_models"]
 MAX_DELAY = 366 * 86400.0
 
 _P = inspect.Parameter
+
+#: A job id as options name one (the ``depends_on`` header joins them with commas).
+_JobId = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^,]+$")]
 
 
 class JobOptions(BaseModel):
@@ -63,6 +66,13 @@ class JobOptions(BaseModel):
         pattern=r"^[hH][tT][tT][pP][sS]?://[^/?#\s]+",
         description="An http(s) URL told of the job's end.",
         json_schema_extra={"format": "uri"},
+    )
+    depends_on: list[_JobId] | None = Field(
+        default=None,
+        max_length=1000,
+        description="Ids of jobs already enqueued that must all succeed first: the job waits "
+        "`scheduled` until then, and ends failed (or cancelled) without running if one of "
+        "them does. Not with `delay`.",
     )
 
     @field_validator("callback_url")

@@ -36,7 +36,7 @@ from dromos.context import JobContext, reset_current, set_current
 from dromos.errors import ConfigurationError, Retry, ValidationError
 from dromos.events.lifecycle import job_event
 from dromos.job import JobError, JobState
-from dromos.message import DecodeError, decode
+from dromos.message import DecodeError, Message, decode
 from dromos.webhooks import Deliverer
 from dromos.worker.executors import Executors
 
@@ -49,6 +49,10 @@ if TYPE_CHECKING:
 __all__ = ["Worker"]
 
 log = logging.getLogger("dromos.worker")
+#: A job ready to run: its envelope, its task, and its arguments loaded.
+_Ready = tuple[Message, "Task[Any, Any]", list[Any], dict[str, Any]]
+#: A job of a batch task waiting for its batch's call, and where its outcome will be set.
+_Entry = tuple["_Run", _Ready, "asyncio.Future[Outcome]"]
 _S = JobState
 _TRACEBACK_LIMIT = 16_000
 
@@ -132,6 +136,11 @@ class Worker:
             )
         self.subscribers = [s for s in app.subscribers if groups is None or s.group in groups]
         self.capacity = concurrency + (concurrency if prefetch is None else max(0, prefetch))
+        sizes = [
+            t.batch_size for t in app.tasks.values() if t.batch_size and t.queue in self.queues
+        ]
+        if any(sizes):  # room to hold a whole batch beside the jobs running
+            self.capacity = max(self.capacity, concurrency + max(sizes))
         self.lease = app.lease if lease is None else lease
         self.heartbeat = min(self.lease / 3, 1.0)
         self.grace = grace
@@ -152,6 +161,11 @@ class Worker:
         self.event_runner: EventRunner | None = None
         self.schedules = schedules  # whether this worker may fire the periodic tasks
         self.scheduler: Scheduler | None = None
+        # Batch consumption: per task, the jobs gathered for its next call, and its timer.
+        self._gathering: dict[str, list[_Entry]] = {}
+        self._gathered = 0  # jobs gathered (held, not busy: the fetcher claims beside them)
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._batch_calls: set[asyncio.Task[None]] = set()
 
     # -- control --------------------------------------------------------------------------
     def stop(self, *, now: bool = False) -> None:
@@ -211,7 +225,7 @@ class Worker:
             await asyncio.gather(flusher, return_exceptions=True)
             self._stopping.set()  # the subscribers stop too, when the jobs failed
             await asyncio.gather(events, scheduling, return_exceptions=True)
-            await _cancel_all(background)
+            await _cancel_all([*background, *self._batch_calls])
             if self._to_release:
                 await broker.release(self._to_release)
                 self.counts["released"] += len(self._to_release)
@@ -271,7 +285,8 @@ class Worker:
         while not self._stopping.is_set():
             # Claim only when the prefetch buffer has run low, so that batches stay large.
             # Also wait when full (prefetch=0): a claim of 0 jobs would idle until new work.
-            if len(self._running) > self.concurrency or len(self._running) >= self.capacity:
+            busy = len(self._running) - self._gathered
+            if busy > self.concurrency or len(self._running) >= self.capacity:
                 self._room.clear()
                 await self._until_stopped(self._room.wait(), self._stopping)
                 continue
@@ -344,9 +359,18 @@ class Worker:
     async def _execute(self, run: _Run) -> None:
         outcome: Outcome | None = None
         try:
-            async with self._slots:
-                run.started = True
-                outcome = await self._attempt(run)
+            ready = self._prepare(run)
+            if isinstance(ready, Outcome):
+                outcome = ready
+            else:
+                task = ready[1]
+                if task.rate_limit is not None:  # waits for its turn without taking a slot
+                    outcome = await self._throttle(run, ready)
+                if outcome is None and task.batch_size:
+                    outcome = await self._gather(run, ready)
+                elif outcome is None:
+                    async with self._slots:
+                        outcome = await self._attempt(run, ready)
         except asyncio.CancelledError:
             if run.reason is None:
                 raise
@@ -370,7 +394,8 @@ class Worker:
             self._flush_wanted.set()
             self.counts[outcome.state.value] += 1
 
-    async def _attempt(self, run: _Run) -> Outcome:
+    def _prepare(self, run: _Run) -> Outcome | _Ready:
+        """Decode the job and load its arguments, or the outcome of a job that cannot run."""
         d = run.delivery
         try:
             msg = decode(d.payload)
@@ -388,21 +413,63 @@ class Worker:
             args, kwargs = task.signature.load(msg.args, msg.kwargs)
         except ValidationError as exc:
             return self._ended(d, _S.FAILED, "InvalidArguments", str(exc))
-        ctx = run.ctx = JobContext(
+        run.ctx = JobContext(
             d.job_id, task.name, queue=msg.queue, attempt=d.attempt, headers=msg.headers,
             report=self._report,
         )  # fmt: skip
+        return msg, task, args, kwargs
+
+    async def _throttle(self, run: _Run, ready: _Ready) -> Outcome | None:
+        """Wait for the start the broker reserves under the task's rate limit (dromos.rate);
+        an outcome instead if the job cannot be limited (its key function raised)."""
+        msg, task, args, kwargs = ready
+        limit, backoff = task.rate_limit, 0.1
+        assert limit is not None
+        try:
+            key = task.rate_key_of(args, kwargs)
+        except Exception as exc:
+            return self._failure(run, task, msg.max_attempts, exc)
+        while True:
+            try:
+                wait = await self._broker.throttle(key, limit.count, limit.period)
+                break
+            except NotImplementedError as exc:
+                return self._ended(run.delivery, _S.FAILED, "ConfigurationError", str(exc))
+            except Exception as exc:  # as for a failed claim: back off, never lose the job
+                log.warning(
+                    "rate limit of %s unknown (%s); asking again in %.1fs", key, exc, backoff
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        if wait > 0:
+            self.counts["throttled"] += 1
+            await asyncio.sleep(wait)
+        return None
+
+    def _started(self, run: _Run, task: Task[Any, Any]) -> None:
+        run.started = True
         if task.events:
-            self._eventful[d.job_id] = task
-            self._announce("started", d.job_id, d.attempt)
+            self._eventful[run.delivery.job_id] = task
+            self._announce("started", run.delivery.job_id, run.delivery.attempt)
+
+    async def _attempt(self, run: _Run, ready: _Ready) -> Outcome:
+        msg, task, args, kwargs = ready
+        assert run.ctx is not None
+        self._started(run, task)
         timeout = msg.timeout if msg.timeout is not None else task.timeout
         try:
-            result = await self._call(task, ctx, args, kwargs, timeout)
+            result = await self._call(task, run.ctx, args, kwargs, timeout)
             payload = task.signature.dump_result(result)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             return self._failure(run, task, msg.max_attempts, exc)
+        return await self._succeeded(run, task, msg, payload)
+
+    async def _succeeded(
+        self, run: _Run, task: Task[Any, Any], msg: Message, payload: bytes
+    ) -> Outcome:
+        d = run.delivery
         if CHAIN_HEADER in msg.headers:
             # The next step is queued before this one is reported ended: a worker dying in
             # between runs this step again, and the next step's idempotency key keeps it one.
@@ -413,6 +480,94 @@ class Worker:
             except Exception as exc:
                 return self._failure(run, task, msg.max_attempts, exc)
         return Outcome(d.job_id, d.attempt, _S.SUCCEEDED, result=payload)
+
+    # -- batch consumption (``batch_size=``): one call for many jobs, an outcome for each ----
+    async def _gather(self, run: _Run, ready: _Ready) -> Outcome:
+        """Wait, without a slot, until the task's batch is full or ``batch_wait`` passed since
+        its first job came; then the batch is called and this job gets its own outcome."""
+        task = ready[1]
+        entry: _Entry = (run, ready, asyncio.get_running_loop().create_future())
+        waiting = self._gathering.setdefault(task.name, [])
+        waiting.append(entry)
+        self._gathered += 1
+        if len(waiting) >= task.batch_size:
+            self._call_batch(task)
+        elif task.name not in self._timers:
+            loop = asyncio.get_running_loop()
+            self._timers[task.name] = loop.call_later(task.batch_wait, self._call_batch, task)
+        try:
+            return await entry[2]
+        finally:
+            if entry in self._gathering.get(task.name, ()):  # interrupted before its call
+                self._gathering[task.name].remove(entry)
+                self._gathered -= 1
+
+    def _call_batch(self, task: Task[Any, Any]) -> None:
+        timer = self._timers.pop(task.name, None)
+        if timer is not None:
+            timer.cancel()
+        entries = self._gathering.pop(task.name, [])
+        self._gathered -= len(entries)
+        if entries:
+            call = asyncio.create_task(self._run_batch(task, entries))
+            self._batch_calls.add(call)
+            call.add_done_callback(self._batch_calls.discard)
+        self._room.set()  # the jobs gathered now count as busy, or were handed out
+
+    async def _run_batch(self, task: Task[Any, Any], entries: list[_Entry]) -> None:
+        async with self._slots:
+            live = [e for e in entries if not e[2].done()]
+            if not live:
+                return
+            runs = [run for run, _, _ in live]
+            for run in runs:
+                self._started(run, task)
+
+            def report(_: JobContext, fraction: float, message: str | None) -> None:
+                for run in runs:  # the batch's progress is each of its jobs' progress
+                    assert run.ctx is not None
+                    self._report(run.ctx, fraction, message)
+
+            first = runs[0].ctx
+            assert first is not None
+            ctx = JobContext(first.id, task.name, queue=first.queue, attempt=first.attempt,
+                             headers=first.headers, report=report)  # fmt: skip
+            items = [ready[2][0] for _, ready, _ in live]  # each job's one argument
+            try:
+                results = await self._call(task, ctx, [items], {}, task.timeout)
+                outcomes = await self._batch_outcomes(task, live, results)
+            except Exception as exc:
+                outcomes = [self._failure(run, task, ready[0].max_attempts, exc)
+                            for run, ready, _ in live]  # fmt: skip
+        for (_, _, done), outcome in zip(live, outcomes, strict=True):
+            if not done.done():  # else interrupted meanwhile (cancelled, lease lost)
+                done.set_result(outcome)
+
+    async def _batch_outcomes(
+        self, task: Task[Any, Any], live: list[_Entry], results: Any
+    ) -> list[Outcome]:
+        """One outcome per job from the batch's return value: a list with one result per
+        item, in order (an exception in it fails that job alone), or None for all."""
+        if results is None:
+            results = [None] * len(live)
+        if not isinstance(results, list | tuple) or len(results) != len(live):
+            got = f"{len(results)} results" if isinstance(results, list | tuple) else repr(results)
+            raise TypeError(
+                f"batch task {task.name!r} returned {got[:200]} for {len(live)} item(s): "
+                "return a list with one result per item, in order, or None"
+            )
+        outcomes = []
+        for (run, ready, _), result in zip(live, results, strict=True):
+            if isinstance(result, Exception):
+                outcomes.append(self._failure(run, task, ready[0].max_attempts, result))
+                continue
+            try:
+                payload = task.signature.dump_result(result)
+            except Exception as exc:
+                outcomes.append(self._failure(run, task, ready[0].max_attempts, exc))
+                continue
+            outcomes.append(await self._succeeded(run, task, ready[0], payload))
+        return outcomes
 
     async def _call(
         self,
