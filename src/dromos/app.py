@@ -521,14 +521,15 @@ class App:
     def enqueue_many(self, calls: Iterable[Call[Any]]) -> list[Job[Any]]:
         """Blocking twin of :meth:`aenqueue_many`."""
         calls = list(calls)
-        if _connection(calls) is not None:
-            raise ConfigurationError(
-                "connection= enqueues in your transaction from asyncio: use aenqueue / "
-                "aenqueue_many with an async connection"
-            )
         requests = self._requests(calls)
         if not requests:
             return []
+        connection = _connection(calls)
+        if connection is not None:  # in the caller's transaction, in the caller's thread
+            if not self._opened:
+                self.portal.call(self.abroker)  # connects (and migrates) the broker
+            held = self.broker.enqueue_in_blocking(connection, requests)
+            return [c.task.handle(i) for c, i in zip(calls, held, strict=True)]
         # A broker that can insert in this thread spares the hop to the portal and back;
         # the first call goes through the portal, which connects the broker.
         ids = self.broker.enqueue_blocking(requests) if self._opened else None

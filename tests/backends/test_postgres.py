@@ -107,6 +107,39 @@ async def test_a_job_enqueued_in_a_committed_transaction_runs_with_the_rows_besi
     assert [s.id for s in await broker.jobs()] == [job.id]
 
 
+async def test_a_blocking_connection_enqueues_in_its_transaction_too(
+    app: dromos.App, workers: Workers, backend: Target
+) -> None:
+    orders = f'"{_schema(backend)}".orders'
+
+    @app.task
+    async def confirm(order: int) -> str:
+        return f"order {order} confirmed"
+
+    def produce() -> tuple[str, str, str]:  # plain code: Django's or SQLAlchemy's thread
+        with psycopg.connect(POSTGRES_DSN) as c:  # the app has not connected yet
+            with c.transaction():
+                kept = confirm.options(connection=c).enqueue(7)  # connects, migrates first
+                c.execute(f"CREATE TABLE {orders} (id int PRIMARY KEY)")
+                c.execute(f"INSERT INTO {orders} VALUES (7)")
+            with c.transaction():
+                dropped = confirm.options(connection=c).enqueue(8)
+                raise psycopg.Rollback()
+            again = confirm.options(connection=c, idempotency_key="order-7").enqueue(7)
+            twice = confirm.options(connection=c, idempotency_key="order-7").enqueue(7)
+            c.commit()
+            assert twice.id == again.id
+            return kept.id, dropped.id, again.id
+
+    kept, dropped, again = await asyncio.to_thread(produce)
+    workers.start(app)
+    assert await app.job(kept).aresult(timeout=10) == "order 7 confirmed"
+    assert await app.job(again).aresult(timeout=10) == "order 7 confirmed"
+    broker = await app.abroker()
+    assert await broker.status(dropped) is None
+    assert len(await broker.jobs()) == 2
+
+
 async def test_enqueue_in_keeps_idempotency_keys_and_order(
     make_broker: MakeBroker, conn: Any
 ) -> None:

@@ -448,6 +448,13 @@ class Broker(abc.ABC):
             "that needs the PostgreSQL broker"
         )
 
+    def enqueue_in_blocking(self, connection: Any, requests: Sequence[EnqueueRequest]) -> list[str]:
+        """Optional: :meth:`enqueue_in` with the caller's blocking connection, in its thread."""
+        raise ConfigurationError(
+            f"{type(self).__name__} cannot enqueue inside your transaction (connection=): "
+            "that needs the PostgreSQL broker"
+        )
+
     def enqueue_blocking(self, requests: Sequence[EnqueueRequest]) -> list[str] | None:
         """Optional: :meth:`enqueue` done in the calling thread, blocking it; ``None`` if not.
 

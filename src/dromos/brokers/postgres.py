@@ -641,6 +641,43 @@ class PostgresBroker(PostgresEventBus, Broker):
         except psycopg.Error as exc:
             raise BrokerError(f"enqueue in your transaction failed: {exc}") from exc
 
+    def enqueue_in_blocking(self, connection: Any, requests: Sequence[EnqueueRequest]) -> list[str]:
+        """:meth:`enqueue_in` with a blocking ``psycopg.Connection`` (Django's, SQLAlchemy's
+        raw connection ...), in the calling thread, with the same transaction rules.
+
+        Each job goes through ``dromos_enqueue(envelope)``, the SQL producer's function
+        (docs/wire-format.md): one statement per job, reading the envelope as every other
+        producer's, idempotency keys and ``depends_on`` included; the schema must be migrated
+        (the app opens the broker first).
+        """
+        if not isinstance(connection, psycopg.Connection):
+            raise ConfigurationError(
+                "connection= takes a psycopg (3) Connection (or an AsyncConnection with "
+                f"aenqueue) on the PostgreSQL broker, not {type(connection).__name__}"
+            )
+        if not requests:
+            return []
+        if connection.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+            raise BrokerError("connection=: your transaction has failed; roll it back first")
+        sql = self._q("SELECT {schema}.dromos_enqueue(%s::jsonb, %s)")
+
+        def insert() -> list[str]:
+            cur = connection.cursor(row_factory=tuple_row)
+            ids = []
+            for r in requests:
+                row = cur.execute(sql, (r.payload.decode(), r.idempotency_window)).fetchone()
+                ids.append(str(row[0]) if row else r.message.id)
+            return ids
+
+        try:
+            idle = connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            if idle and not connection.autocommit:
+                return insert()  # the statements open the transaction the caller commits
+            with connection.transaction():
+                return insert()
+        except psycopg.Error as exc:
+            raise BrokerError(f"enqueue in your transaction failed: {exc}") from exc
+
     async def _insert(
         self, cur: Cursor, requests: Sequence[EnqueueRequest], batch_id: str | None = None
     ) -> list[str]:
