@@ -14,7 +14,9 @@ import time
 import pytest
 
 import dromos
-from dromos.brokers.base import Broker
+from dromos import JobState
+from dromos.brokers.base import Broker, Lease
+from tests.backends._support import request
 from tests.backends.conftest import Workers
 
 
@@ -38,6 +40,31 @@ async def test_a_window_that_passed_frees_its_starts(broker: Broker) -> None:
     assert await broker.throttle("t:short", 1, 0.2) == 0.0
     await broker.purge()  # the purge forgets windows that ended; nothing else changes
     assert await broker.throttle("t:short", 1, 0.2) > 0.0
+
+
+async def test_a_start_beyond_the_hold_is_reported_not_reserved(broker: Broker) -> None:
+    assert await broker.throttle("t:h", 1, 10.0, hold=1.0) == 0.0
+    far = await broker.throttle("t:h", 1, 10.0, hold=1.0)
+    assert 9.0 < far <= 10.01
+    # Not reserved: the same question gets the same answer, not one a period later.
+    assert await broker.throttle("t:h", 1, 10.0, hold=1.0) <= far
+    assert 9.0 < await broker.throttle("t:h", 1, 10.0) <= 10.01  # reserved, unbounded
+    assert 19.0 < await broker.throttle("t:h", 1, 10.0) <= 20.01
+
+
+async def test_a_released_job_can_wait_for_a_time_without_counting_a_failure(
+    broker: Broker,
+) -> None:
+    await broker.enqueue([request()])
+    [held] = await broker.claim(["default"], 1, 30.0, "w")
+    await broker.release([Lease(held.job_id, held.attempt)], eta=time.time() + 0.5)
+    status = await broker.status(held.job_id)
+    assert status is not None
+    assert status.state is JobState.SCHEDULED
+    assert await broker.claim(["default"], 1, 30.0, "w") == []  # not before its time
+    await asyncio.sleep(0.6)
+    [again] = await broker.claim(["default"], 1, 30.0, "w")
+    assert (again.job_id, again.failures) == (held.job_id, 0)
 
 
 def _most_in_any_window(starts: list[float], period: float) -> int:
@@ -86,6 +113,28 @@ async def test_a_key_limits_each_value_on_its_own(app: dromos.App, workers: Work
     # Each customer's second three waited for its own window only, not for the other's.
     everyone = sorted(started["acme"] + started["globex"])
     assert _most_in_any_window(everyone, 0.5 - 0.02) == 6
+
+
+async def test_a_job_whose_turn_is_far_off_is_handed_back_and_others_run(
+    app: dromos.App, workers: Workers
+) -> None:
+    started: dict[str, float] = {}
+
+    @app.task(rate_limit="1/1.5s", rate_limit_key="customer", retries=0)
+    async def sync_account(customer: str, n: int) -> str:
+        started[f"{customer}{n}"] = time.time()
+        return customer
+
+    first, second = await sync_account.aenqueue("a", 1), await sync_account.aenqueue("a", 2)
+    other = await sync_account.aenqueue("b", 1)
+    worker = workers.start(app, concurrency=1, prefetch=0)  # holds one job at a time
+    worker.rate_hold = 0.2
+    assert await other.aresult(timeout=10) == "b"
+    assert (await second.astatus()).state is JobState.SCHEDULED  # handed back, not held
+    assert await first.aresult(timeout=10) == await second.aresult(timeout=10) == "a"
+    assert started["b1"] < started["a2"]  # "b" did not wait behind "a"'s limit
+    assert started["a2"] - started["a1"] >= 1.5 - 0.05
+    assert worker.counts["deferred"] >= 1
 
 
 def test_a_bad_rate_limit_is_refused_where_the_task_is_defined(app: dromos.App) -> None:

@@ -553,11 +553,13 @@ class Broker(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def release(self, leases: Sequence[Lease]) -> None:
+    async def release(self, leases: Sequence[Lease], eta: float | None = None) -> None:
         """Hand held jobs back to their queue at once, without counting a failure.
 
         Used by a worker that shuts down with jobs it will not finish. The job keeps its
-        place (priority and enqueue order).
+        place (priority and enqueue order). With ``eta`` (Unix time) the jobs wait in
+        ``scheduled`` until then instead: a worker defers a job whose turn under a rate limit
+        is further off than it will hold a job for.
         """
 
     @abc.abstractmethod
@@ -716,8 +718,11 @@ class Broker(abc.ABC):
     # Task rate limits (dromos.rate) are one sliding-window log per key, kept by the broker so
     # that every worker shares it, and timed by the broker's clock where it has one.
 
-    async def throttle(self, key: str, limit: int, period: float) -> float:
+    async def throttle(
+        self, key: str, limit: int, period: float, hold: float = float("inf")
+    ) -> float:
         """Reserve the next start that keeps ``key`` at ``limit`` starts per ``period``
         seconds (``dromos.rate.next_start``) and record it; return the seconds until it
-        (0.0: start now). A reservation is kept whether or not the caller starts."""
+        (0.0: start now). A reservation is kept whether or not the caller starts. A start
+        more than ``hold`` seconds away is not reserved: the wait is only reported."""
         raise NotImplementedError(f"{type(self).__name__} has no rate limits yet")

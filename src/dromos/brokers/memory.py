@@ -443,14 +443,15 @@ class MemoryBroker(MemoryEventBus, Broker):
                     cancel.add(row.id)
         return HeartbeatReply(frozenset(lost), frozenset(cancel))
 
-    async def release(self, leases: Sequence[Lease]) -> None:
+    async def release(self, leases: Sequence[Lease], eta: float | None = None) -> None:
         woken: set[str] = set()
         with self._lock:
             for held in leases:
                 row = self._held(held.job_id, held.attempt)
                 if row is None:
                     continue
-                row.state = _S.QUEUED
+                row.state = _S.QUEUED if eta is None else _S.SCHEDULED
+                row.eta = row.eta if eta is None else eta
                 row.lease_until = None
                 self._place(row)
                 woken.add(row.queue)
@@ -589,13 +590,16 @@ class MemoryBroker(MemoryEventBus, Broker):
             if current is not None and current[0] == holder:
                 self._leases[name] = ("", 0.0, current[2])  # free; when it was held stays
 
-    async def throttle(self, key: str, limit: int, period: float) -> float:
+    async def throttle(
+        self, key: str, limit: int, period: float, hold: float = float("inf")
+    ) -> float:
         now = time.time()
         with self._lock:
             _, known = self._starts.get(key, (period, []))
             starts = [t for t in known if t > now - period]
             at = next_start(now, starts, limit, period)
-            starts.append(at)
+            if at - now <= hold:
+                starts.append(at)
             self._starts[key] = (period, starts)
         return at - now
 

@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import re
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
@@ -240,7 +241,9 @@ _EXTEND = (
     f"FROM {_LEASES} WHERE {_HELD} RETURNING j.id, j.cancel_requested"
 )
 _RELEASE = (
-    "WITH back AS (UPDATE {jobs} j SET state = 'queued', lease_until = NULL "
+    "WITH back AS (UPDATE {jobs} j SET state = CASE WHEN %(eta)s::float8 IS NULL "
+    "THEN 'queued' ELSE 'scheduled' END, eta = coalesce(%(eta)s::float8, j.eta), "
+    "lease_until = NULL "
     f"FROM {_LEASES} WHERE {_HELD} RETURNING j.queue) "
     "SELECT count(pg_notify(%(work)s, queue)) FROM (SELECT DISTINCT queue FROM back) q"
 )
@@ -866,12 +869,12 @@ class PostgresBroker(PostgresEventBus, Broker):
         lost = frozenset(h.job_id for h in leases if h.job_id not in held)
         return HeartbeatReply(lost, frozenset(job_id for job_id, flag in rows if flag))
 
-    async def release(self, leases: Sequence[Lease]) -> None:
+    async def release(self, leases: Sequence[Lease], eta: float | None = None) -> None:
         if leases:
             leases = sorted(leases, key=_by_job)
             await self._execute(_RELEASE, {
                 "ids": [h.job_id for h in leases], "attempts": [h.attempt for h in leases],
-                "work": self.work_channel,
+                "work": self.work_channel, "eta": eta,
             })  # fmt: skip
 
     async def progress(self, updates: Sequence[ProgressUpdate]) -> None:
@@ -979,9 +982,12 @@ class PostgresBroker(PostgresEventBus, Broker):
             (name, holder),
         )
 
-    async def throttle(self, key: str, limit: int, period: float) -> float:
+    async def throttle(
+        self, key: str, limit: int, period: float, hold: float = float("inf")
+    ) -> float:
         rows = await self._fetch(
-            "SELECT {schema}.dromos_throttle(%s, %s, %s)", (key, limit, period)
+            "SELECT {schema}.dromos_throttle(%s, %s, %s, %s)",
+            (key, limit, period, None if math.isinf(hold) else hold),
         )
         return float(rows[0][0])
 

@@ -467,14 +467,20 @@ end
 return {lost, cancel}
 
 --- release
--- ARGV: T, work channel, then per lease 2 values: id attempt
-for i = 3, #ARGV, 2 do
+-- ARGV: T, work channel, eta (ms; '': at once), then per lease 2 values: id attempt
+local eta = ARGV[3]
+for i = 4, #ARGV, 2 do
   local id = ARGV[i]
   local jk = jkey(id)
   local f = redis.call('HMGET', jk, 'state', 'attempt')
   if f[1] == 'running' and f[2] == ARGV[i + 1] then
     redis.call('ZREM', T .. ':running', id)
-    make_ready(jk, id)
+    if eta == '' then
+      make_ready(jk, id)
+    else  -- deferred: scheduled until eta, as a delayed job
+      redis.call('HSET', jk, 'state', 'scheduled', 'eta', eta)
+      redis.call('ZADD', T .. ':scheduled', eta, id)
+    end
   end
 end
 redis.call('PUBLISH', ARGV[2], '1')
@@ -616,9 +622,10 @@ if redis.call('GET', key) == ARGV[3] then redis.call('DEL', key) end
 return 1
 
 --- throttle
--- ARGV: T, limit, period (ms). One rate-limit key's sliding-window log (dromos.rate): a
--- sorted set of its starts by time (reservations may lie ahead), members from a counter.
--- Reserves the next start (dromos.rate.next_start) and returns the ms until it.
+-- ARGV: T, limit, period (ms), hold (ms; '': no bound). One rate-limit key's sliding-window
+-- log (dromos.rate): a sorted set of its starts by time (reservations may lie ahead),
+-- members from a counter. Reserves the next start (dromos.rate.next_start) if at most hold
+-- away, and returns the ms until it.
 local key = T .. ':rate'
 local now, limit, period = clock(), tonumber(ARGV[2]), tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now - period)
@@ -628,6 +635,7 @@ if redis.call('ZCARD', key) >= limit then
   local nth = redis.call('ZRANGE', key, -limit, -limit, 'WITHSCORES')
   at = math.max(now, tonumber(last[2]), tonumber(nth[2]) + period)
 end
+if ARGV[4] ~= '' and at - now > tonumber(ARGV[4]) then return at - now end
 redis.call('ZADD', key, at, redis.call('INCR', key .. ':n'))
 redis.call('PEXPIREAT', key, at + period)  -- the log is empty once its newest start is out
 redis.call('PEXPIREAT', key .. ':n', at + period)

@@ -788,10 +788,10 @@ class RedisBroker(RedisEventBus, Broker):
             cancel |= {j.decode() for j in stop}
         return HeartbeatReply(frozenset(lost), frozenset(cancel))
 
-    async def release(self, leases: Sequence[Lease]) -> None:
+    async def release(self, leases: Sequence[Lease], eta: float | None = None) -> None:
         queues = await self._queue_of([h.job_id for h in leases])
         for queue, group in self._by_queue(queues, leases).items():
-            args: list[Any] = [self._work_channel(queue)]
+            args: list[Any] = [self._work_channel(queue), "" if eta is None else _due_ms(eta)]
             for h in group:
                 args += [h.job_id, h.attempt]
             await self._call("release", queue, *args)
@@ -966,8 +966,11 @@ class RedisBroker(RedisEventBus, Broker):
         await self._call("drop_lease", _LEASES, name, holder)
 
     # -- rate limits: each key its own slot ({<prefix>:__rate__:<key>}), expiring when idle --
-    async def throttle(self, key: str, limit: int, period: float) -> float:
-        waited = await self._call("throttle", f"__rate__:{key}", limit, max(1, _ms(period)))
+    async def throttle(
+        self, key: str, limit: int, period: float, hold: float = float("inf")
+    ) -> float:
+        bound = "" if math.isinf(hold) else _ms(hold)
+        waited = await self._call("throttle", f"__rate__:{key}", limit, max(1, _ms(period)), bound)
         return int(waited) / 1000
 
     async def purge(self) -> int:

@@ -718,16 +718,18 @@ class SQLiteBroker(SQLiteEventBus, Broker):
         cancel = frozenset(j for j, (_, state, flag) in seen.items() if flag and j not in lost)
         return HeartbeatReply(lost, cancel)
 
-    async def release(self, leases: Sequence[Lease]) -> None:
+    async def release(self, leases: Sequence[Lease], eta: float | None = None) -> None:
         if leases:
-            await self._run(self._release, leases)
+            await self._run(self._release, leases, eta)
             self._work.notify(())
 
-    def _release(self, leases: Sequence[Lease]) -> None:
+    def _release(self, leases: Sequence[Lease], eta: float | None) -> None:
+        state = "queued" if eta is None else "scheduled"
         with self._write() as db:
             db.executemany(
-                f"UPDATE dromos_jobs SET state = 'queued', lease_until = NULL {_HELD}",
-                [(h.job_id, h.attempt) for h in leases],
+                "UPDATE dromos_jobs SET state = ?, eta = coalesce(?, eta), lease_until = NULL "
+                f"{_HELD}",
+                [(state, eta, h.job_id, h.attempt) for h in leases],
             )
 
     async def progress(self, updates: Sequence[ProgressUpdate]) -> None:
@@ -906,7 +908,9 @@ class SQLiteBroker(SQLiteEventBus, Broker):
 
         await self._run(drop)
 
-    async def throttle(self, key: str, limit: int, period: float) -> float:
+    async def throttle(
+        self, key: str, limit: int, period: float, hold: float = float("inf")
+    ) -> float:
         def reserve() -> float:
             with self._write() as db:
                 now = time.time()  # once the write lock is ours: waiting for it made no start
@@ -922,10 +926,11 @@ class SQLiteBroker(SQLiteEventBus, Broker):
                     (key, limit - 1),
                 ).fetchone()
                 at = now if nth is None else max(now, last, nth[0] + period)
-                db.execute(
-                    "INSERT INTO dromos_rate_starts (key, at, until) VALUES (?, ?, ?)",
-                    (key, at, at + period),
-                )
+                if at - now <= hold:
+                    db.execute(
+                        "INSERT INTO dromos_rate_starts (key, at, until) VALUES (?, ?, ?)",
+                        (key, at, at + period),
+                    )
             return at - now
 
         wait: float = await self._run(reserve)

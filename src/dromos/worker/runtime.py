@@ -22,6 +22,7 @@ import collections
 import inspect
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -51,6 +52,13 @@ __all__ = ["Worker"]
 log = logging.getLogger("dromos.worker")
 #: A job ready to run: its envelope, its task, and its arguments loaded.
 _Ready = tuple[Message, "Task[Any, Any]", list[Any], dict[str, Any]]
+
+
+class _Deferred:
+    """What :meth:`Worker._throttle` returns for a job it handed back until its turn."""
+
+
+_DEFERRED = _Deferred()
 #: A job of a batch task waiting for its batch's call, and where its outcome will be set.
 _Entry = tuple["_Run", _Ready, "asyncio.Future[Outcome]"]
 _S = JobState
@@ -166,6 +174,8 @@ class Worker:
         self._gathered = 0  # jobs gathered (held, not busy: the fetcher claims beside them)
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._batch_calls: set[asyncio.Task[None]] = set()
+        # Rate limits: the longest wait for a reserved start this worker holds a job for.
+        self.rate_hold = 2.0
 
     # -- control --------------------------------------------------------------------------
     def stop(self, *, now: bool = False) -> None:
@@ -365,7 +375,11 @@ class Worker:
             else:
                 task = ready[1]
                 if task.rate_limit is not None:  # waits for its turn without taking a slot
-                    outcome = await self._throttle(run, ready)
+                    gate = await self._throttle(run, ready)
+                    if isinstance(gate, _Deferred):
+                        self._hooked.discard(run.delivery.job_id)
+                        return  # handed back until its turn: not held meanwhile
+                    outcome = gate
                 if outcome is None and task.batch_size:
                     outcome = await self._gather(run, ready)
                 elif outcome is None:
@@ -419,9 +433,13 @@ class Worker:
         )  # fmt: skip
         return msg, task, args, kwargs
 
-    async def _throttle(self, run: _Run, ready: _Ready) -> Outcome | None:
-        """Wait for the start the broker reserves under the task's rate limit (dromos.rate);
-        an outcome instead if the job cannot be limited (its key function raised)."""
+    async def _throttle(self, run: _Run, ready: _Ready) -> Outcome | _Deferred | None:
+        """Wait for the start the broker reserves under the task's rate limit (dromos.rate).
+
+        A start further off than ``rate_hold`` seconds is not reserved: the job is handed
+        back until then (``scheduled``), so that a busy key does not fill this worker with
+        jobs that wait while others could run. An outcome instead if the job cannot be
+        limited (its key function raised)."""
         msg, task, args, kwargs = ready
         limit, backoff = task.rate_limit, 0.1
         assert limit is not None
@@ -431,7 +449,7 @@ class Worker:
             return self._failure(run, task, msg.max_attempts, exc)
         while True:
             try:
-                wait = await self._broker.throttle(key, limit.count, limit.period)
+                wait = await self._broker.throttle(key, limit.count, limit.period, self.rate_hold)
                 break
             except NotImplementedError as exc:
                 return self._ended(run.delivery, _S.FAILED, "ConfigurationError", str(exc))
@@ -441,10 +459,24 @@ class Worker:
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+        if wait > self.rate_hold:
+            # Back when its turn would have come, give or take: the crowd spreads out.
+            eta = time.time() + wait * random.uniform(1.0, 1.1)
+            try:
+                await self._broker.release([run.lease], eta=eta)
+                self.counts["deferred"] += 1
+                return _DEFERRED
+            except Exception as exc:  # kept, then: it waits here for a reserved start
+                log.warning("deferring job %s failed (%s); holding it", run.delivery.job_id, exc)
+                await self._throttle_held(key, limit.count, limit.period)
+                return None
         if wait > 0:
             self.counts["throttled"] += 1
             await asyncio.sleep(wait)
         return None
+
+    async def _throttle_held(self, key: str, count: int, period: float) -> None:
+        await asyncio.sleep(await self._broker.throttle(key, count, period))
 
     def _started(self, run: _Run, task: Task[Any, Any]) -> None:
         run.started = True
