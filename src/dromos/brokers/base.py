@@ -50,12 +50,17 @@ __all__ = [
     "EventDelivery",
     "EventOutcome",
     "EventRecord",
+    "Gone",
     "GroupStats",
     "HeartbeatReply",
     "Lease",
+    "Missing",
     "Outcome",
     "ProgressUpdate",
     "QueueStats",
+    "Recorded",
+    "RelayBatch",
+    "RelayJob",
     "WebhookDue",
     "dead_letter_from_row",
     "dependencies",
@@ -83,6 +88,10 @@ class BrokerOptions:
     event_retention: float = 7 * 86400.0
     """Seconds an event stays on the bus after it was published (a new group that starts from
     the beginning sees this far back; an event left retrying longer is lost)."""
+    relay: bool = False
+    """Relay mode: the store keeps the jobs of a broker that delivers them itself (RabbitMQ,
+    docs/design/rabbitmq.md); its ready jobs carry a "sent" mark for the relay primitives,
+    and its own :meth:`Broker.claim` is not used for delivery."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +122,55 @@ class BatchRecord:
     callback: EnqueueRequest | None = None
     """The job to insert when the last job ended; its payload holds
     :data:`SUMMARY_PLACEHOLDER` as its first argument."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """One job an ``enqueue_unsent`` stored (or found, for a known idempotency key)."""
+
+    job_id: str
+    publish: bool
+    """True for a job this call inserted ``queued``: the caller publishes it (it holds it)."""
+    next_due: float | None = None
+    """The eta of a job stored ``scheduled`` (the relay publishes it then)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RelayJob:
+    """A ready job the relay is to publish."""
+
+    job_id: str
+    queue: str
+    priority: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RelayBatch:
+    """What :meth:`Broker.relay_due` leased to the relay, and when to come back."""
+
+    jobs: list[RelayJob]
+    next_due: float | None
+    """The store's earliest time ahead at which a job may become ready (an eta, a lease's
+    end, a relay hold's end); None for none known."""
+    now: float
+    """The store's clock when it answered: the relay sleeps ``next_due - now``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Gone:
+    """``claim_ids``: the job is not claimable (running under a live lease, not due, waiting
+    for dependencies, ended); its message is a duplicate or stale and is dropped."""
+
+    job_id: str
+    state: JobState
+
+
+@dataclass(frozen=True, slots=True)
+class Missing:
+    """``claim_ids``: the store has no such job (a foreign producer's message, or purged)."""
+
+    job_id: str
 
 
 def fill_summary(payload: bytes, summary: bytes) -> bytes:
@@ -726,3 +784,43 @@ class Broker(abc.ABC):
         (0.0: start now). A reservation is kept whether or not the caller starts. A start
         more than ``hold`` seconds away is not reserved: the wait is only reported."""
         raise NotImplementedError(f"{type(self).__name__} has no rate limits yet")
+
+    # -- relay mode (a store under the RabbitMQ broker, docs/design/rabbitmq.md §3) ------------
+    # RabbitMQ carries "job X is ready now"; the store keeps the job. A store in relay mode
+    # marks its ready jobs unsent until the relay (or the enqueuer) published them; these
+    # primitives are the whole contract between the two. Times are the store's clock.
+
+    async def enqueue_unsent(
+        self, requests: Sequence[EnqueueRequest], hold: float
+    ) -> list[Recorded]:
+        """:meth:`enqueue`'s contract (all or none, idempotency, dependencies); a job this call
+        inserted ``queued`` is held for the caller for ``hold`` seconds (the relay leaves it
+        alone meanwhile): the caller publishes it, then :meth:`mark_sent`."""
+        raise NotImplementedError(f"{type(self).__name__} has no relay mode yet")
+
+    async def mark_sent(self, job_ids: Sequence[str]) -> None:
+        """Those jobs still ``queued`` were published: the relay never takes them again (until
+        they become ready anew: a release, a replay, a recovery ...). Others: nothing."""
+        raise NotImplementedError(f"{type(self).__name__} has no relay mode yet")
+
+    async def relay_due(self, limit: int, hold: float) -> RelayBatch:
+        """What a claim does first (due delayed and retrying jobs become ``queued``; lost
+        leases are recovered, ``WorkerLost`` or ``Poison``), then lease up to ``limit`` ready
+        jobs not sent (nor held) to the caller for ``hold`` seconds, highest priority first,
+        then in enqueue order."""
+        raise NotImplementedError(f"{type(self).__name__} has no relay mode yet")
+
+    async def claim_ids(
+        self, job_ids: Sequence[str], lease: float, worker: str = ""
+    ) -> list[Delivery | Gone | Missing]:
+        """Claim these jobs, in one write, one answer per id in order: a ``queued`` job (or a
+        ``scheduled``/``retrying`` one whose eta passed, or a ``running`` one whose lease
+        ended, recovered first) is leased as :meth:`claim` leases (``attempt + 1``: the
+        fencing token); anything else is :class:`Gone`; an unknown id :class:`Missing`."""
+        raise NotImplementedError(f"{type(self).__name__} has no relay mode yet")
+
+    async def withdraw(self, job_ids: Sequence[str], reason: str) -> None:
+        """Undo an enqueue whose publish failed: those jobs still ``queued`` and not sent end
+        ``cancelled`` with an ``EnqueueFailed`` error saying ``reason``, and free their
+        idempotency keys. Others: nothing."""
+        raise NotImplementedError(f"{type(self).__name__} has no relay mode yet")

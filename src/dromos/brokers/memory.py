@@ -8,6 +8,7 @@ conformance suite can hold every other backend to what it does.
 from __future__ import annotations
 
 import heapq
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -23,11 +24,16 @@ from dromos.brokers.base import (
     BrokerOptions,
     Delivery,
     EnqueueRequest,
+    Gone,
     HeartbeatReply,
     Lease,
+    Missing,
     Outcome,
     ProgressUpdate,
     QueueStats,
+    Recorded,
+    RelayBatch,
+    RelayJob,
     WebhookDue,
     dependencies,
     dependency_error,
@@ -138,6 +144,9 @@ class MemoryBroker(MemoryEventBus, Broker):
         self._leases: dict[str, tuple[str, float, float]] = {}  # name -> holder, until, renewed
         # rate-limit key -> its period, and its starts oldest first
         self._starts: dict[str, tuple[float, list[float]]] = {}
+        # Relay mode: ready job id -> until when it counts as sent (inf: published; absent:
+        # not sent). Every path that makes a job ready goes through _place, which clears it.
+        self._sent: dict[str, float] = {}
 
     # -- producing ------------------------------------------------------------------------
     async def enqueue(self, requests: Sequence[EnqueueRequest]) -> list[str]:
@@ -238,6 +247,7 @@ class MemoryBroker(MemoryEventBus, Broker):
     def _place(self, row: _Row) -> None:
         """Put a waiting row where claim will find it (caller holds the lock)."""
         if row.state is _S.QUEUED:
+            self._sent.pop(row.id, None)  # ready anew: the relay publishes it
             heapq.heappush(self._ready.setdefault(row.queue, []), (-row.priority, row.seq, row.id))
         else:
             assert row.eta is not None
@@ -603,6 +613,100 @@ class MemoryBroker(MemoryEventBus, Broker):
             self._starts[key] = (period, starts)
         return at - now
 
+    # -- relay mode (docs/design/rabbitmq.md §3): the reference implementation ---------------
+    async def enqueue_unsent(
+        self, requests: Sequence[EnqueueRequest], hold: float
+    ) -> list[Recorded]:
+        now = time.time()
+        out = []
+        with self._lock:
+            self._check_dependencies(requests)
+            for req in requests:
+                job_id = self._insert(req, now)
+                row = self._rows[job_id]
+                inserted = job_id == req.message.id
+                if inserted and row.state is _S.QUEUED:
+                    self._sent[job_id] = now + hold
+                due = row.eta if row.state is _S.SCHEDULED else None
+                out.append(Recorded(job_id, inserted and row.state is _S.QUEUED, due))
+        return out
+
+    async def mark_sent(self, job_ids: Sequence[str]) -> None:
+        with self._lock:
+            for job_id in job_ids:
+                row = self._rows.get(job_id)
+                if row is not None and row.state is _S.QUEUED:
+                    self._sent[job_id] = math.inf
+
+    async def relay_due(self, limit: int, hold: float) -> RelayBatch:
+        now = time.time()
+        with self._lock:
+            self._recover(now)
+            self._promote(now)
+            ready = sorted(
+                (r for r in self._rows.values() if r.state is _S.QUEUED),
+                key=lambda r: (-r.priority, r.seq),
+            )
+            jobs: list[RelayJob] = []
+            later = [t for t in (self._sent.get(r.id) for r in ready) if t is not None]
+            for row in ready:
+                if len(jobs) >= limit:
+                    break
+                if self._sent.get(row.id, 0.0) <= now:
+                    self._sent[row.id] = now + hold
+                    jobs.append(RelayJob(row.id, row.queue, row.priority, row.payload))
+            # The next moment something may become ready: an eta, a lease's end, a hold's end.
+            ahead = [t for t in later if now < t < math.inf]
+            ahead += [e for e, _, _ in self._delayed]
+            ahead += [
+                r.lease_until for r in self._rows.values()
+                if r.state is _S.RUNNING and r.lease_until is not None
+            ]  # fmt: skip
+            if jobs:
+                ahead.append(now + hold)  # their hold ends: taken again if still not sent
+            if len(jobs) >= limit:
+                ahead.append(now)  # more to take at once
+        return RelayBatch(jobs, min(ahead) if ahead else None, now)
+
+    async def claim_ids(
+        self, job_ids: Sequence[str], lease: float, worker: str = ""
+    ) -> list[Delivery | Gone | Missing]:
+        now = time.time()
+        out: list[Delivery | Gone | Missing] = []
+        with self._lock:
+            self._recover(now)  # a lost lease's job is queued again, or dead (Poison)
+            self._promote(now)
+            for job_id in job_ids:
+                row = self._rows.get(job_id)
+                if row is None:
+                    out.append(Missing(job_id))
+                elif row.state is not _S.QUEUED:
+                    out.append(Gone(job_id, row.state))
+                else:
+                    self._sent.pop(job_id, None)
+                    row.state = _S.RUNNING
+                    row.attempt += 1
+                    row.lease_until = now + lease
+                    row.started_at = now
+                    out.append(Delivery(row.id, row.attempt, row.failures, row.payload))
+        return out
+
+    async def withdraw(self, job_ids: Sequence[str], reason: str) -> None:
+        now = time.time()
+        with self._lock:
+            for job_id in job_ids:
+                row = self._rows.get(job_id)
+                if row is None or row.state is not _S.QUEUED:
+                    continue
+                if self._sent.get(job_id) == math.inf:
+                    continue  # published after all: it runs
+                self._sent.pop(job_id, None)
+                row.errors.append(JobError(type="EnqueueFailed", message=reason, attempt=0))
+                slot = (row.queue, row.idempotency_key or "")
+                if row.idempotency_key and self._idem.get(slot) == row.id:
+                    del self._idem[slot]
+                self._end(row, _S.CANCELLED, now)
+
     async def purge(self) -> int:
         now = time.time()
         with self._lock:
@@ -620,4 +724,8 @@ class MemoryBroker(MemoryEventBus, Broker):
             for batch_id, batch in list(self._batches.items()):
                 if batch.finished_at is not None and batch.finished_at < kept:
                     del self._batches[batch_id]
+            for job_id in list(self._sent):  # relay marks of jobs no longer ready
+                held = self._rows.get(job_id)
+                if held is None or held.state is not _S.QUEUED:
+                    del self._sent[job_id]
         return len(gone)
