@@ -41,11 +41,16 @@ from dromos.brokers.base import (
     BrokerOptions,
     Delivery,
     EnqueueRequest,
+    Gone,
     HeartbeatReply,
     Lease,
+    Missing,
     Outcome,
     ProgressUpdate,
     QueueStats,
+    Recorded,
+    RelayBatch,
+    RelayJob,
     WebhookDue,
     dependencies,
     dependency_error,
@@ -145,8 +150,18 @@ _PICK_ONE = (
 _ADDED_COLUMNS = (
     ("callback_url", "TEXT"), ("webhooks", "TEXT"), ("hook_due", "REAL"), ("batch_id", "TEXT"),
     ("batch_counted", "INTEGER NOT NULL DEFAULT 0"), ("waiting", "INTEGER NOT NULL DEFAULT 0"),
-    ("dependents", "INTEGER NOT NULL DEFAULT 0"),
+    ("dependents", "INTEGER NOT NULL DEFAULT 0"), ("sent_until", "REAL"),
 )  # fmt: skip
+# Relay mode (a store under the RabbitMQ broker, docs/design/rabbitmq.md §3): a ready job's
+# sent_until says until when it counts as published (NULL: not sent; 1e308: published). A
+# claim clears it, so a job that becomes queued again later (a release, a replay, a retry or
+# a recovery: each was claimed first) is unsent for the relay; dependents and batch callbacks
+# are inserted unsent. The relay's index exists only in relay mode.
+_SENT = 1e308
+_RELAY_SCHEMA = (
+    "CREATE INDEX IF NOT EXISTS dromos_jobs_unsent ON dromos_jobs (priority DESC, seq) "
+    "WHERE state = 'queued' AND sent_until IS NOT 1e308",
+)
 _SCHEMA_VERSION = "4"
 # Batches are counted by triggers, so that EVERY write that ends a job (a settle, a cancel, a
 # claim dead-lettering a poison job, and any written later) counts it in its own transaction:
@@ -338,6 +353,9 @@ class SQLiteBroker(SQLiteEventBus, Broker):
                 if statement.strip():
                     db.execute(statement)
             _migrate(db)
+            if self.options.relay:
+                for statement in _RELAY_SCHEMA:
+                    db.execute(statement)
             db.execute("COMMIT")
         except BaseException:
             db.close()
@@ -397,7 +415,12 @@ class SQLiteBroker(SQLiteEventBus, Broker):
         self._work.notify({r.message.queue for r in requests})
         return ids
 
-    def _enqueue(self, requests: Sequence[EnqueueRequest]) -> list[str]:
+    def _enqueue(
+        self,
+        requests: Sequence[EnqueueRequest],
+        then: Callable[[sqlite3.Connection, list[str], float], None] | None = None,
+    ) -> list[str]:
+        """Insert the jobs in one write; ``then`` runs in the same write with their ids."""
         now = time.time()
         ids = []
         plain: list[Any] = []  # the rows without a key, flat, 8 values each
@@ -449,6 +472,8 @@ class SQLiteBroker(SQLiteEventBus, Broker):
                     ).fetchone()
                     if found is not None:
                         ids[index] = found[0]
+            if then is not None:
+                then(db, ids, now)
         return ids
 
     def _wait_for(self, db: sqlite3.Connection, job_id: str, deps: list[str], now: float) -> None:
@@ -935,6 +960,125 @@ class SQLiteBroker(SQLiteEventBus, Broker):
 
         wait: float = await self._run(reserve)
         return wait
+
+    # -- relay mode (docs/design/rabbitmq.md §3; memory.py is the reference) -----------------
+    async def enqueue_unsent(
+        self, requests: Sequence[EnqueueRequest], hold: float
+    ) -> list[Recorded]:
+        recorded: list[Recorded] = []
+
+        def hold_new(db: sqlite3.Connection, ids: list[str], now: float) -> None:
+            mine = [i for i, r in zip(ids, requests, strict=True) if i == r.message.id]
+            states: dict[str, tuple[str, float | None]] = {}
+            for chunk in _chunks(mine):
+                marks = ",".join("?" * len(chunk))
+                db.execute(
+                    f"UPDATE dromos_jobs SET sent_until = ? WHERE id IN ({marks}) "
+                    "AND state = 'queued'",
+                    (now + hold, *chunk),
+                )
+                rows = db.execute(
+                    f"SELECT id, state, eta FROM dromos_jobs WHERE id IN ({marks})", chunk
+                )
+                states.update((r[0], (r[1], r[2])) for r in rows)
+            for job_id, req in zip(ids, requests, strict=True):
+                state, eta = states.get(job_id, ("", None))
+                new = job_id == req.message.id
+                recorded.append(Recorded(
+                    job_id, new and state == "queued", eta if state == "scheduled" else None
+                ))  # fmt: skip
+
+        await self._run(self._enqueue, requests, hold_new)
+        self._work.notify(())
+        return recorded
+
+    async def mark_sent(self, job_ids: Sequence[str]) -> None:
+        def mark() -> None:
+            with self._write() as db:
+                db.executemany(
+                    "UPDATE dromos_jobs SET sent_until = ? WHERE id = ? AND state = 'queued'",
+                    [(_SENT, job_id) for job_id in job_ids],
+                )
+
+        if job_ids:
+            await self._run(mark)
+
+    async def relay_due(self, limit: int, hold: float) -> RelayBatch:
+        def take() -> RelayBatch:
+            with self._write() as db:
+                now = time.time()
+                self._recover(db, now)
+                db.execute(_PROMOTE, (now,))
+                rows = db.execute(
+                    "UPDATE dromos_jobs SET sent_until = ? WHERE seq IN (SELECT seq FROM "
+                    "dromos_jobs WHERE state = 'queued' AND sent_until IS NOT 1e308 AND "
+                    "coalesce(sent_until, 0) <= ? ORDER BY priority DESC, seq LIMIT ?) "
+                    "RETURNING priority, seq, id, queue, payload",
+                    (now + hold, now, limit),
+                ).fetchall()
+                ahead = db.execute(  # when something may become ready next
+                    "SELECT min(t) FROM (SELECT min(eta) AS t FROM dromos_jobs WHERE state IN "
+                    "('scheduled', 'retrying') UNION ALL SELECT min(lease_until) FROM "
+                    "dromos_jobs WHERE state = 'running' UNION ALL SELECT min(sent_until) "
+                    "FROM dromos_jobs WHERE state = 'queued' AND sent_until > ? "
+                    "AND sent_until IS NOT 1e308)",
+                    (now,),
+                ).fetchone()[0]
+            rows.sort(key=lambda r: (-r[0], r[1]))
+            jobs = [RelayJob(r[2], r[3], r[0], r[4]) for r in rows]
+            next_due = now if len(jobs) >= limit else ahead
+            return RelayBatch(jobs, next_due, now)
+
+        batch: RelayBatch = await self._run(take)
+        return batch
+
+    async def claim_ids(
+        self, job_ids: Sequence[str], lease: float, worker: str = ""
+    ) -> list[Delivery | Gone | Missing]:
+        def claim() -> list[Delivery | Gone | Missing]:
+            out: list[Delivery | Gone | Missing] = []
+            with self._write() as db:
+                now = time.time()
+                self._recover(db, now)
+                db.execute(_PROMOTE, (now,))
+                for job_id in job_ids:
+                    row = db.execute(
+                        "UPDATE dromos_jobs SET state = 'running', attempt = attempt + 1, "
+                        "lease_until = ?, started_at = ?, worker = ?, sent_until = NULL "
+                        "WHERE id = ? AND state = 'queued' "
+                        "RETURNING id, attempt, failures, payload",
+                        (now + lease, now, worker, job_id),
+                    ).fetchone()
+                    if row is not None:
+                        out.append(Delivery(row[0], row[1], row[2], row[3]))
+                        continue
+                    found = db.execute(
+                        "SELECT state FROM dromos_jobs WHERE id = ?", (job_id,)
+                    ).fetchone()
+                    out.append(
+                        Missing(job_id) if found is None else Gone(job_id, JobState(found[0]))
+                    )
+            return out
+
+        claimed: list[Delivery | Gone | Missing] = await self._run(claim)
+        return claimed
+
+    async def withdraw(self, job_ids: Sequence[str], reason: str) -> None:
+        error = _json.encode({"type": "EnqueueFailed", "message": reason, "attempt": 0}).decode()
+
+        def withdraw() -> None:
+            now = time.time()
+            with self._write() as db:
+                db.executemany(
+                    "UPDATE dromos_jobs SET state = 'cancelled', finished_at = ?, "
+                    f"expires_at = ?, {_HOOK}, idempotency_key = NULL, "
+                    "errors = json_insert(coalesce(errors, '[]'), '$[#]', json(?)) "
+                    "WHERE id = ? AND state = 'queued' AND sent_until IS NOT 1e308",
+                    [(now, now + self.options.result_ttl, now, error, i) for i in job_ids],
+                )
+
+        if job_ids:
+            await self._run(withdraw)
 
     async def purge(self) -> int:
         def _purge() -> int:
