@@ -29,7 +29,7 @@ from dromos.message import encode
 from tests.backends._support import request
 from tests.backends.conftest import BACKENDS, MakeBroker, Target
 
-STORES = ["memory", "sqlite"]  # the stores with a relay mode so far
+STORES = ["memory", "sqlite", "postgres"]  # the stores with a relay mode so far
 
 
 @pytest.fixture(params=STORES)

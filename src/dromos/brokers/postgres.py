@@ -59,11 +59,16 @@ from dromos.brokers.base import (
     BrokerOptions,
     Delivery,
     EnqueueRequest,
+    Gone,
     HeartbeatReply,
     Lease,
+    Missing,
     Outcome,
     ProgressUpdate,
     QueueStats,
+    Recorded,
+    RelayBatch,
+    RelayJob,
     WebhookDue,
     dependencies,
     job_filters,
@@ -284,6 +289,34 @@ _WEBHOOK_ATTEMPTED = (
     "jsonb_build_array(%s::jsonb) WHERE id = %s"
 )
 # A name never held gets a free row first, so that there is always a row to lock.
+# Relay mode: lease unsent ready jobs to the relay (SKIP LOCKED: relays in many workers split
+# them), when something may become ready next, a claim by ids, and an enqueue undone.
+_RELAY_TAKE = (
+    "UPDATE {jobs} j SET sent_until = {now} + %(hold)s WHERE seq IN (SELECT seq FROM {jobs} "
+    "WHERE state = 'queued' AND sent_until IS DISTINCT FROM 1e308 AND coalesce(sent_until, 0) "
+    "<= {now} ORDER BY priority DESC, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
+    "RETURNING priority, seq, id, queue, payload"
+)
+_RELAY_AHEAD = (
+    "SELECT {now}, least((SELECT min(eta) FROM {jobs} WHERE state IN ('scheduled', "
+    "'retrying')), (SELECT min(lease_until) FROM {jobs} WHERE state = 'running'), "
+    "(SELECT min(sent_until) FROM {jobs} WHERE state = 'queued' AND sent_until > {now} "
+    "AND sent_until < 1e308))"
+)
+_CLAIM_IDS = (
+    "UPDATE {jobs} j SET state = 'running', attempt = j.attempt + 1, "
+    "lease_until = {now} + %(lease)s, started_at = {now}, worker = %(worker)s, "
+    "sent_until = NULL WHERE j.seq IN (SELECT seq FROM {jobs} WHERE id = ANY(%(ids)s) "
+    "AND state = 'queued' FOR UPDATE) RETURNING j.id, j.attempt, j.failures, j.payload"
+)
+_WITHDRAW = (
+    "WITH gone AS (UPDATE {jobs} SET state = 'cancelled', finished_at = {now}, "
+    "expires_at = {now} + %(ttl)s, idempotency_key = NULL, hook_due = CASE WHEN "
+    "callback_url IS NULL THEN NULL ELSE {now} END, errors = coalesce(errors, '[]'::jsonb) "
+    "|| jsonb_build_array(%(error)s::jsonb) WHERE id = ANY(%(ids)s) AND state = 'queued' "
+    "AND sent_until IS DISTINCT FROM 1e308 RETURNING id) "
+    "SELECT count(pg_notify(%(done)s, id)) FROM gone"
+)
 _LEASE_ROW = (
     "INSERT INTO {leases} (name, holder, until, renewed) VALUES (%s, '', 0, 0) "
     "ON CONFLICT (name) DO NOTHING"
@@ -602,6 +635,11 @@ class PostgresBroker(PostgresEventBus, Broker):
                         )
                         log.info("PostgreSQL schema %s: applied %s", self.schema, name)
             current = max(latest, current)
+        if self.options.relay:  # the relay's index, in the schemas that use it only
+            await conn.execute(self._q(
+                "CREATE INDEX IF NOT EXISTS dromos_jobs_unsent ON {jobs} (priority DESC, seq) "
+                "WHERE state = 'queued' AND sent_until IS DISTINCT FROM 1e308"
+            ))  # fmt: skip
         self._migrated = True
         return current
 
@@ -990,6 +1028,92 @@ class PostgresBroker(PostgresEventBus, Broker):
             (key, limit, period, None if math.isinf(hold) else hold),
         )
         return float(rows[0][0])
+
+    # -- relay mode (docs/design/rabbitmq.md §3; memory.py is the reference) -----------------
+    async def enqueue_unsent(
+        self, requests: Sequence[EnqueueRequest], hold: float
+    ) -> list[Recorded]:
+        if not requests:
+            return []
+        async with self._cursor(transaction=True) as cur:
+            ids = await self._insert(cur, requests)
+            mine = [i for i, r in zip(ids, requests, strict=True) if i == r.message.id]
+            await cur.execute(
+                self._q(
+                    "UPDATE {jobs} SET sent_until = {now} + %s WHERE id = ANY(%s) "
+                    "AND state = 'queued'"
+                ),
+                (hold, mine),
+            )
+            await cur.execute(self._q("SELECT id, state, eta FROM {jobs} WHERE id = ANY(%s)"),
+                              (ids,))  # fmt: skip
+            found = {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
+        out = []
+        for job_id, req in zip(ids, requests, strict=True):
+            state, eta = found.get(job_id, ("", None))
+            new = job_id == req.message.id
+            out.append(Recorded(job_id, new and state == "queued",
+                                eta if state == "scheduled" else None))  # fmt: skip
+        return out
+
+    async def mark_sent(self, job_ids: Sequence[str]) -> None:
+        if job_ids:
+            await self._execute(
+                "UPDATE {jobs} SET sent_until = 1e308 WHERE id = ANY(%s) AND state = 'queued'",
+                (list(job_ids),),
+            )
+
+    async def relay_due(self, limit: int, hold: float) -> RelayBatch:
+        params = {
+            "max": self.options.max_recoveries, "ttl": self.options.dead_letter_ttl,
+            "done": self.done_channel, "limit": limit, "hold": hold,
+        }  # fmt: skip
+        async with self._cursor(transaction=True) as cur:
+            await cur.execute(self._q(_RECOVER), params)
+            await cur.execute(self._q(_PROMOTE))
+            await cur.execute(self._q(_RELAY_TAKE), params)
+            rows = await cur.fetchall()
+            await cur.execute(self._q(_RELAY_AHEAD))
+            ahead = await cur.fetchone()
+        assert ahead is not None
+        now, next_due = float(ahead[0]), ahead[1]
+        rows.sort(key=lambda r: (-r[0], r[1]))
+        jobs = [RelayJob(r[2], r[3], r[0], bytes(r[4])) for r in rows]
+        return RelayBatch(jobs, now if len(jobs) >= limit else next_due, now)
+
+    async def claim_ids(
+        self, job_ids: Sequence[str], lease: float, worker: str = ""
+    ) -> list[Delivery | Gone | Missing]:
+        params = {
+            "max": self.options.max_recoveries, "ttl": self.options.dead_letter_ttl,
+            "done": self.done_channel, "lease": lease, "worker": worker, "ids": list(job_ids),
+        }  # fmt: skip
+        async with self._cursor(transaction=True) as cur:
+            await cur.execute(self._q(_RECOVER), params)
+            await cur.execute(self._q(_PROMOTE))
+            await cur.execute(self._q(_CLAIM_IDS), params)
+            taken = {r[0]: Delivery(r[0], r[1], r[2], bytes(r[3])) for r in await cur.fetchall()}
+            await cur.execute(self._q("SELECT id, state FROM {jobs} WHERE id = ANY(%(ids)s)"),
+                              params)  # fmt: skip
+            states = {r[0]: r[1] for r in await cur.fetchall()}
+        out: list[Delivery | Gone | Missing] = []
+        for job_id in job_ids:
+            if job_id in taken:
+                out.append(taken.pop(job_id))  # a second message of the job: Gone below
+            elif job_id in states:
+                out.append(Gone(job_id, JobState(states[job_id])))
+            else:
+                out.append(Missing(job_id))
+        return out
+
+    async def withdraw(self, job_ids: Sequence[str], reason: str) -> None:
+        if not job_ids:
+            return
+        error = error_json(JobError(type="EnqueueFailed", message=reason, attempt=0))
+        await self._execute(_WITHDRAW, {
+            "ids": list(job_ids), "error": error, "ttl": self.options.result_ttl,
+            "done": self.done_channel,
+        })  # fmt: skip
 
     async def purge(self) -> int:
         async with self._cursor(transaction=True) as cur:
