@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,dev,redis,postgres,fast,http]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dev,redis,postgres,fast,http,rabbitmq]'
 	touch $(STAMP)
 
 demo: $(STAMP)
