@@ -17,6 +17,7 @@ import pytest
 from dromos import JobState
 from dromos.brokers.base import (
     DEPENDS_ON_HEADER,
+    BatchRecord,
     Broker,
     Delivery,
     EnqueueRequest,
@@ -25,11 +26,13 @@ from dromos.brokers.base import (
     Missing,
     Outcome,
 )
-from dromos.message import encode
+from dromos.errors import ConfigurationError
+from dromos.message import Message, encode, new_job_id, utcnow
 from tests.backends._support import request
 from tests.backends.conftest import BACKENDS, MakeBroker, Target
 
-STORES = ["memory", "sqlite", "postgres"]  # the stores with a relay mode so far
+#: the stores with a relay mode so far
+STORES = ["memory", "sqlite", "postgres", "redis", "redis-cluster"]
 
 
 @pytest.fixture(params=STORES)
@@ -211,3 +214,93 @@ async def test_a_withdrawn_enqueue_never_runs_and_frees_its_key(store: Broker) -
     [again] = await store.enqueue_unsent([request(key="k")], hold=30.0)
     assert again.publish  # the key names a new job
     assert [type(a) for a in await store.claim_ids([failed.message.id], 30.0)] == [Gone]
+
+
+# Several queues: one pass takes the best across them (Redis keeps each queue in a slot of its
+# own, on a Cluster perhaps on another node, and merges them itself).
+async def test_several_queues_are_relayed_by_priority_then_age_within_the_limit(
+    store: Broker,
+) -> None:
+    x1, y1, y2, z1 = (
+        request(queue="rx"),
+        request(queue="ry", priority=5),
+        request(queue="ry"),
+        request(queue="rz"),
+    )
+    for req in (x1, y1, y2, z1):
+        await store.enqueue_unsent([req], hold=0.0)
+    batch = await store.relay_due(3, 30.0)
+    assert [(j.job_id, j.queue) for j in batch.jobs] == [
+        (y1.message.id, "ry"),
+        (x1.message.id, "rx"),
+        (y2.message.id, "ry"),
+    ]
+    assert batch.next_due == batch.now  # one more is ready: come back at once
+    assert await _relayed(store) == [z1.message.id]  # not held by the pass that left it
+    assert await _relayed(store) == []
+
+
+async def test_cancelled_jobs_are_not_relayed_and_a_batch_callback_is(store: Broker) -> None:
+    batch_id = new_job_id()
+    member = Message(id=new_job_id(), task="t", queue="rb", created_at=utcnow(),
+                     headers={"batch_id": batch_id})  # fmt: skip
+    callback = Message(id=new_job_id(), task="cb", queue="rb",
+                       args=["__dromos_batch_summary__"], created_at=utcnow())  # fmt: skip
+    record = BatchRecord(batch_id, 1, EnqueueRequest(callback, encode(callback)))
+    await store.enqueue_batch(record, [EnqueueRequest(member, encode(member))])
+    dropped = request(queue="rb")
+    await store.enqueue_unsent([dropped], hold=0.0)
+    assert await store.cancel(dropped.message.id) is JobState.CANCELLED
+    assert await _relayed(store) == [member.id]  # enqueued by the store alone: unsent
+    [d] = await store.claim_ids([member.id], 30.0)
+    assert isinstance(d, Delivery)
+    await store.settle([Outcome(d.job_id, d.attempt, JobState.SUCCEEDED, result=b"1")])
+    [job] = (await store.relay_due(100, 30.0)).jobs
+    assert job.job_id == callback.id
+    assert b'"total":1' in job.payload  # the summary filled in
+
+
+# Redis: its index of unsent jobs exists in relay mode only.
+async def test_redis_keeps_no_unsent_index_out_of_relay_mode(
+    backend: Target, make_broker: MakeBroker
+) -> None:
+    if not backend.broker.startswith("redis:"):
+        pytest.skip("Redis only")
+    from dromos.brokers.redis import RedisBroker
+
+    plain = await make_broker()
+    assert isinstance(plain, RedisBroker)
+    await plain.enqueue([request(), request()])
+    [d] = await plain.claim(["default"], 1, 30.0)
+    await plain.release([Lease(d.job_id, d.attempt)])  # readied again
+    client = (await plain._state()).client
+    assert not await client.exists(f"{plain._tag('default')}:unsent")
+    with pytest.raises(ConfigurationError):
+        await plain.relay_due(10, 30.0)
+    relay = await make_broker(relay=True)
+    assert isinstance(relay, RedisBroker)
+    assert await _relayed(relay) == []  # its index starts with relay mode
+    await relay.enqueue([request()])
+    assert len(await _relayed(relay)) == 1
+    # A retried enqueue (its reply lost) holds its job for the caller again, until published.
+    again = request()
+    for _ in range(2):
+        assert [r.publish for r in await relay.enqueue_unsent([again], hold=30.0)] == [True]
+    await relay.mark_sent([again.message.id])
+    assert [r.publish for r in await relay.enqueue_unsent([again], hold=30.0)] == [False]
+    # A late mark_sent (the publish of an earlier readiness) leaves a job readied anew unsent.
+    [d] = await relay.claim_ids([again.message.id], 30.0)
+    assert isinstance(d, Delivery)
+    await relay.release([Lease(d.job_id, d.attempt)])
+    await relay.mark_sent([again.message.id])
+    assert await _relayed(relay) == [again.message.id]
+
+
+async def test_a_late_mark_does_not_hide_a_job_readied_again(store: Broker) -> None:
+    job = request()
+    await store.enqueue_unsent([job], hold=30.0)
+    [d] = await store.claim_ids([job.message.id], 30.0)  # its message was consumed at once
+    assert isinstance(d, Delivery)
+    await store.release([Lease(d.job_id, d.attempt)])  # ready again, unsent
+    await store.mark_sent([job.message.id])  # the enqueuer's mark, arriving late
+    assert await _relayed(store) == [job.message.id]

@@ -799,8 +799,10 @@ class Broker(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} has no relay mode yet")
 
     async def mark_sent(self, job_ids: Sequence[str]) -> None:
-        """Those jobs still ``queued`` were published: the relay never takes them again (until
-        they become ready anew: a release, a replay, a recovery ...). Others: nothing."""
+        """Those jobs still ``queued`` and held (for the enqueuer or a relay pass) were
+        published: the relay never takes them again (until they become ready anew: a release,
+        a replay, a recovery ...). Others, a job claimed and readied again since included:
+        nothing (a late mark must not hide a new readiness)."""
         raise NotImplementedError(f"{type(self).__name__} has no relay mode yet")
 
     async def relay_due(self, limit: int, hold: float) -> RelayBatch:

@@ -635,7 +635,8 @@ class MemoryBroker(MemoryEventBus, Broker):
         with self._lock:
             for job_id in job_ids:
                 row = self._rows.get(job_id)
-                if row is not None and row.state is _S.QUEUED:
+                held = self._sent.get(job_id, math.inf) < math.inf
+                if row is not None and row.state is _S.QUEUED and held:  # not readied since
                     self._sent[job_id] = math.inf
 
     async def relay_due(self, limit: int, hold: float) -> RelayBatch:

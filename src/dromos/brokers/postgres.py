@@ -1059,7 +1059,8 @@ class PostgresBroker(PostgresEventBus, Broker):
     async def mark_sent(self, job_ids: Sequence[str]) -> None:
         if job_ids:
             await self._execute(
-                "UPDATE {jobs} SET sent_until = 1e308 WHERE id = ANY(%s) AND state = 'queued'",
+                "UPDATE {jobs} SET sent_until = 1e308 WHERE id = ANY(%s) AND state = 'queued' "
+                "AND sent_until < 1e308",  # held: not claimed and readied again since
                 (list(job_ids),),
             )
 

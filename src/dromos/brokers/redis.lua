@@ -9,6 +9,12 @@
 --   T:scheduled  zset: delayed jobs, score eta (ms)
 --   T:retrying   zset: jobs waiting for their next attempt, score eta (ms)
 --   T:running    zset: leased jobs, score lease end (ms)
+--   T:unsent     zset, relay mode only (RELAY: a store under the RabbitMQ broker, whose relay
+--                publishes the ready jobs): the queued jobs not published yet, score until
+--                when they are held by whoever publishes them (ms; 0: not held). A job enters
+--                it wherever it becomes queued (make_ready, enqueue, a batch's callback) and
+--                leaves it when published (mark_sent), leased (claim, claim_ids), cancelled or
+--                withdrawn; so every member is queued
 --   T:succeeded  zset / T:failed / T:cancelled: ended jobs, score expiry (ms)
 --   T:all        zset: every job id with score 0, for listing newest first (ids sort by time)
 --   T:idem:<key> string: the job id an idempotency key names, expiring with its window
@@ -30,6 +36,8 @@
 --                A job of a batch has the field batch (this key) and, once its first end was
 --                counted, batch_counted. On a Cluster the app puts every job of a batch and
 --                its callback in one queue, so that all of these share one slot.
+--
+-- RELAY and CLUSTER are set when the scripts are loaded (redis.py's _scripts).
 --
 -- Job hash fields: id task queue state priority seq payload created_at eta attempt failures
 -- recoveries worker started_at finished_at expires_at progress message result errors cancel
@@ -73,6 +81,7 @@ local function make_ready(jk, id, tag)
   local f = redis.call('HMGET', jk, 'priority', 'seq')
   redis.call('HSET', jk, 'state', 'queued')
   redis.call('ZADD', (tag or T) .. ':ready', ready_score(f[1], f[2]), id)
+  if RELAY then redis.call('ZADD', (tag or T) .. ':unsent', 0, id) end  -- ready anew: unsent
 end
 -- Ended jobs of this call, by end state: {state = {expires, id, ...}}; done = their ids.
 local ended, done = {}, {}
@@ -113,6 +122,7 @@ local function complete_batch(bk, now)
     'attempt', 0, 'failures', 0, 'recoveries', 0, 'progress', 0)
   if b[14] then redis.call('HSET', ck, 'callback', b[14]) end
   redis.call('ZADD', ct .. ':ready', ready_score(b[11], seq), id)
+  if RELAY then redis.call('ZADD', ct .. ':unsent', 0, id) end
   redis.call('ZADD', ct .. ':all', 0, id)
   redis.call('PUBLISH', b[13], '1')
 end
@@ -228,6 +238,45 @@ local function publish_ended(channel)
   for tag, other in pairs(others) do publish_list(tag, other.ended, other.done, other.channel) end
   ended, done, others = {}, {}, {}
 end
+-- What every claim does first (claim, and in relay mode relay_due and claim_ids): recover the
+-- runs whose worker stopped renewing its lease (WorkerLost; Poison past max_lost, ended with
+-- the dead-letter ttl), tell waiting callers of those that ended, then ready due delayed and
+-- retrying jobs.
+local function recover_and_promote(now, max_lost, dead_ttl, done_channel)
+  local expired = redis.call('ZRANGEBYSCORE', T .. ':running', '-inf', '(' .. now)
+  if #expired > 0 then variadic('ZREM', T .. ':running', expired) end
+  for _, id in ipairs(expired) do
+    local jk = jkey(id)
+    local attempt = redis.call('HGET', jk, 'attempt') or '0'
+    local lost = redis.call('HINCRBY', jk, 'recoveries', 1)
+    append_error(jk, '{"type":"WorkerLost","message":"the worker holding this job stopped ' ..
+      'renewing its lease","attempt":' .. attempt .. '}')
+    if lost > max_lost then
+      append_error(jk, '{"type":"Poison","message":"the job\'s worker was lost ' .. lost ..
+        ' times","attempt":' .. attempt .. '}')
+      finish(jk, id, 'failed', now, dead_ttl, {})
+    else
+      make_ready(jk, id)
+    end
+  end
+  publish_ended(done_channel)
+  for _, set in ipairs({'scheduled', 'retrying'}) do
+    local due = redis.call('ZRANGEBYSCORE', T .. ':' .. set, '-inf', now)
+    if #due > 0 then variadic('ZREM', T .. ':' .. set, due) end
+    for _, id in ipairs(due) do make_ready(jkey(id), id) end
+  end
+end
+-- The earliest of a delayed job's eta, a retry's, a lease's end (ms), from due (-1: none).
+local function next_due(due)
+  for _, set in ipairs({'scheduled', 'retrying', 'running'}) do
+    local first = redis.call('ZRANGE', T .. ':' .. set, 0, 0, 'WITHSCORES')
+    if first[2] then
+      local score = tonumber(first[2])
+      if due < 0 or score < due then due = score end
+    end
+  end
+  return due
+end
 
 --- enqueue
 -- ARGV: T, work channel, queue, then one MessagePack array of jobs, each an array:
@@ -238,6 +287,12 @@ end
 -- For the jobs of a batch, two more: the batch key, and the batch record to create (in the
 -- first queue's call; '' in the others) as one MessagePack array: id total ttl(ms) jobs,
 -- then the callback's id ('' for none) tag task queue priority payload channel url ('').
+-- In relay mode (enqueue_unsent) a seventh: hold (ms), and the script returns 3 values per
+-- job: id, publish (1: the caller publishes it, held until now + hold; 0: not), the eta of a
+-- job stored scheduled (ms; -1: none). A job this call inserted queued is held for the
+-- caller, and so is one of this id already stored (a retried call), while still queued and
+-- unpublished. Otherwise the script returns the ids, and in relay mode its ready jobs are
+-- unsent, not held (score 0).
 local now = clock()
 local jobs = cmsgpack.unpack(ARGV[4])
 -- Dependencies are looked at before anything is written: one the broker does not know
@@ -264,6 +319,22 @@ if ARGV[6] and ARGV[6] ~= '' and redis.call('EXISTS', bk) == 0 then
   end
 end
 local out, ready, scheduled, all, waiting = {}, {}, {}, {}, {}
+local hold, unsent, held = ARGV[7], {}, 0
+if hold then held = now + tonumber(hold) end
+-- enqueue_unsent's answer for an id not inserted by this call: held again if it is the same
+-- job still queued and unpublished, the eta of a scheduled one.
+local function recorded(id, same)
+  local f = redis.call('HMGET', jkey(id), 'state', 'eta')
+  local publish, due = 0, -1
+  if f[1] == 'queued' and same and redis.call('ZSCORE', T .. ':unsent', id) then
+    redis.call('ZADD', T .. ':unsent', held, id)
+    publish = 1
+  elseif f[1] == 'scheduled' and f[2] then
+    due = tonumber(f[2])
+  end
+  out[#out + 1] = publish
+  out[#out + 1] = due
+end
 local done_channel = nil  -- set when a job ended at once (a dependency failed already)
 local seq = redis.call('INCRBY', T .. ':seq', #jobs) - #jobs
 for _, job in ipairs(jobs) do
@@ -273,12 +344,17 @@ for _, job in ipairs(jobs) do
     local existing = redis.call('GET', T .. ':idem:' .. key)
     if existing and redis.call('EXISTS', jkey(existing)) == 1 then
       out[#out + 1] = existing
+      if hold then recorded(existing, existing == id) end
       found = true
     end
   end
   if not found then
     local jk = jkey(id)
-    if redis.call('EXISTS', jk) == 0 then
+    local publish, due = 0, -1  -- enqueue_unsent's answer for a job inserted
+    if redis.call('EXISTS', jk) == 1 then
+      out[#out + 1] = id
+      if hold then recorded(id, true) end
+    else
       seq = seq + 1
       local state = 'queued'
       if eta ~= '' and tonumber(eta) > now then state = 'scheduled' end
@@ -328,18 +404,29 @@ for _, job in ipairs(jobs) do
       elseif state == 'queued' then
         ready[#ready + 1] = ready_score(prio, seq)
         ready[#ready + 1] = id
+        if RELAY then
+          unsent[#unsent + 1] = held
+          unsent[#unsent + 1] = id
+          publish = 1
+        end
       else
         scheduled[#scheduled + 1] = tonumber(eta)
         scheduled[#scheduled + 1] = id
+        due = tonumber(eta)
+      end
+      out[#out + 1] = id
+      if hold then
+        out[#out + 1] = publish
+        out[#out + 1] = due
       end
     end
-    out[#out + 1] = id
   end
 end
 variadic('ZADD', T .. ':ready', ready)
 variadic('ZADD', T .. ':scheduled', scheduled)
 variadic('ZADD', T .. ':all', all)
 variadic('ZADD', T .. ':waiting', waiting)
+variadic('ZADD', T .. ':unsent', unsent)
 if #ready > 0 then redis.call('PUBLISH', ARGV[2], '1') end
 if done_channel then publish_ended(done_channel) end
 return out
@@ -352,35 +439,15 @@ return out
 -- retry or lease end, in ms; -1: none), so an idle worker needs no round trip to learn it.
 local now, limit = clock(), tonumber(ARGV[2])
 local lease_end = now + tonumber(ARGV[3])
--- Recover runs whose worker stopped renewing its lease.
-local expired = redis.call('ZRANGEBYSCORE', T .. ':running', '-inf', '(' .. now)
-if #expired > 0 then variadic('ZREM', T .. ':running', expired) end
-for _, id in ipairs(expired) do
-  local jk = jkey(id)
-  local attempt = redis.call('HGET', jk, 'attempt') or '0'
-  local lost = redis.call('HINCRBY', jk, 'recoveries', 1)
-  append_error(jk, '{"type":"WorkerLost","message":"the worker holding this job stopped ' ..
-    'renewing its lease","attempt":' .. attempt .. '}')
-  if lost > tonumber(ARGV[5]) then
-    append_error(jk, '{"type":"Poison","message":"the job\'s worker was lost ' .. lost ..
-      ' times","attempt":' .. attempt .. '}')
-    finish(jk, id, 'failed', now, tonumber(ARGV[6]), {})
-  else
-    make_ready(jk, id)
-  end
-end
-publish_ended(ARGV[7])
--- Promote due delayed and retrying jobs.
-for _, set in ipairs({'scheduled', 'retrying'}) do
-  local due = redis.call('ZRANGEBYSCORE', T .. ':' .. set, '-inf', now)
-  if #due > 0 then variadic('ZREM', T .. ':' .. set, due) end
-  for _, id in ipairs(due) do make_ready(jkey(id), id) end
-end
+recover_and_promote(now, tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7])
 -- Lease the best ready jobs.
 local out = {-1}
 if limit > 0 then
   local ids = redis.call('ZRANGEBYSCORE', T .. ':ready', '-inf', ARGV[8], 'LIMIT', 0, limit)
-  if #ids > 0 then variadic('ZREM', T .. ':ready', ids) end
+  if #ids > 0 then
+    variadic('ZREM', T .. ':ready', ids)
+    if RELAY then variadic('ZREM', T .. ':unsent', ids) end
+  end
   local running = {}
   for _, id in ipairs(ids) do
     local jk = jkey(id)
@@ -401,13 +468,7 @@ end
 if #out > 1 and #out == 1 + 4 * limit or redis.call('ZCARD', T .. ':ready') > 0 then
   out[1] = 0
 else
-  for _, set in ipairs({'scheduled', 'retrying', 'running'}) do
-    local first = redis.call('ZRANGE', T .. ':' .. set, 0, 0, 'WITHSCORES')
-    if first[2] then
-      local score = tonumber(first[2])
-      if out[1] < 0 or score < out[1] then out[1] = score end
-    end
-  end
+  out[1] = next_due(out[1])
 end
 return out
 
@@ -510,7 +571,10 @@ local state = redis.call('HGET', jk, 'state')
 if not state then return false end
 if state == 'scheduled' or state == 'queued' or state == 'retrying' then
   local set = state
-  if state == 'queued' then set = 'ready' end
+  if state == 'queued' then
+    set = 'ready'
+    if RELAY then redis.call('ZREM', T .. ':unsent', id) end
+  end
   redis.call('ZREM', T .. ':' .. set, id)
   if state == 'scheduled' and tonumber(redis.call('HGET', jk, 'waiting') or '0') > 0 then
     stop_waiting(jk, T, id)
@@ -640,3 +704,133 @@ redis.call('ZADD', key, at, redis.call('INCR', key .. ':n'))
 redis.call('PEXPIREAT', key, at + period)  -- the log is empty once its newest start is out
 redis.call('PEXPIREAT', key .. ':n', at + period)
 return at - now
+
+-- Relay mode (a store under the RabbitMQ broker, docs/design/rabbitmq.md §3): RabbitMQ carries
+-- "job X is ready now", this store keeps the job. T:unsent holds the queued jobs nobody
+-- published yet; these scripts are the store's side of the relay.
+
+--- relay_due
+-- ARGV: T, limit, hold (ms), max recoveries, dead-letter ttl, done channel. First what a claim
+-- does first (recover lost leases, ready due jobs), then hold for the caller up to limit
+-- queued jobs neither published nor held (score 0 or a hold ended), in ready order (priority,
+-- then seq): their score becomes now + hold. Returns {now, due, then 3 values per job: id
+-- priority payload}, where due is when this queue next has something to relay (ms: now when
+-- more are waiting; else the earliest eta, lease end or hold end ahead; -1: none).
+local now, limit = clock(), tonumber(ARGV[2])
+recover_and_promote(now, tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6])
+local key = T .. ':unsent'
+local candidates, stale = {}, {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', key, '-inf', now)) do
+  local score = redis.call('ZSCORE', T .. ':ready', id)
+  if score then
+    candidates[#candidates + 1] = {tonumber(score), id}
+  else
+    stale[#stale + 1] = id  -- not queued (cannot happen: every path that unreadies removes it)
+  end
+end
+if #stale > 0 then variadic('ZREM', key, stale) end
+table.sort(candidates, function(a, b) return a[1] < b[1] end)
+local until_ = now + tonumber(ARGV[3])
+local out, held = {now, -1}, {}
+for i = 1, math.min(limit, #candidates) do
+  local id = candidates[i][2]
+  local f = redis.call('HMGET', jkey(id), 'priority', 'payload')
+  held[#held + 1] = until_
+  held[#held + 1] = id
+  out[#out + 1] = id
+  out[#out + 1] = f[1]
+  out[#out + 1] = f[2]
+end
+variadic('ZADD', key, held)
+if #candidates > limit then
+  out[2] = now  -- more to take at once
+else
+  local due = next_due(-1)
+  local first = redis.call('ZRANGEBYSCORE', key, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  if first[2] and (due < 0 or tonumber(first[2]) < due) then due = tonumber(first[2]) end
+  if #held > 0 and (due < 0 or until_ < due) then due = until_ end
+  out[2] = due
+end
+return out
+
+--- relay_unhold
+-- ARGV: T, the hold's end (ms) a relay_due set, then ids: those still held by it are unsent
+-- again (score 0), for the next pass (relay_due took more across queues than its limit).
+local key = T .. ':unsent'
+for i = 3, #ARGV do
+  local score = redis.call('ZSCORE', key, ARGV[i])
+  if score and tonumber(score) == tonumber(ARGV[2]) then redis.call('ZADD', key, 0, ARGV[i]) end
+end
+return 0
+
+--- mark_sent
+-- ARGV: T, then ids: published, so no relay takes them again. Only a held job is marked (the
+-- enqueuer or a relay held it before publishing): one readied anew since (score 0: released,
+-- recovered) waits for the relay, as a late mark must not swallow its new readiness.
+local key = T .. ':unsent'
+for i = 2, #ARGV do
+  local score = redis.call('ZSCORE', key, ARGV[i])
+  if score and tonumber(score) > 0 then redis.call('ZREM', key, ARGV[i]) end
+end
+return 0
+
+--- claim_ids
+-- ARGV: T, lease (ms), worker, max recoveries, dead-letter ttl, done channel, then ids. First
+-- what a claim does first (a lost lease's job is queued again, or dead: Poison; due jobs are
+-- readied), then each queued job is leased as claim leases it. Returns 4 values per id:
+-- 'leased' attempt failures payload; or its state (not claimable) or 'missing', 0, 0, ''.
+local now = clock()
+recover_and_promote(now, tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6])
+local lease_end = now + tonumber(ARGV[2])
+local out, leased, running = {}, {}, {}
+for i = 7, #ARGV do
+  local id = ARGV[i]
+  local jk = jkey(id)
+  local f = redis.call('HMGET', jk, 'state', 'attempt', 'failures', 'payload')
+  if f[1] == 'queued' then
+    local attempt = tonumber(f[2]) + 1
+    redis.call('HSET', jk, 'state', 'running', 'attempt', attempt, 'started_at', now,
+      'worker', ARGV[3])
+    leased[#leased + 1] = id
+    running[#running + 1] = lease_end
+    running[#running + 1] = id
+    out[#out + 1] = 'leased'
+    out[#out + 1] = attempt
+    out[#out + 1] = f[3]
+    out[#out + 1] = f[4]
+  else
+    out[#out + 1] = f[1] or 'missing'
+    out[#out + 1] = 0
+    out[#out + 1] = 0
+    out[#out + 1] = ''
+  end
+end
+if #leased > 0 then
+  variadic('ZREM', T .. ':ready', leased)
+  variadic('ZREM', T .. ':unsent', leased)
+  variadic('ZADD', T .. ':running', running)
+end
+return out
+
+--- withdraw
+-- ARGV: T, result ttl, done channel, the error (JSON), then ids. Those still queued and not
+-- published (in T:unsent) end cancelled with the error, as cancel ends them (finish), and
+-- their idempotency keys are freed (if they still name them).
+local now = clock()
+for i = 5, #ARGV do
+  local id = ARGV[i]
+  local jk = jkey(id)
+  local f = redis.call('HMGET', jk, 'state', 'idem')
+  if f[1] == 'queued' and redis.call('ZSCORE', T .. ':unsent', id) then
+    redis.call('ZREM', T .. ':ready', id)
+    redis.call('ZREM', T .. ':unsent', id)
+    append_error(jk, ARGV[4])
+    if f[2] then
+      local ik = T .. ':idem:' .. f[2]
+      if redis.call('GET', ik) == id then redis.call('DEL', ik) end
+    end
+    finish(jk, id, 'cancelled', now, tonumber(ARGV[2]), {})
+  end
+end
+publish_ended(ARGV[3])
+return 0

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import math
 import re
 import time
@@ -49,11 +50,16 @@ from dromos.brokers.base import (
     BrokerOptions,
     Delivery,
     EnqueueRequest,
+    Gone,
     HeartbeatReply,
     Lease,
+    Missing,
     Outcome,
     ProgressUpdate,
     QueueStats,
+    Recorded,
+    RelayBatch,
+    RelayJob,
     WebhookDue,
     dependencies,
     job_status,
@@ -111,17 +117,20 @@ _PRIORITY_UNIT = 2**40  # ready score = -priority * _PRIORITY_UNIT + seq (see re
 _NO_DEPENDENCY = re.compile(r"DROMOS_NO_DEPENDENCY (\S+)")  # the enqueue script's refusal
 
 
-def _scripts(cluster: bool, file: str = "redis.lua") -> dict[str, str]:
+def _scripts(cluster: bool, file: str = "redis.lua", relay: bool = False) -> dict[str, str]:
     """The named sections of ``redis.lua`` (or ``file``), each prefixed with its ``common`` one.
 
-    ``CLUSTER`` is set in the source: on a Cluster the scripts publish differently.
+    ``CLUSTER`` is set in the source: on a Cluster the scripts publish differently. So is
+    ``RELAY`` (relay mode: ready jobs are also indexed in ``T:unsent``), so that a store not
+    in relay mode runs no more than before.
     """
     text = resources.files("dromos.brokers").joinpath(file).read_text()
     sections: dict[str, str] = {}
     for chunk in text.split("\n--- ")[1:]:
         name, _, body = chunk.partition("\n")
         sections[name.strip()] = body
-    common = f"local CLUSTER = {str(cluster).lower()}\n" + sections.pop("common")
+    flags = f"local CLUSTER = {str(cluster).lower()}\nlocal RELAY = {str(relay).lower()}\n"
+    common = flags + sections.pop("common")
     return {name: common + body for name, body in sections.items()}
 
 
@@ -248,6 +257,7 @@ class RedisBroker(RedisEventBus, Broker):
         self._statuses: dict[str, list[str | bool]] = {}
         self._hooks: dict[str, str] = {}  # job id -> queue of the webhook deliveries leased
         self._batch_homes: dict[str, str] = {}  # batch id -> the queue whose tag its key has
+        self._relayed: dict[str, str] = {}  # job id -> queue of the jobs relay_due handed out
         self._init_bus()
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -284,7 +294,7 @@ class RedisBroker(RedisEventBus, Broker):
             raise BrokerError(f"cannot reach Redis at {self._safe_url}: {exc}") from exc
         cluster = bool(self._cluster)
         self._sources = self._sources or {
-            **_scripts(cluster),
+            **_scripts(cluster, relay=self.options.relay),
             **_scripts(cluster, "redis_events.lua"),  # the event bus (RedisEventBus)
         }
         client: Any = (
@@ -332,16 +342,33 @@ class RedisBroker(RedisEventBus, Broker):
     async def _queue_of(self, job_ids: Iterable[str]) -> dict[str, str]:
         """The queue of each job: known for jobs this instance leased, else looked up."""
         found = {j: self._held[j] for j in job_ids if j in self._held}
-        missing = [j for j in job_ids if j not in found]
+        missing = list(dict.fromkeys(j for j in job_ids if j not in found))
         if missing:
             state = await self._state()
             queues = sorted(await self._known_queues())
+            try:
+                async with state.client.pipeline(transaction=False) as pipe:  # one round trip
+                    for job_id in missing:
+                        for queue in queues:
+                            pipe.exists(f"{self._tag(queue)}:job:{job_id}")
+                    hits = iter(await pipe.execute())
+            except RedisError as exc:
+                raise BrokerError(f"Redis at {self._safe_url} failed a lookup: {exc}") from exc
             for job_id in missing:
                 for queue in queues:
-                    if await state.client.exists(f"{self._tag(queue)}:job:{job_id}"):
+                    if next(hits) and job_id not in found:
                         found[job_id] = queue
-                        break
         return found
+
+    async def _homes(self, job_ids: Sequence[str]) -> dict[str, str]:
+        """:meth:`_queue_of`, first from what this instance knows: the jobs it enqueued,
+        leased, or handed to a relay."""
+        found: dict[str, str] = {}
+        for job_id in job_ids:
+            hint = self._enqueued.get(job_id) or self._relayed.get(job_id)
+            if hint is not None:
+                found[job_id] = hint
+        return found | await self._queue_of([j for j in job_ids if j not in found])
 
     def _by_queue(self, queues: dict[str, str], items: Sequence[Any]) -> dict[str, list[Any]]:
         groups: dict[str, list[Any]] = {}
@@ -978,3 +1005,126 @@ class RedisBroker(RedisEventBus, Broker):
         for queue in sorted(await self._known_queues()):
             gone += await self._call("purge", queue)
         return gone
+
+    # -- relay mode (a store under the RabbitMQ broker, docs/design/rabbitmq.md §3) ----------
+    # T:unsent (redis.lua) holds each queue's queued jobs not yet published, scored by until
+    # when they are held (0: not held); the scripts that make a job queued add it there.
+    def _relay_mode(self, primitive: str) -> None:
+        if not self.options.relay:
+            raise ConfigurationError(
+                f"{primitive} needs a store opened in relay mode (BrokerOptions(relay=True)): "
+                "only then are its ready jobs marked unsent"
+            )
+
+    async def enqueue_unsent(
+        self, requests: Sequence[EnqueueRequest], hold: float
+    ) -> list[Recorded]:
+        self._relay_mode("enqueue_unsent")
+        if not requests:
+            return []
+        groups, batches = self._batches(requests, await self._dependencies(requests))
+        for _, args in batches:
+            args += ["", "", _ms(hold)]  # no batch; the hold
+        await self._register(groups)
+        stored = await self._enqueue(batches)
+        if len(self._enqueued) > _REMEMBERED:
+            self._enqueued.clear()
+        out: list[Recorded | None] = [None] * len(requests)
+        for (queue, indexes), flat in zip(groups.items(), stored, strict=True):
+            for n, index in enumerate(indexes):
+                job_id = flat[3 * n].decode()
+                due = int(flat[3 * n + 2])
+                self._enqueued[job_id] = queue
+                out[index] = Recorded(job_id, flat[3 * n + 1] == 1, None if due < 0 else due / 1000)
+        return [r for r in out if r is not None]
+
+    async def mark_sent(self, job_ids: Sequence[str]) -> None:
+        homes = await self._homes(job_ids)
+        for queue, ids in self._ids_by_queue(homes, job_ids).items():
+            await self._call("mark_sent", queue, *ids)
+
+    def _ids_by_queue(self, homes: dict[str, str], job_ids: Sequence[str]) -> dict[str, list[str]]:
+        groups: dict[str, list[str]] = {}
+        for job_id in job_ids:
+            if job_id in homes:
+                groups.setdefault(homes[job_id], []).append(job_id)
+        return groups
+
+    async def relay_due(self, limit: int, hold: float) -> RelayBatch:
+        self._relay_mode("relay_due")
+        queues = sorted(await self._known_queues())
+        if not queues:
+            seconds, micros = await (await self._state()).client.time()
+            return RelayBatch([], None, seconds + micros / 1e6)
+        opts = self.options
+        replies = await asyncio.gather(*(
+            self._call(
+                "relay_due", queue, limit, _ms(hold), opts.max_recoveries,
+                _ms(opts.dead_letter_ttl), self._done_channel(queue),
+            )
+            for queue in queues
+        ))  # fmt: skip
+        # Each queue answers on its own server's clock (a Cluster's nodes may disagree): its
+        # due time is kept as a delay from its own now, and the batch says the first one's.
+        now = int(replies[0][0]) / 1000
+        delays: list[float] = []
+        taken: list[list[RelayJob]] = []
+        for queue, flat in zip(queues, replies, strict=True):
+            due = int(flat[1])
+            if due >= 0:
+                delays.append(max(0, due - int(flat[0])) / 1000)
+            jobs = [
+                RelayJob(flat[i].decode(), queue, int(flat[i + 1]), flat[i + 2])
+                for i in range(2, len(flat), 3)
+            ]
+            taken.append(jobs)
+        # Each queue's jobs come in its ready order; across queues, the higher priority first,
+        # then the older job (ids are UUIDv7: they sort by enqueue time).
+        merged = list(heapq.merge(*taken, key=lambda j: (-j.priority, j.job_id)))
+        jobs, extra = merged[:limit], merged[limit:]
+        if extra:  # held beyond the limit: unsent again, for the next pass, which is now
+            delays.append(0.0)
+            homes = {j.job_id: j.queue for j in extra}
+            for queue, flat in zip(queues, replies, strict=True):
+                ids = [j.job_id for j in extra if homes[j.job_id] == queue]
+                if ids:
+                    await self._call("relay_unhold", queue, int(flat[0]) + _ms(hold), *ids)
+        if len(self._relayed) > _REMEMBERED:
+            self._relayed.clear()
+        for job in jobs:
+            self._relayed[job.job_id] = job.queue
+        return RelayBatch(jobs, now + min(delays) if delays else None, now)
+
+    async def claim_ids(
+        self, job_ids: Sequence[str], lease: float, worker: str = ""
+    ) -> list[Delivery | Gone | Missing]:
+        out: list[Delivery | Gone | Missing] = [Missing(j) for j in job_ids]
+        homes = await self._homes(job_ids)
+        places: dict[str, list[int]] = {}  # queue -> the positions of its ids in job_ids
+        for index, job_id in enumerate(job_ids):
+            if job_id in homes:
+                places.setdefault(homes[job_id], []).append(index)
+        opts = self.options
+        for queue, indexes in places.items():
+            flat = await self._call(
+                "claim_ids", queue, _ms(lease), worker, opts.max_recoveries,
+                _ms(opts.dead_letter_ttl), self._done_channel(queue),
+                *(job_ids[i] for i in indexes),
+            )  # fmt: skip
+            for n, index in enumerate(indexes):
+                job_id, kind = job_ids[index], flat[4 * n].decode()
+                if kind == "leased":
+                    self._held[job_id] = queue
+                    attempt, failures = int(flat[4 * n + 1]), int(flat[4 * n + 2])
+                    out[index] = Delivery(job_id, attempt, failures, flat[4 * n + 3])
+                elif kind != "missing":
+                    out[index] = Gone(job_id, JobState(kind))
+        return out
+
+    async def withdraw(self, job_ids: Sequence[str], reason: str) -> None:
+        self._relay_mode("withdraw")
+        error = _json.encode(JobError(type="EnqueueFailed", message=reason, attempt=0))
+        homes = await self._homes(job_ids)
+        ttl = _ms(self.options.result_ttl)
+        for queue, ids in self._ids_by_queue(homes, job_ids).items():
+            await self._call("withdraw", queue, ttl, self._done_channel(queue), error, *ids)

@@ -996,7 +996,8 @@ class SQLiteBroker(SQLiteEventBus, Broker):
         def mark() -> None:
             with self._write() as db:
                 db.executemany(
-                    "UPDATE dromos_jobs SET sent_until = ? WHERE id = ? AND state = 'queued'",
+                    "UPDATE dromos_jobs SET sent_until = ? WHERE id = ? AND state = 'queued' "
+                    "AND sent_until < 1e308",  # held: not claimed and readied again since
                     [(_SENT, job_id) for job_id in job_ids],
                 )
 
