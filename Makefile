@@ -5,7 +5,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check bench bench-redis bench-sqlite bench-http bench-events clean
+.PHONY: demo test lint typecheck check bench bench-redis bench-sqlite bench-postgres bench-http \
+	bench-events clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,15 +29,19 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
-# dromos beside its peers: on a private Redis (each peer in its own venv), then on SQLite;
-# then the HTTP gateway on both, then the event bus beside FastStream.
-bench: bench-redis bench-sqlite bench-http bench-events
+# dromos beside its peers: on a private Redis (each peer in its own venv), then on SQLite,
+# then on a private PostgreSQL cluster beside procrastinate; then the HTTP gateway, then the
+# event bus beside FastStream.
+bench: bench-redis bench-sqlite bench-postgres bench-http bench-events
 
 bench-redis: $(STAMP)
 	$(BIN)/python bench/redis_bench.py
 
 bench-sqlite: $(STAMP)
 	$(BIN)/python bench/sqlite_bench.py
+
+bench-postgres: $(STAMP)
+	$(BIN)/python bench/postgres_bench.py
 
 bench-http: $(STAMP)
 	$(BIN)/python bench/http_bench.py

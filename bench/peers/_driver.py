@@ -1,5 +1,9 @@
 """The one measuring loop every system goes through (dromos and each peer alike).
 
+Two stores: ``--store redis`` (the default: ``redis_bench.py``, ``port`` is the private
+Redis) and ``--store postgres`` (``postgres_bench.py``, ``port`` is the private PostgreSQL
+cluster, see the end of this docstring).
+
 A peer module (``<name>_peer.py``, run by its own virtualenv's Python) defines one class per
 variant with the ``Peer`` methods below and ends with ``main(Variant1(), Variant2())``;
 ``--variant NAME`` picks one (``name`` attribute, e.g. ``celery-threads``). This driver owns
@@ -17,7 +21,18 @@ the timing, the completion count and the process handling, so every system is me
 - ``latency_*``: on an idle worker, enqueue one job and wait for its result through the
   system's own result API, ``samples`` times.
 
-Stdlib and the sync redis-py client only (every peer's virtualenv has redis-py).
+Stdlib and the sync redis-py client only (every Redis peer's virtualenv has redis-py; it is
+imported only with ``--store redis``).
+
+With ``--store postgres`` the counter is the row ``bench.counter`` of the private cluster
+(``_pgcounter.py``; the tasks run ``UPDATE bench.counter SET n = n + 1``), read the same way
+every 2 ms, and a flush empties every table of the cluster's ``postgres`` database except
+migration bookkeeping (``*schema_version``), sets the counter to 0 and runs a ``CHECKPOINT``
+(so that no phase inherits another's checkpoint); a drain's fill is followed by ``ANALYZE``
+(tables emptied by ``TRUNCATE`` have no statistics until autovacuum's next round, up to a
+minute later, and a query planned without them can scan the whole queue per fetch); psycopg
+instead of redis-py. A peer may define ``prepare(port)``, called once before the first phase
+(e.g. to install its schema).
 """
 
 from __future__ import annotations
@@ -42,10 +57,13 @@ from _counter import COUNTER, SHARED_PORT  # noqa: E402
 from _common import _rate  # noqa: E402
 
 PHASES = ("enqueue", "bulk", "drain", "latency")
+STORES = ("redis", "postgres")
+_store = "redis"  # set by main() from --store
 
 
 class Peer(Protocol):
-    """What a system's module provides; ``port`` is always the private Redis."""
+    """What a system's module provides; ``port`` is the private server (Redis, or PostgreSQL
+    with ``--store postgres``)."""
 
     name: str
 
@@ -83,9 +101,36 @@ def _private_client(port: int) -> Any:
 
 
 def _flush(port: int) -> None:
+    if _store == "postgres":
+        import _pgcounter
+
+        _pgcounter.flush(port)
+        return
     client = _private_client(port)  # the private server only
     client.flushall()
     client.close()
+
+
+class _RedisCount:
+    """Reads the counter of the private Redis."""
+
+    def __init__(self, port: int) -> None:
+        self.client = _private_client(port)
+
+    def __call__(self) -> int:
+        return int(self.client.get(COUNTER) or 0)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _counter(port: int) -> Any:
+    """A reader of the completion counter (``reader()``, ``reader.close()``)."""
+    if _store == "postgres":
+        import _pgcounter
+
+        return _pgcounter.Reader(port)
+    return _RedisCount(port)
 
 
 def _tree_rss_mb(pid: int) -> float:
@@ -142,14 +187,18 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def _drain(peer: Peer, port: int, n: int, procs: int, timeout: float) -> dict[str, float]:
     _flush(port)
     peer.fill(port, n)
-    client = _private_client(port)
+    if _store == "postgres":  # statistics for the tables the flush emptied (see _pgcounter)
+        import _pgcounter
+
+        _pgcounter.analyze(port)
+    count = _counter(port)
     argv, env = peer.worker(port, procs, results=False)
     proc = _start(argv, env)
     try:
         deadline = time.monotonic() + timeout
         first_t, first_c = 0.0, 0
         while True:
-            c = int(client.get(COUNTER) or 0)
+            c = count()
             now = time.perf_counter()
             if c and not first_t:
                 first_t, first_c = now, c
@@ -165,7 +214,7 @@ def _drain(peer: Peer, port: int, n: int, procs: int, timeout: float) -> dict[st
         rss = _tree_rss_mb(proc.pid)
     finally:
         _stop(proc)
-        client.close()
+        count.close()
     return {f"drain_{procs}p": rate, f"rss_{procs}p_mb": rss}
 
 
@@ -181,7 +230,10 @@ def _latency(peer: Peer, port: int, samples: int) -> dict[str, float]:
         _stop(proc)
     if not trips:
         raise RuntimeError(f"{peer.name}: no round trips measured")
-    return _from_samples(trips)
+    out = _from_samples(trips)
+    if _store == "postgres":  # round trips of 100 ms or more (a missed wake-up, a poll)
+        out["latency_slow"] = float(sum(1 for t in trips if t >= 100.0))
+    return out
 
 
 def _from_samples(samples: list[float]) -> dict[str, float]:
@@ -206,12 +258,20 @@ def main(*peers: Peer) -> None:
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=300, help="per drain, seconds")
     parser.add_argument("--only", nargs="+", choices=PHASES, default=list(PHASES))
+    parser.add_argument("--store", choices=STORES, default="redis", help="what port is")
     opts = parser.parse_args()
-    if opts.port == SHARED_PORT:
+    if opts.store == "redis" and opts.port == SHARED_PORT:
         raise SystemExit("refusing the shared Redis")
+    if opts.store == "postgres" and opts.port == 5432:
+        raise SystemExit("refusing the shared PostgreSQL")
+    global _store
+    _store = opts.store
     peer = next(p for p in peers if p.name == opts.variant)
     out: dict[str, float] = {}
     n, port = opts.jobs, opts.port
+    prepare = getattr(peer, "prepare", None)  # once, before any phase (a schema to install)
+    if prepare is not None:
+        prepare(port)
     if "enqueue" in opts.only:
         _flush(port)
         out["enqueue"] = _rate(n, peer.enqueue_single(port, n))

@@ -9,6 +9,7 @@ completion message, not by polling.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import sys
 import time
@@ -19,23 +20,23 @@ from _driver import main
 CONCURRENCY = 32
 
 
-def _url(port: int) -> str:
-    return f"redis://127.0.0.1:{port}/0?prefix=bench"
-
-
-def _app(port: int) -> Any:
-    os.environ["DROMOS_BROKER"] = _url(port)
-    os.environ["BENCH_REDIS_PORT"] = str(port)
-    import dromos_tasks
-
-    return dromos_tasks
-
-
 class Dromos:
     name = "dromos"
+    tasks = "dromos_tasks"  # the task module the worker runs (``<tasks>:app``)
+    port_env = "BENCH_REDIS_PORT"  # how the tasks find the counter's server
+
+    def _url(self, port: int) -> str:
+        return f"redis://127.0.0.1:{port}/0?prefix=bench"
+
+    def _env(self, port: int) -> dict[str, str]:
+        return {"DROMOS_BROKER": self._url(port), self.port_env: str(port)}
+
+    def _app(self, port: int) -> Any:
+        os.environ.update(self._env(port))
+        return importlib.import_module(self.tasks)
 
     def enqueue_single(self, port: int, n: int) -> float:
-        mod = _app(port)
+        mod = self._app(port)
         mod.noop.enqueue(-1)
         t0 = time.perf_counter()
         for i in range(n):
@@ -43,7 +44,7 @@ class Dromos:
         return time.perf_counter() - t0
 
     def enqueue_bulk(self, port: int, n: int, batch: int) -> float | None:
-        mod = _app(port)
+        mod = self._app(port)
         mod.noop.enqueue(-1)
         t0 = time.perf_counter()
         for start in range(0, n, batch):
@@ -54,14 +55,14 @@ class Dromos:
         self.enqueue_bulk(port, n, 1000)
 
     def worker(self, port: int, procs: int, results: bool) -> tuple[list[str], dict[str, str]]:
-        argv = [sys.executable, "-m", "dromos", "worker", "dromos_tasks:app", "-c",
+        argv = [sys.executable, "-m", "dromos", "worker", f"{self.tasks}:app", "-c",
                 str(CONCURRENCY), "-q", "default", "--log-level", "warning"]  # fmt: skip
         if procs > 1:
             argv += ["-p", str(procs)]
-        return argv, {"DROMOS_BROKER": _url(port), "BENCH_REDIS_PORT": str(port)}
+        return argv, self._env(port)
 
     def round_trip(self, port: int, samples: int) -> list[float]:
-        mod = _app(port)
+        mod = self._app(port)
         mod.noop.enqueue(-1).result(timeout=60)  # the worker is up
         time.sleep(0.5)
         out = []
@@ -73,7 +74,7 @@ class Dromos:
 
     def extra(self, port: int, n: int) -> dict[str, float]:
         """dromos only: ``await aenqueue`` one at a time, and 64 coroutines at once."""
-        mod = _app(port)
+        mod = self._app(port)
 
         async def run() -> dict[str, float]:
             await mod.noop.aenqueue(-1)

@@ -3,7 +3,8 @@
 Created on first use (``ensure``); ``--upgrade`` in ``peers_bench.py`` refreshes them. The
 peers cannot share one environment (arq needs redis-py < 6), and none shares dromos's. Every
 environment gets ``hiredis`` where its redis-py takes it: the C reply parser that redis-py
-recommends for speed, as dromos's own environment has.
+recommends for speed, as dromos's own environment has; procrastinate's gets psycopg's binary
+build (``psycopg[binary,pool]``), as dromos's has.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ REQUIREMENTS: dict[str, list[str]] = {
     "taskiq": ["taskiq", "taskiq-redis", "hiredis"],
     "saq": ["saq[redis]", "hiredis", "typing-extensions"],  # saq imports typing_extensions
     "faststream": ["faststream[redis]", "hiredis"],
+    # PostgreSQL: psycopg's binary build, as dromos's environment has (psycopg-binary)
+    "procrastinate": ["procrastinate", "psycopg[binary,pool]"],
 }
 # the distributions whose versions the results record, per system
 REPORTED: dict[str, list[str]] = {
@@ -37,6 +40,7 @@ REPORTED: dict[str, list[str]] = {
     "taskiq": ["taskiq", "taskiq-redis", "redis", "hiredis"],
     "saq": ["saq", "redis", "hiredis"],
     "faststream": ["faststream", "redis", "hiredis"],
+    "procrastinate": ["procrastinate", "psycopg", "psycopg-binary", "psycopg-pool"],
 }
 
 
