@@ -19,7 +19,7 @@ import msgspec
 from dromos._coalesce import Coalescer
 from dromos._portal import Portal
 from dromos.batch import Batch
-from dromos.brokers import create_broker
+from dromos.brokers import NO_BACKEND, create_broker, keeps_status
 from dromos.brokers.base import (
     SUMMARY_PLACEHOLDER,
     BatchRecord,
@@ -154,11 +154,14 @@ class App:
         self.job_events = job_events
         self.broker_url = os.environ.get("DROMOS_BROKER") or broker or DEFAULT_BROKER
         backend = os.environ.get("DROMOS_BACKEND") or backend
-        if backend is not None and backend != self.broker_url:
+        if keeps_status(self.broker_url) and backend not in (None, self.broker_url):
             raise ConfigurationError(
                 f"backend={backend!r}: this broker keeps status and results itself; a separate "
-                "backend is only for brokers that keep none. Leave backend unset."
+                "backend is only for brokers that keep none (RabbitMQ). Leave backend unset."
             )
+        if not keeps_status(self.broker_url) and backend is None:
+            raise ConfigurationError(NO_BACKEND)
+        self.backend_url = None if keeps_status(self.broker_url) else backend
         self.lease = _seconds(lease)
         if self.lease <= 0:
             raise ConfigurationError("lease must be a positive number of seconds")
@@ -180,7 +183,9 @@ class App:
         self.event_source = f"/dromos/{name}"
         # Made now (it connects on first use) so that a bad URL fails here, not at the first
         # enqueue in production.
-        self._broker: Broker | None = create_broker(self.broker_url, self.broker_options)
+        self._broker: Broker | None = create_broker(
+            self.broker_url, self.broker_options, self.backend_url
+        )
         self._opened = False
         self._lock = threading.Lock()
         self._coalescers: dict[asyncio.AbstractEventLoop, Coalescer] = {}
@@ -346,7 +351,7 @@ class App:
         """The broker instance (not yet connected until first used)."""
         with self._lock:
             if self._broker is None:
-                self._broker = create_broker(self.broker_url, self.broker_options)
+                self._broker = create_broker(self.broker_url, self.broker_options, self.backend_url)
             return self._broker
 
     async def abroker(self) -> Broker:

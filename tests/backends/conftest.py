@@ -13,13 +13,16 @@ private to one test on the shared server (or on the session's private Redis Clus
 
 Selecting backends: ``-k memory``, ``-k sqlite``, ``-k redis`` (both Redis backends),
 ``-k "redis and not cluster"`` (the shared server), ``-k redis-cluster`` (the cluster),
-``-k postgres`` (the shared PostgreSQL server, one fresh schema per test).
+``-k postgres`` (the shared PostgreSQL server, one fresh schema per test), ``-k rabbitmq``
+(the shared RabbitMQ node under a name prefix per test, records in Redis; with
+``DROMOS_TEST_RABBITMQ_STORES=all`` also in SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import os
 import re
@@ -130,6 +133,34 @@ def drop_postgres_schema(schema: str) -> None:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+RABBITMQ_HOST, RABBITMQ_PORT = "127.0.0.1", 5672
+
+
+@contextlib.contextmanager
+def _rabbitmq(store: BackendFactory, tmp_path: Path, test_id: str) -> Iterator[Target]:
+    """The shared RabbitMQ node under a name prefix of this test's own (every queue and
+    exchange declared under it is deleted afterwards), its records in ``store``'s."""
+    require_server("rabbitmq", RABBITMQ_HOST, RABBITMQ_PORT)
+    if importlib.util.find_spec("aio_pika") is None:
+        why = "aio-pika is not installed: pip install -e '.[rabbitmq]'"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{why}: CI must run the tests of every backend")
+        pytest.skip(why)
+    prefix = f"dromos_t_{secrets.token_hex(6)}"
+    url = f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}/?prefix={prefix}&publish_timeout=5"
+    with store(tmp_path, test_id) as records:
+        try:
+            yield Target(url, records.broker)
+        finally:
+            from dromos.brokers.rabbitmq_transport import AmqpTransport
+
+            async def delete() -> None:
+                transport = AmqpTransport(url)
+                await transport.delete_names(set(transport.declared))
+
+            asyncio.run(delete())
+
+
 #: name -> factory of a fresh store; the suite is parametrized over these names.
 #: ``-k redis`` selects both Redis backends, ``-k redis-cluster`` the cluster alone.
 BACKENDS: dict[str, BackendFactory] = {
@@ -138,7 +169,15 @@ BACKENDS: dict[str, BackendFactory] = {
     "redis": _redis,
     "redis-cluster": _redis_cluster,
     "postgres": _postgres,
+    "rabbitmq-redis": functools.partial(_rabbitmq, _redis),
 }
+# RabbitMQ with its other state stores: the RabbitMQ side is the same code, and each store's
+# relay mode is proved on its own (test_relay_primitives.py), so the whole suite runs on these
+# pairs only when asked (DROMOS_TEST_RABBITMQ_STORES=all), to keep `make test` under ten
+# minutes.
+if os.environ.get("DROMOS_TEST_RABBITMQ_STORES") == "all":
+    BACKENDS["rabbitmq-sqlite"] = functools.partial(_rabbitmq, _sqlite)
+    BACKENDS["rabbitmq-postgres"] = functools.partial(_rabbitmq, _postgres)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -177,7 +216,7 @@ async def make_broker(backend: Target) -> AsyncIterator[MakeBroker]:
     made: list[Broker] = []
 
     async def make(**options: Any) -> Broker:
-        broker = create_broker(backend.broker, BrokerOptions(**options))
+        broker = create_broker(backend.broker, BrokerOptions(**options), backend.backend)
         await broker.open()
         made.append(broker)
         return broker

@@ -14,9 +14,22 @@ def test_an_unknown_broker_scheme_is_refused_when_the_app_is_made() -> None:
         dromos.App("x", broker="nope://x")
 
 
-def test_a_planned_broker_scheme_says_it_is_not_available_yet() -> None:
-    with pytest.raises(dromos.ConfigurationError, match="not available in this version"):
+def test_rabbitmq_without_a_state_store_is_refused_with_what_to_give(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("DROMOS_BACKEND", raising=False)
+    with pytest.raises(dromos.ConfigurationError, match=r"keeps no job status.*backend="):
         dromos.App("x", broker="amqp://guest:guest@localhost/")
+    with pytest.raises(dromos.ConfigurationError, match="keeps no job status itself"):
+        dromos.App("x", broker="amqp://localhost/", backend="amqp://other/")
+    monkeypatch.setenv("DROMOS_BACKEND", f"sqlite:///{tmp_path}/state.db")
+    app = dromos.App("x", broker="amqp://guest:guest@localhost/?prefix=p")
+    from dromos.brokers.rabbitmq import RabbitMQBroker
+    from dromos.brokers.sqlite import SQLiteBroker as Store
+
+    assert isinstance(app.broker, RabbitMQBroker)
+    assert isinstance(app.broker.store, Store)
+    assert app.broker.store.options.relay
 
 
 def test_a_bad_sqlite_url_is_refused_with_how_to_write_it() -> None:

@@ -6,23 +6,47 @@ the :class:`~dromos.brokers.base.Broker` interface.
 
 from __future__ import annotations
 
+import dataclasses
 from urllib.parse import urlsplit
 
 from dromos.brokers.base import Broker, BrokerOptions
 from dromos.errors import ConfigurationError
 
-__all__ = ["Broker", "BrokerOptions", "create_broker"]
+__all__ = ["NO_BACKEND", "Broker", "BrokerOptions", "create_broker", "keeps_status"]
 
-_PLANNED = {
-    "amqp": "the RabbitMQ broker",
-    "amqps": "the RabbitMQ broker",
-}
+_NO_STATUS = ("amqp", "amqps")  # brokers that keep no job status: they need a backend=
+NO_BACKEND = (
+    "the RabbitMQ broker keeps no job status: give it a state store, "
+    'App(..., backend="redis://..." | "postgresql://..." | "sqlite:///path.db") '
+    "or DROMOS_BACKEND=...; status, progress, results, retries and schedules live there"
+)
 
 
-def create_broker(url: str, options: BrokerOptions | None = None) -> Broker:
+def keeps_status(url: str) -> bool:
+    """Whether the broker a URL names keeps job status itself (else it needs a backend)."""
+    return urlsplit(url).scheme not in _NO_STATUS
+
+
+def create_broker(
+    url: str, options: BrokerOptions | None = None, backend: str | None = None
+) -> Broker:
     """Make the broker a URL names: ``sqlite:///path``, ``memory://``, ``redis://...``,
-    ``postgresql://...``."""
+    ``postgresql://...``, or ``amqp://...`` with the state store ``backend`` names."""
     scheme = urlsplit(url).scheme
+    if scheme in _NO_STATUS:
+        if backend is None:
+            raise ConfigurationError(NO_BACKEND)
+        if not keeps_status(backend):
+            raise ConfigurationError(f"backend={backend!r} keeps no job status itself")
+        try:
+            from dromos.brokers.rabbitmq import RabbitMQBroker
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"the RabbitMQ broker needs aio-pika: pip install 'dromos[rabbitmq]' ({exc})"
+            ) from exc
+        opts = options or BrokerOptions()
+        store = create_broker(backend, dataclasses.replace(opts, relay=True))
+        return RabbitMQBroker(url, store, opts)
     if scheme == "sqlite":
         from dromos.brokers.sqlite import SQLiteBroker
 
@@ -48,11 +72,6 @@ def create_broker(url: str, options: BrokerOptions | None = None) -> Broker:
                 f"pip install 'dromos[postgres]' ({exc})"
             ) from exc
         return PostgresBroker(url, options)
-    if scheme in _PLANNED:
-        raise ConfigurationError(
-            f"{_PLANNED[scheme]} ({scheme}://) is not available in this version; "
-            "use sqlite:///path.db (the default) or memory://"
-        )
     raise ConfigurationError(
         f"unknown broker URL {url!r}: use sqlite:///path.db (the default) or memory://"
     )

@@ -76,6 +76,7 @@ __all__ = [
 
 log = logging.getLogger("dromos.rabbitmq")
 
+_DECLARED: dict[str, set[Name]] = {}  # prefix -> the names declared under it (teardown)
 _BAND_PRIORITY = {"high": 1, "normal": 0, "low": -1}  # for a message without the header
 PRIORITY_HEADER = "x-dromos-priority"
 _DELIVERY_LIMIT = 20
@@ -183,7 +184,8 @@ class AmqpTransport:
         if prefetch is not None:
             self.settings = replace(self.settings, prefetch=checked_prefetch(prefetch))
         self.names = AmqpNames(self.settings.prefix)
-        self.declared: set[Name] = set()  # everything this instance declared, for teardown
+        # Everything declared under this prefix by any transport of this process, for teardown.
+        self.declared: set[Name] = _DECLARED.setdefault(self.settings.prefix, set())
         self._loops: dict[asyncio.AbstractEventLoop, _LoopState] = {}
 
     # -- errors and state -------------------------------------------------------------------

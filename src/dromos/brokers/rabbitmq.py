@@ -1,0 +1,339 @@
+"""The RabbitMQ broker (``amqp://``): RabbitMQ carries the ready jobs, a state store keeps them.
+
+The design is ``docs/design/rabbitmq.md``; in short:
+
+- **The state store** (``backend=``: SQLite, Redis, PostgreSQL; memory in one process) keeps
+  every job's record exactly as it does as a broker of its own: state, attempt (the fencing
+  token), lease, progress, result, errors, idempotency keys, batches, dependencies, rate
+  limits, schedules' named leases, the webhook outbox. It runs in *relay mode*: a ready job
+  is marked unsent until it was published.
+- **RabbitMQ** (:mod:`~dromos.brokers.rabbitmq_transport`) carries one message per readiness:
+  "job X is ready now", with its envelope, on a quorum queue per dromos queue and priority
+  band, published with confirms.
+- **Enqueue**: the store first (the job is held for this caller), then the publish, awaited
+  until confirmed, then the mark "sent". A publish that fails for ``publish_timeout``
+  withdraws the jobs (cancelled, ``EnqueueFailed``) and raises: a job whose enqueue raised
+  never runs.
+- **Claim**: the worker's buffered messages, best first, are claimed *by id* in the store,
+  then acked. A job that is not ready (a duplicate message, a cancelled or ended job) is
+  dropped; its record decides, so a duplicate message never makes a second run.
+- **The relay** publishes whatever the store makes ready by itself (a delay or a retry come
+  due, a lost lease recovered, a released or replayed job, a dependent, a batch's callback):
+  a pass runs inline before each claim, after a release or a replay, and while a worker
+  waits for work (at least every second).
+- **Events** travel through the state store's event bus for now; the topic exchange of the
+  design (step 8) replaces that later without changing the interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from dromos.batch import BatchStatus
+from dromos.brokers.base import (
+    BatchRecord,
+    Broker,
+    BrokerOptions,
+    Delivery,
+    EnqueueRequest,
+    EventDeadLetter,
+    EventDelivery,
+    EventOutcome,
+    EventRecord,
+    GroupStats,
+    HeartbeatReply,
+    Lease,
+    Missing,
+    Outcome,
+    ProgressUpdate,
+    QueueStats,
+    WebhookDue,
+)
+from dromos.brokers.rabbitmq_transport import AmqpTransport, Message, Outgoing
+from dromos.errors import BrokerError
+from dromos.job import JobState, JobStatus, WebhookAttempt
+from dromos.message import DecodeError, decode
+
+__all__ = ["RabbitMQBroker"]
+
+log = logging.getLogger("dromos.rabbitmq")
+
+_RELAY_LIMIT = 500  # jobs per relay pass
+_RELAY_POLL = 1.0  # seconds: the longest a waiting worker goes without a relay pass
+_HOLD_MARGIN = 20.0  # seconds an enqueuer holds its jobs beyond its publish timeout
+_ADOPT_WINDOW = 86400.0  # idempotency window of a job adopted from a foreign message
+
+
+class RabbitMQBroker(Broker):
+    """Jobs on RabbitMQ, their records in ``store`` (a broker opened in relay mode)."""
+
+    def __init__(self, url: str, store: Broker, options: BrokerOptions | None = None) -> None:
+        super().__init__(options)
+        if isinstance(store, RabbitMQBroker):
+            raise BrokerError("the state store of a RabbitMQ broker cannot be RabbitMQ")
+        self.store = store
+        self.transport = AmqpTransport(url)
+        self.hold = self.transport.settings.publish_timeout + _HOLD_MARGIN
+        self._poked: dict[asyncio.AbstractEventLoop, asyncio.Event] = {}
+
+    async def open(self) -> None:
+        await self.store.open()
+
+    async def close(self) -> None:
+        try:
+            await self.transport.nack_all()
+        except Exception as exc:  # closing anyway: the server requeues what is unacked
+            log.debug("nack at close failed: %s", exc)
+        await self.transport.close()
+        await self.store.close()
+
+    # -- the relay ------------------------------------------------------------------------
+    def _poke(self) -> None:
+        """Something may have become ready in the store: the next wait runs a relay pass."""
+        event = self._poked.get(asyncio.get_running_loop())
+        if event is not None:
+            event.set()
+
+    async def relay(self) -> int:
+        """One relay pass: publish the ready jobs the store holds unsent; how many."""
+        batch = await self.store.relay_due(_RELAY_LIMIT, self.hold)
+        if not batch.jobs:
+            return 0
+        await self.transport.publish(
+            [Outgoing(j.job_id, j.queue, j.priority, j.payload) for j in batch.jobs]
+        )
+        await self.store.mark_sent([j.job_id for j in batch.jobs])
+        return len(batch.jobs)
+
+    # -- producing ------------------------------------------------------------------------
+    async def enqueue(self, requests: Sequence[EnqueueRequest]) -> list[str]:
+        if not requests:
+            return []
+        recorded = await self.store.enqueue_unsent(requests, self.hold)
+        outgoing = [
+            Outgoing(r.job_id, req.message.queue, req.message.priority, req.payload)
+            for r, req in zip(recorded, requests, strict=True)
+            if r.publish
+        ]
+        await self._publish_or_withdraw(outgoing)
+        return [r.job_id for r in recorded]
+
+    async def _publish_or_withdraw(self, outgoing: list[Outgoing]) -> None:
+        if not outgoing:
+            return
+        ids = [o.job_id for o in outgoing]
+        try:
+            await self.transport.publish(outgoing)
+        except BrokerError as exc:
+            try:
+                await self.store.withdraw(ids, str(exc))
+            except Exception as undo:
+                raise BrokerError(
+                    f"{exc}; withdrawing the {len(ids)} job(s) failed too ({undo}): they may "
+                    "still run, once the relay publishes them"
+                ) from exc
+            raise
+        try:
+            await self.store.mark_sent(ids)
+        except Exception as exc:  # the relay publishes them again after the hold: a duplicate
+            log.warning("marking %d published job(s) failed: %s", len(ids), exc)
+
+    async def enqueue_batch(
+        self, batch: BatchRecord, requests: Sequence[EnqueueRequest]
+    ) -> list[str]:
+        # The batch's jobs are stored unsent; the relay pass publishes them before this returns.
+        ids = await self.store.enqueue_batch(batch, requests)
+        try:
+            while await self.relay() >= _RELAY_LIMIT:
+                pass
+        except BrokerError as exc:
+            await self.store.withdraw(ids, str(exc))
+            raise
+        return ids
+
+    async def batch_status(self, batch_id: str) -> BatchStatus | None:
+        return await self.store.batch_status(batch_id)
+
+    async def batch_jobs(self, batch_id: str) -> list[str] | None:
+        return await self.store.batch_jobs(batch_id)
+
+    # -- consuming ------------------------------------------------------------------------
+    async def claim(
+        self, queues: Sequence[str], limit: int, lease: float, worker: str = ""
+    ) -> list[Delivery]:
+        if limit <= 0 or not queues:
+            return []
+        await self.relay()  # what a claim does first: due jobs and lost leases become ready
+        out: list[Delivery] = []
+        # The buffer holds a prefetch's worth per queue and band: a claim of more takes
+        # again (each take's barrier gets one more, and the acks free room for pushes).
+        while len(out) < limit:
+            taken = await self.transport.take(queues, limit - len(out))
+            if not taken:
+                break
+            out += await self._claim_taken(taken, lease, worker)
+        return out
+
+    async def _claim_taken(self, taken: list[Message], lease: float, worker: str) -> list[Delivery]:
+        """Claim the jobs of these messages in the store, then ack them all (a job not ready
+        is dropped: its record decides); on a store failure they stay buffered."""
+        try:
+            answers = await self.store.claim_ids([m.job_id for m in taken], lease, worker)
+            missing = [m for m, a in zip(taken, answers, strict=True) if isinstance(a, Missing)]
+            adopted = await self._adopt(missing, lease, worker) if missing else {}
+        except Exception:
+            self.transport.restore(taken)  # their messages stay for the next claim
+            raise
+        await self.transport.ack(taken)
+        out = []
+        for message, answer in zip(taken, answers, strict=True):
+            if isinstance(answer, Delivery):
+                out.append(answer)
+            elif message.job_id in adopted:
+                out.append(adopted[message.job_id])
+        return out
+
+    async def _adopt(self, messages: list[Message], lease: float, worker: str) -> dict[str, Any]:
+        """Jobs whose message came without a record (a producer writing the wire format
+        straight to RabbitMQ): stored from their envelope, then claimed."""
+        requests, kept = [], []
+        for message in messages:
+            try:
+                envelope = decode(message.body)
+            except DecodeError as exc:
+                log.warning("message %s on %s dropped: %s", message.job_id, message.queue, exc)
+                continue
+            if message.headers.get("x-dromos-sent"):
+                log.warning("job %s: its record is gone (retention passed?); dropped", envelope.id)
+                continue
+            requests.append(EnqueueRequest(envelope, message.body, _ADOPT_WINDOW))
+            kept.append(envelope.id)
+        if not requests:
+            return {}
+        recorded = await self.store.enqueue_unsent(requests, self.hold)
+        claimed = await self.store.claim_ids([r.job_id for r in recorded], lease, worker)
+        await self.store.mark_sent([r.job_id for r in recorded])
+        return {d.job_id: d for d in claimed if isinstance(d, Delivery)}
+
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        poked = self._poked.setdefault(loop, asyncio.Event())
+        deadline = loop.time() + timeout
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            poked.clear()
+            waiting = asyncio.ensure_future(self.transport.wait(queues, min(left, _RELAY_POLL)))
+            poke = asyncio.ensure_future(poked.wait())
+            try:
+                await asyncio.wait({waiting, poke}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                poke.cancel()
+                if not waiting.done():
+                    waiting.cancel()
+            if waiting.done() and not waiting.cancelled() and waiting.result():
+                return  # a delivery for these queues
+            if await self.relay():
+                return  # published something: the next claim may find it
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> int:
+        settled = await self.store.settle(outcomes)
+        self._poke()  # a retry's due time, a dependent or a batch's callback: the relay's
+        return settled
+
+    async def extend(self, leases: Sequence[Lease], lease: float) -> HeartbeatReply:
+        return await self.store.extend(leases, lease)
+
+    async def release(self, leases: Sequence[Lease], eta: float | None = None) -> None:
+        await self.store.release(leases, eta)
+        await self.relay()  # at once available to the other workers
+        self._poke()
+
+    async def progress(self, updates: Sequence[ProgressUpdate]) -> None:
+        await self.store.progress(updates)
+
+    # -- status and control: the store's -------------------------------------------------
+    async def status(self, job_id: str) -> JobStatus | None:
+        return await self.store.status(job_id)
+
+    async def wait(self, job_id: str, timeout: float | None) -> JobStatus | None:
+        return await self.store.wait(job_id, timeout)
+
+    async def cancel(self, job_id: str) -> JobState | None:
+        return await self.store.cancel(job_id)  # a message still queued is dropped at claim
+
+    async def jobs(
+        self,
+        *,
+        state: JobState | None = None,
+        task: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[JobStatus]:
+        return await self.store.jobs(
+            state=state, task=task, queue=queue, limit=limit, before=before
+        )
+
+    async def queues(self) -> list[QueueStats]:
+        return await self.store.queues()
+
+    async def replay(self, job_ids: Sequence[str] | None = None) -> list[str]:
+        replayed = await self.store.replay(job_ids)
+        if replayed:
+            await self.relay()
+        return replayed
+
+    async def webhooks_due(self, limit: int, lease: float) -> list[WebhookDue]:
+        return await self.store.webhooks_due(limit, lease)
+
+    async def webhook_attempted(
+        self, job_id: str, attempt: WebhookAttempt, retry_at: float | None
+    ) -> None:
+        await self.store.webhook_attempted(job_id, attempt, retry_at)
+
+    async def hold_lease(self, name: str, holder: str, ttl: float) -> float | None:
+        return await self.store.hold_lease(name, holder, ttl)
+
+    async def drop_lease(self, name: str, holder: str) -> None:
+        await self.store.drop_lease(name, holder)
+
+    async def throttle(
+        self, key: str, limit: int, period: float, hold: float = float("inf")
+    ) -> float:
+        return await self.store.throttle(key, limit, period, hold)
+
+    async def purge(self) -> int:
+        return await self.store.purge()
+
+    # -- events: the store's bus until the topic exchange (design step 8) --------------------
+    async def publish(self, events: Sequence[EventRecord]) -> None:
+        await self.store.publish(events)
+
+    async def join_group(self, group: str, patterns: Sequence[str], start: str | float) -> None:
+        await self.store.join_group(group, patterns, start)
+
+    async def leave_group(self, group: str) -> None:
+        await self.store.leave_group(group)
+
+    async def claim_events(self, group: str, limit: int, lease: float) -> list[EventDelivery]:
+        return await self.store.claim_events(group, limit, lease)
+
+    async def settle_events(self, group: str, outcomes: Sequence[EventOutcome]) -> int:
+        return await self.store.settle_events(group, outcomes)
+
+    async def wait_for_events(self, groups: Sequence[str], timeout: float) -> None:
+        await self.store.wait_for_events(groups, timeout)
+
+    async def event_groups(self) -> list[GroupStats]:
+        return await self.store.event_groups()
+
+    async def event_dead_letters(self, group: str, limit: int = 100) -> list[EventDeadLetter]:
+        return await self.store.event_dead_letters(group, limit)
+
+    async def replay_events(self, group: str, keys: Sequence[str] | None = None) -> int:
+        return await self.store.replay_events(group, keys)
