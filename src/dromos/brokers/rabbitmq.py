@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -198,7 +199,9 @@ class RabbitMQBroker(Broker):
 
     async def _adopt(self, messages: list[Message], lease: float, worker: str) -> dict[str, Any]:
         """Jobs whose message came without a record (a producer writing the wire format
-        straight to RabbitMQ): stored from their envelope, then claimed."""
+        straight to RabbitMQ, or a store that lost data): stored from their envelope, then
+        claimed. A message dromos published whose job is older than the result retention
+        found no record because it ended long ago: dropped, not run again."""
         requests, kept = [], []
         for message in messages:
             try:
@@ -206,8 +209,10 @@ class RabbitMQBroker(Broker):
             except DecodeError as exc:
                 log.warning("message %s on %s dropped: %s", message.job_id, message.queue, exc)
                 continue
-            if message.headers.get("x-dromos-sent"):
-                log.warning("job %s: its record is gone (retention passed?); dropped", envelope.id)
+            age = time.time() - envelope.created_at.timestamp()
+            if message.headers.get("x-dromos-sent") and age > self.options.result_ttl:
+                # Published by dromos, and its record outlived: it ended and was purged.
+                log.warning("job %s: its record is past its retention; dropped", envelope.id)
                 continue
             requests.append(EnqueueRequest(envelope, message.body, _ADOPT_WINDOW))
             kept.append(envelope.id)
