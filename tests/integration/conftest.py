@@ -8,6 +8,7 @@ group (a supervisor and its children) even when a test fails half-way. Worker ou
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import os
@@ -109,13 +110,14 @@ class Cluster:
     The broker is a SQLite file in ``tmp_path`` unless ``url`` names another one.
     """
 
-    def __init__(self, tmp_path: Path, url: str | None = None) -> None:
+    def __init__(self, tmp_path: Path, url: str | None = None, backend: str | None = None) -> None:
         self.dir = tmp_path
         self.url = url or f"sqlite:///{tmp_path / 'x.db'}"
+        self.backend = backend  # the state store, for a broker that keeps none (RabbitMQ)
         self.ledger = Ledger(tmp_path / "ledger.txt")
         self.log = tmp_path / "workers.log"
         self.procs: list[subprocess.Popen[bytes]] = []
-        self.app = create_app(self.url)
+        self.app = create_app(self.url, backend=backend)
 
     # -- processes --------------------------------------------------------------------------
     def start(
@@ -125,6 +127,7 @@ class Cluster:
         env = {
             **os.environ,
             "DROMOS_BROKER": self.url,
+            **({"DROMOS_BACKEND": self.backend} if self.backend else {}),
             "LEDGER_PATH": str(self.ledger.path),
             "LEDGER_LEASE": str(lease),
             "LEDGER_MAX_RECOVERIES": str(max_recoveries),
@@ -234,11 +237,41 @@ def postgres_cluster(tmp_path: Path) -> Iterator[Cluster]:
         pg_servers.drop_schema(schema)
 
 
-@pytest.fixture(params=["sqlite", "redis", "postgres"])
+@contextlib.contextmanager
+def rabbitmq_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """Workers on the shared RabbitMQ node under a fresh name prefix, their records in the
+    shared Redis under a fresh key prefix; both deleted afterwards (after every worker is
+    killed)."""
+    require_server("rabbitmq", "127.0.0.1", 5672)
+    require_server("redis", SHARED_HOST, SHARED_PORT)
+    from dromos.brokers.rabbitmq_transport import BANDS, AmqpTransport, Name
+
+    prefix = new_prefix()
+    url = f"amqp://guest:guest@127.0.0.1:5672/?prefix={prefix}"
+    store = f"redis://{SHARED_HOST}:{SHARED_PORT}/0?prefix={prefix}"
+    c = Cluster(tmp_path, url, backend=store)
+    try:
+        yield c
+    finally:
+        c.close()
+        transport = AmqpTransport(url)
+        names = transport.names
+        queues = {t.queue for t in c.app.tasks.values()} | {"default"}
+        declared = {Name("queue", names.queue(q, b)) for q in queues for b in BANDS}
+        declared |= {Name("exchange", names.jobs), Name("exchange", names.dlx),
+                     Name("queue", names.dead)}  # fmt: skip
+        asyncio.run(transport.delete_names(declared | transport.declared))
+        delete_prefix(SHARED_HOST, SHARED_PORT, prefix)
+
+
+@pytest.fixture(params=["sqlite", "redis", "postgres", "rabbitmq"])
 def any_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
     """The same process-level scenario on every broker (a new broker adds a param here)."""
     if request.param == "redis":
         with redis_cluster(tmp_path) as c:
+            yield c
+    elif request.param == "rabbitmq":
+        with rabbitmq_cluster(tmp_path) as c:
             yield c
     elif request.param == "postgres":
         with postgres_cluster(tmp_path) as c:

@@ -45,10 +45,15 @@ def _record(outcome: str) -> int:
 
 
 def create_app(
-    broker: str | None = None, *, lease: float = 30.0, max_recoveries: int = 3
+    broker: str | None = None,
+    *,
+    lease: float = 30.0,
+    max_recoveries: int = 3,
+    backend: str | None = None,
 ) -> dromos.App:
-    """An app with the ledger tasks, on ``broker`` (``$DROMOS_BROKER`` wins, as always)."""
-    app = dromos.App("ledger", broker, lease=lease, max_recoveries=max_recoveries)
+    """An app with the ledger tasks, on ``broker`` (``$DROMOS_BROKER`` wins, as always) and,
+    for a broker that keeps no status, the state store ``backend`` (``$DROMOS_BACKEND``)."""
+    app = dromos.App("ledger", broker, backend=backend, lease=lease, max_recoveries=max_recoveries)
 
     @app.task(retries=0)
     async def noop(n: int) -> int:

@@ -21,11 +21,13 @@ TICKS = 10
 
 
 def _holder_pid(cluster: Cluster) -> int | None:
-    """The pid of the worker holding the scheduler's lease, read from the store itself."""
-    if cluster.url.startswith("sqlite"):
+    """The pid of the worker holding the scheduler's lease, read from the store itself (the
+    state store, for RabbitMQ)."""
+    store = cluster.backend or cluster.url
+    if store.startswith("sqlite"):
         import sqlite3
 
-        db = sqlite3.connect(cluster.url.removeprefix("sqlite:///"))
+        db = sqlite3.connect(store.removeprefix("sqlite:///"))
         try:
             row = db.execute("SELECT holder, until FROM dromos_leases").fetchone()
         except sqlite3.OperationalError:  # no table yet: no worker has opened the file
@@ -33,10 +35,10 @@ def _holder_pid(cluster: Cluster) -> int | None:
         finally:
             db.close()
         holder = row[0] if row and row[1] > time.time() else None
-    elif cluster.url.startswith("postgres"):
+    elif store.startswith("postgres"):
         import psycopg
 
-        dsn, _, query = cluster.url.partition("?")
+        dsn, _, query = store.partition("?")
         schema = query.removeprefix("schema=")
         with psycopg.connect(dsn, autocommit=True) as conn:
             try:
@@ -53,9 +55,9 @@ def _holder_pid(cluster: Cluster) -> int | None:
 
         from dromos.brokers.redis import RedisBroker
 
-        broker = RedisBroker(cluster.url)
+        broker = RedisBroker(store)
         key = f"{{{broker.prefix}:__leases__}}:lease:dromos:scheduler:ledger"
-        raw = redis.Redis.from_url(cluster.url.split("?")[0]).get(key)
+        raw = redis.Redis.from_url(store.split("?")[0]).get(key)
         holder = raw.decode() if raw else None
     return int(holder.split(":")[1]) if holder else None
 
