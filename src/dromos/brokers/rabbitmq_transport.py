@@ -502,11 +502,22 @@ class AmqpTransport:
         wait = self.settings.publish_timeout if timeout is None else timeout
         deadline = asyncio.get_running_loop().time() + wait
         link = await self._link(state, deadline)
+        # Shielded: a caller given up on (a waiter woken for another reason) must not cancel
+        # a consume RPC half-way, which makes aiormq close the channel, and with it the link.
+        subscribing = asyncio.ensure_future(self._consume_on(state, link, sorted(wanted)))
+        subscribing.add_done_callback(_retrieved)
+        await asyncio.shield(subscribing)
+
+    async def _consume_on(self, state: _LoopState, link: _Link, queues: list[str]) -> None:
         try:
-            for queue in sorted(wanted):
+            for queue in queues:
                 await self._ensure_consumers(state, link, queue)
         except _FAILURES as exc:
-            raise self._error(f"consuming {sorted(wanted)}", exc) from exc
+            # An RPC that failed or timed out closes its channel (aiormq): the link is lost.
+            # (A quorum queue whose leader is not known yet, just after a node restart, can
+            # leave a consume unanswered; the rebuilt link asks again.)
+            self._lost(state, link, "the consumer channel")
+            raise self._error(f"consuming {queues}", exc) from exc
 
     async def _ensure_consumers(self, state: _LoopState, link: _Link, queue: str) -> None:
         if all((queue, band) in link.consumers for band in BANDS):
@@ -582,6 +593,7 @@ class AmqpTransport:
                         link.unacked.add(tag)
                         state.buffers.setdefault(key, {})[tag] = self._message(raw, key, link)
         except _FAILURES as exc:
+            self._lost(state, link, "the consumer channel")  # its channel is closed now
             raise self._error("claiming (the connection was lost)", exc) from exc
         if link.lost:
             raise self._error("claiming", state.last_error or ConnectionError("connection lost"))
@@ -699,6 +711,12 @@ class AmqpTransport:
             if remaining <= 0 or state.link is not link:
                 return False
             await asyncio.wait({pulse}, timeout=remaining)
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    """Mark a shielded task's error as seen: its caller may be gone (it was cancelled)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _jittered(delay: float) -> float:
