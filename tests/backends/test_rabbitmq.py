@@ -8,6 +8,7 @@ behind the broker's back, or a RabbitMQ that cannot be reached.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,3 +102,24 @@ async def test_an_enqueue_whose_publish_fails_is_withdrawn_and_raises(
         assert again.publish  # the key was freed: a retry makes one new job
     finally:
         await broker.close()
+
+
+def test_the_inspection_commands_find_the_state_store_in_dromos_backend(
+    backend: Target, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dromos.cli import main
+
+    def dromos_cli(*args: str) -> int:
+        monkeypatch.setattr(sys, "argv", ["dromos", *args])
+        try:
+            main()
+        except SystemExit as exc:
+            return exc.code if isinstance(exc.code, int) else 1
+        return 0
+
+    assert backend.backend is not None
+    monkeypatch.setenv("DROMOS_BACKEND", backend.backend)
+    assert dromos_cli("queues", "--broker", backend.broker) == 0
+    monkeypatch.delenv("DROMOS_BACKEND")
+    assert dromos_cli("queues", "--broker", backend.broker) != 0
+    assert "state store" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -217,7 +218,9 @@ def with_broker(url: str, action: Callable[[Broker], Awaitable[T]]) -> T:
     async def run() -> T:
         # The broker alone, not an App: App prefers $DROMOS_BROKER to its argument, and here
         # an explicit --broker must win over the environment.
-        broker = create_broker(url)
+        # A broker that keeps no status (RabbitMQ) reads its state store from the app's
+        # setting, $DROMOS_BACKEND.
+        broker = create_broker(url, backend=os.environ.get("DROMOS_BACKEND") or None)
         await broker.open()
         try:
             return await action(broker)
