@@ -67,6 +67,40 @@ async def test_a_message_without_a_record_is_adopted_and_runs(
     assert (status.state, status.attempts) == (JobState.SUCCEEDED, 1)
 
 
+async def test_garbage_on_the_queue_is_dead_lettered_with_its_reason(
+    app: dromos.App, workers: Workers, backend: Target
+) -> None:
+    @app.task
+    async def ok(n: int) -> int:
+        return n
+
+    broker = await app.abroker()
+    from dromos.brokers.rabbitmq import RabbitMQBroker
+
+    assert isinstance(broker, RabbitMQBroker)
+    await broker.transport.consume(["default"])
+    garbage_id = new_job_id()
+    connection = await aio_pika.connect(backend.broker.partition("?")[0])
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(broker.transport.names.jobs)
+        for body, message_id in ((b"\xff not json", garbage_id), (b"[1, 2]", "not-a-uuid")):
+            await exchange.publish(
+                aio_pika.Message(body, message_id=message_id), routing_key="default.normal"
+            )
+    after = await ok.aenqueue(7)
+    workers.start(app)
+    assert await after.aresult(timeout=10) == 7  # the worker went on
+    for _ in range(200):
+        dead = await broker.jobs(state=JobState.FAILED)
+        if len(dead) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert len(dead) == 2
+    assert garbage_id in {s.id for s in dead}  # kept under its message id, when it is one
+    assert {s.errors[-1].type for s in dead} == {"DecodeError"}
+
+
 async def test_a_duplicate_message_never_makes_a_second_run(make_broker: MakeBroker) -> None:
     broker = await make_broker()
     from dromos.brokers.rabbitmq import RabbitMQBroker

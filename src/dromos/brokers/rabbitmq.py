@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from dromos.batch import BatchStatus
 from dromos.brokers.base import (
@@ -53,10 +53,11 @@ from dromos.brokers.base import (
     QueueStats,
     WebhookDue,
 )
-from dromos.brokers.rabbitmq_transport import AmqpTransport, Message, Outgoing
+from dromos.brokers.rabbitmq_transport import AmqpTransport, Outgoing
+from dromos.brokers.rabbitmq_transport import Message as Delivered
 from dromos.errors import BrokerError
 from dromos.job import JobState, JobStatus, WebhookAttempt
-from dromos.message import DecodeError, decode
+from dromos.message import DecodeError, Message, decode, new_job_id, utcnow
 
 __all__ = ["RabbitMQBroker"]
 
@@ -66,6 +67,7 @@ _RELAY_LIMIT = 500  # jobs per relay pass
 _RELAY_POLL = 1.0  # seconds: the longest a waiting worker goes without a relay pass
 _HOLD_MARGIN = 20.0  # seconds an enqueuer holds its jobs beyond its publish timeout
 _ADOPT_WINDOW = 86400.0  # idempotency window of a job adopted from a foreign message
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class RabbitMQBroker(Broker):
@@ -178,7 +180,9 @@ class RabbitMQBroker(Broker):
             out += await self._claim_taken(taken, lease, worker)
         return out
 
-    async def _claim_taken(self, taken: list[Message], lease: float, worker: str) -> list[Delivery]:
+    async def _claim_taken(
+        self, taken: list[Delivered], lease: float, worker: str
+    ) -> list[Delivery]:
         """Claim the jobs of these messages in the store, then ack them all (a job not ready
         is dropped: its record decides); on a store failure they stay buffered."""
         try:
@@ -193,35 +197,41 @@ class RabbitMQBroker(Broker):
         for message, answer in zip(taken, answers, strict=True):
             if isinstance(answer, Delivery):
                 out.append(answer)
-            elif message.job_id in adopted:
-                out.append(adopted[message.job_id])
+            elif message.tag in adopted:
+                out.append(adopted[message.tag])
         return out
 
-    async def _adopt(self, messages: list[Message], lease: float, worker: str) -> dict[str, Any]:
+    async def _adopt(
+        self, messages: list[Delivered], lease: float, worker: str
+    ) -> dict[int, Delivery]:
         """Jobs whose message came without a record (a producer writing the wire format
         straight to RabbitMQ, or a store that lost data): stored from their envelope, then
         claimed. A message dromos published whose job is older than the result retention
         found no record because it ended long ago: dropped, not run again."""
-        requests, kept = [], []
+        requests, adopting = [], []
         for message in messages:
             try:
                 envelope = decode(message.body)
-            except DecodeError as exc:
-                log.warning("message %s on %s dropped: %s", message.job_id, message.queue, exc)
-                continue
+            except DecodeError:
+                # Stored as it came, under its message id (or a new one): the worker that
+                # runs it dead-letters it with the decoder's reason, as on every broker.
+                envelope = Message(
+                    id=message.job_id if _UUID.fullmatch(message.job_id) else new_job_id(),
+                    task="?", queue=message.queue, created_at=utcnow(),
+                )  # fmt: skip
             age = time.time() - envelope.created_at.timestamp()
             if message.headers.get("x-dromos-sent") and age > self.options.result_ttl:
                 # Published by dromos, and its record outlived: it ended and was purged.
                 log.warning("job %s: its record is past its retention; dropped", envelope.id)
                 continue
             requests.append(EnqueueRequest(envelope, message.body, _ADOPT_WINDOW))
-            kept.append(envelope.id)
+            adopting.append(message)
         if not requests:
             return {}
         recorded = await self.store.enqueue_unsent(requests, self.hold)
         claimed = await self.store.claim_ids([r.job_id for r in recorded], lease, worker)
         await self.store.mark_sent([r.job_id for r in recorded])
-        return {d.job_id: d for d in claimed if isinstance(d, Delivery)}
+        return {m.tag: d for m, d in zip(adopting, claimed, strict=True) if isinstance(d, Delivery)}
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         loop = asyncio.get_running_loop()
