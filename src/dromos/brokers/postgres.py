@@ -53,6 +53,7 @@ from psycopg_pool import AsyncConnectionPool
 from dromos.batch import BatchStatus
 from dromos.brokers._notify import Notifier
 from dromos.brokers.base import (
+    DEPENDS_ON_HEADER,
     SUMMARY_PLACEHOLDER,
     BatchRecord,
     Broker,
@@ -333,6 +334,11 @@ def migrations() -> list[tuple[int, str, str]]:
         if entry.name.endswith(".sql") and entry.name[:4].isdigit():
             found.append((int(entry.name[:4]), entry.name, entry.read_text()))
     return sorted(found)
+
+
+def _keyed(headers: dict[str, str]) -> bool:
+    """Whether a job's insert takes more than the one plain statement (see _insert)."""
+    return bool(headers) and ("idempotency_key" in headers or DEPENDS_ON_HEADER in headers)
 
 
 def _lock_key(text: str) -> int:
@@ -647,7 +653,10 @@ class PostgresBroker(PostgresEventBus, Broker):
     async def enqueue(self, requests: Sequence[EnqueueRequest]) -> list[str]:
         if not requests:
             return []
-        async with self._cursor(transaction=True) as cur:
+        # Jobs without an idempotency key or dependencies are one INSERT (its NOTIFY in the
+        # same statement), atomic on its own: no BEGIN/COMMIT round trips around it.
+        single = all(not _keyed(r.message.headers) for r in requests)
+        async with self._cursor(transaction=not single) as cur:
             return await self._insert(cur, requests)
 
     async def enqueue_in(self, connection: Any, requests: Sequence[EnqueueRequest]) -> list[str]:
