@@ -32,6 +32,8 @@ import logging
 import re
 import time
 from collections.abc import Sequence
+from dataclasses import replace
+from urllib.parse import urlsplit
 
 from dromos.batch import BatchStatus
 from dromos.brokers.base import (
@@ -79,6 +81,9 @@ class RabbitMQBroker(Broker):
             raise BrokerError("the state store of a RabbitMQ broker cannot be RabbitMQ")
         self.store = store
         self.transport = AmqpTransport(url)
+        # Without ?prefetch= in the URL, a worker's first claim sets it to the room it claims
+        # for (its -c concurrency and as many prefetched): `dromos worker -c` sizes it.
+        self._prefetch_open = "prefetch=" not in urlsplit(url).query
         self.hold = self.transport.settings.publish_timeout + _HOLD_MARGIN
         self._poked: dict[asyncio.AbstractEventLoop, asyncio.Event] = {}
 
@@ -169,6 +174,10 @@ class RabbitMQBroker(Broker):
     ) -> list[Delivery]:
         if limit <= 0 or not queues:
             return []
+        if self._prefetch_open:
+            self._prefetch_open = False
+            settings = self.transport.settings
+            self.transport.settings = replace(settings, prefetch=min(max(limit, 1), 65535))
         await self.relay()  # what a claim does first: due jobs and lost leases become ready
         out: list[Delivery] = []
         # The buffer holds a prefetch's worth per queue and band: a claim of more takes
