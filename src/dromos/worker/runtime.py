@@ -63,6 +63,11 @@ _DEFERRED = _Deferred()
 _Entry = tuple["_Run", _Ready, "asyncio.Future[Outcome]"]
 _S = JobState
 _TRACEBACK_LIMIT = 16_000
+# Rate limits: a job starts at most this long after the start the broker reserved for it
+# (later, it reserves again), and the broker counts each start for its period plus this: so
+# no window of one period holds more starts than the limit, measured at the starts, also
+# when a busy process wakes a job late or a slot frees late.
+_RATE_SLACK = 0.05
 
 
 async def _cancel_all(tasks: Sequence[asyncio.Task[None]]) -> None:
@@ -94,7 +99,7 @@ def _limit_message(timeout: float | None) -> str:
 class _Run:
     """One job this worker holds, from claim until its outcome is written."""
 
-    __slots__ = ("ctx", "delivery", "lease", "reason", "started", "task")
+    __slots__ = ("ctx", "delivery", "lease", "reason", "start_by", "started", "task")
 
     def __init__(self, delivery: Delivery) -> None:
         self.delivery = delivery
@@ -102,6 +107,7 @@ class _Run:
         self.task: asyncio.Task[None] | None = None
         self.ctx: JobContext | None = None
         self.started = False
+        self.start_by = 0.0  # rate limits: the monotonic time its reserved start ends (0: none)
         # Why the worker interrupted it: "cancel" (asked for), "lost" (lease gone),
         # "shutdown" (hand it back); None while nobody interrupted it.
         self.reason: str | None = None
@@ -384,6 +390,8 @@ class Worker:
                     outcome = await self._gather(run, ready)
                 elif outcome is None:
                     async with self._slots:
+                        if run.start_by and time.monotonic() > run.start_by:
+                            await self._retime(run, ready)  # its reserved start passed
                         outcome = await self._attempt(run, ready)
         except asyncio.CancelledError:
             if run.reason is None:
@@ -448,8 +456,13 @@ class Worker:
         except Exception as exc:
             return self._failure(run, task, msg.max_attempts, exc)
         while True:
+            # Its reserved start is no earlier than the call's start plus the wait (the
+            # broker's clock read in between): the slack is counted from there, strictly.
+            asked = time.monotonic()
             try:
-                wait = await self._broker.throttle(key, limit.count, limit.period, self.rate_hold)
+                wait = await self._broker.throttle(
+                    key, limit.count, limit.period + _RATE_SLACK, self.rate_hold
+                )
                 break
             except NotImplementedError as exc:
                 return self._ended(run.delivery, _S.FAILED, "ConfigurationError", str(exc))
@@ -468,15 +481,28 @@ class Worker:
                 return _DEFERRED
             except Exception as exc:  # kept, then: it waits here for a reserved start
                 log.warning("deferring job %s failed (%s); holding it", run.delivery.job_id, exc)
-                await self._throttle_held(key, limit.count, limit.period)
-                return None
+                asked = time.monotonic()
+                wait = await self._broker.throttle(key, limit.count, limit.period + _RATE_SLACK)
+        run.start_by = asked + wait + _RATE_SLACK
         if wait > 0:
             self.counts["throttled"] += 1
             await asyncio.sleep(wait)
         return None
 
-    async def _throttle_held(self, key: str, count: int, period: float) -> None:
-        await asyncio.sleep(await self._broker.throttle(key, count, period))
+    async def _retime(self, run: _Run, ready: _Ready) -> None:
+        """A job that missed its reserved start (woken late, or a slot freed late) reserves
+        another and waits for it, holding its slot now: its start must stay within the slack
+        of a reserved one for the limit to hold at the starts."""
+        task = ready[1]
+        limit = task.rate_limit
+        assert limit is not None
+        key = task.rate_key_of(ready[2], ready[3])
+        while time.monotonic() > run.start_by:
+            self.counts["retimed"] += 1
+            asked = time.monotonic()
+            wait = await self._broker.throttle(key, limit.count, limit.period + _RATE_SLACK)
+            run.start_by = asked + wait + _RATE_SLACK
+            await asyncio.sleep(wait)
 
     def _started(self, run: _Run, task: Task[Any, Any]) -> None:
         run.started = True
