@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck check bench bench-redis bench-sqlite bench-postgres bench-http \
-	bench-events clean
+	bench-events bench-rabbitmq clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,8 @@ check: lint typecheck test
 
 # dromos beside its peers: on a private Redis (each peer in its own venv), then on SQLite,
 # then on a private PostgreSQL cluster beside procrastinate; then the HTTP gateway, then the
-# event bus beside FastStream.
-bench: bench-redis bench-sqlite bench-postgres bench-http bench-events
+# event bus beside FastStream; then on a private RabbitMQ node beside Celery and Dramatiq.
+bench: bench-redis bench-sqlite bench-postgres bench-http bench-events bench-rabbitmq
 
 bench-redis: $(STAMP)
 	$(BIN)/python bench/redis_bench.py
@@ -48,6 +48,9 @@ bench-http: $(STAMP)
 
 bench-events: $(STAMP)
 	$(BIN)/python bench/events_bench.py
+
+bench-rabbitmq: $(STAMP)
+	$(BIN)/python bench/rabbitmq_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,8 +1,9 @@
 """The one measuring loop every system goes through (dromos and each peer alike).
 
-Two stores: ``--store redis`` (the default: ``redis_bench.py``, ``port`` is the private
-Redis) and ``--store postgres`` (``postgres_bench.py``, ``port`` is the private PostgreSQL
-cluster, see the end of this docstring).
+Three stores: ``--store redis`` (the default: ``redis_bench.py``, ``port`` is the private
+Redis), ``--store postgres`` (``postgres_bench.py``, ``port`` is the private PostgreSQL
+cluster) and ``--store rabbitmq`` (``rabbitmq_bench.py``, ``port`` is the private Redis, the
+jobs travel on a private RabbitMQ node); see the end of this docstring.
 
 A peer module (``<name>_peer.py``, run by its own virtualenv's Python) defines one class per
 variant with the ``Peer`` methods below and ends with ``main(Variant1(), Variant2())``;
@@ -22,7 +23,7 @@ the timing, the completion count and the process handling, so every system is me
   system's own result API, ``samples`` times.
 
 Stdlib and the sync redis-py client only (every Redis peer's virtualenv has redis-py; it is
-imported only with ``--store redis``).
+imported only with ``--store redis`` or ``rabbitmq``).
 
 With ``--store postgres`` the counter is the row ``bench.counter`` of the private cluster
 (``_pgcounter.py``; the tasks run ``UPDATE bench.counter SET n = n + 1``), read the same way
@@ -33,6 +34,13 @@ migration bookkeeping (``*schema_version``), sets the counter to 0 and runs a ``
 minute later, and a query planned without them can scan the whole queue per fetch); psycopg
 instead of redis-py. A peer may define ``prepare(port)``, called once before the first phase
 (e.g. to install its schema).
+
+With ``--store rabbitmq`` the counter is the Redis one, as with ``--store redis`` (``port`` is
+the private Redis, which also holds dromos's state store and the peers' result backends where
+they use Redis); the private RabbitMQ node is ``--amqp-port``, exported as
+``$BENCH_AMQP_PORT`` to the peer and its workers (``_amqp.py``). A flush first purges every
+queue of the node until none holds a message (``rabbitmqctl eval``, by ``--rabbitmq-node``
+and ``--rabbitmq-home``), then empties the Redis.
 """
 
 from __future__ import annotations
@@ -57,13 +65,15 @@ from _counter import COUNTER, SHARED_PORT  # noqa: E402
 from _common import _rate  # noqa: E402
 
 PHASES = ("enqueue", "bulk", "drain", "latency")
-STORES = ("redis", "postgres")
+STORES = ("redis", "postgres", "rabbitmq")
 _store = "redis"  # set by main() from --store
+_rabbitmq: tuple[str, str] = ("", "")  # --store rabbitmq: the node's name and home
 
 
 class Peer(Protocol):
     """What a system's module provides; ``port`` is the private server (Redis, or PostgreSQL
-    with ``--store postgres``)."""
+    with ``--store postgres``; with ``--store rabbitmq`` the Redis, the node in
+    ``$BENCH_AMQP_PORT``)."""
 
     name: str
 
@@ -106,6 +116,10 @@ def _flush(port: int) -> None:
 
         _pgcounter.flush(port)
         return
+    if _store == "rabbitmq":  # the jobs first, then their records and the counter
+        import _amqp
+
+        _amqp.purge(*_rabbitmq)
     client = _private_client(port)  # the private server only
     client.flushall()
     client.close()
@@ -231,7 +245,7 @@ def _latency(peer: Peer, port: int, samples: int) -> dict[str, float]:
     if not trips:
         raise RuntimeError(f"{peer.name}: no round trips measured")
     out = _from_samples(trips)
-    if _store == "postgres":  # round trips of 100 ms or more (a missed wake-up, a poll)
+    if _store in ("postgres", "rabbitmq"):  # round trips of 100 ms or more (a missed wake-up)
         out["latency_slow"] = float(sum(1 for t in trips if t >= 100.0))
     return out
 
@@ -259,11 +273,22 @@ def main(*peers: Peer) -> None:
     parser.add_argument("--timeout", type=float, default=300, help="per drain, seconds")
     parser.add_argument("--only", nargs="+", choices=PHASES, default=list(PHASES))
     parser.add_argument("--store", choices=STORES, default="redis", help="what port is")
+    parser.add_argument("--amqp-port", type=int, help="--store rabbitmq: the private node")
+    parser.add_argument("--rabbitmq-node", help="--store rabbitmq: its node name (rabbitmqctl)")
+    parser.add_argument("--rabbitmq-home", help="--store rabbitmq: its HOME (Erlang cookie)")
     opts = parser.parse_args()
-    if opts.store == "redis" and opts.port == SHARED_PORT:
+    if opts.store in ("redis", "rabbitmq") and opts.port == SHARED_PORT:
         raise SystemExit("refusing the shared Redis")
     if opts.store == "postgres" and opts.port == 5432:
         raise SystemExit("refusing the shared PostgreSQL")
+    if opts.store == "rabbitmq":
+        if not (opts.amqp_port and opts.rabbitmq_node and opts.rabbitmq_home):
+            raise SystemExit("--store rabbitmq needs --amqp-port, --rabbitmq-node, --rabbitmq-home")
+        if opts.amqp_port == 5672:
+            raise SystemExit("refusing the shared RabbitMQ")
+        os.environ["BENCH_AMQP_PORT"] = str(opts.amqp_port)  # the peer's and its workers'
+        global _rabbitmq
+        _rabbitmq = (opts.rabbitmq_node, opts.rabbitmq_home)
     global _store
     _store = opts.store
     peer = next(p for p in peers if p.name == opts.variant)

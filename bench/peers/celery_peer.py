@@ -76,9 +76,13 @@ def _sh(commands: list[list[str]]) -> list[str]:
 
 class _Celery:
     name = ""
+    module = "celery_tasks"  # the task module the worker runs (``celery -A <module>``)
+
+    def _tasks(self, port: int) -> Any:
+        return _tasks(port)
 
     def enqueue_single(self, port: int, n: int) -> float:
-        task = _tasks(port).count
+        task = self._tasks(port).count
         task.delay(-1)
         t0 = time.perf_counter()
         for i in range(n):
@@ -90,14 +94,14 @@ class _Celery:
 
     def fill(self, port: int, n: int) -> None:
         """``apply_async`` in a loop on one producer, results off (only the drain fills)."""
-        mod = _tasks(port)
+        mod = self._tasks(port)
         with mod.app.producer_or_acquire() as producer:
             for i in range(n):
                 mod.count.apply_async((i,), producer=producer, ignore_result=True)
 
     def extra(self, port: int, n: int) -> dict[str, float]:
         """Celery only: the ``enqueue`` loop with ``ignore_result=True`` (no result channel)."""
-        task = _tasks(port).count
+        task = self._tasks(port).count
         task.apply_async((-1,), ignore_result=True)
         t0 = time.perf_counter()
         for i in range(n):
@@ -105,7 +109,7 @@ class _Celery:
         return {"enqueue_ignore_result": n / (time.perf_counter() - t0)}
 
     def _celery(self) -> list[str]:
-        return [str(Path(sys.executable).parent / "celery"), "-q", "-A", "celery_tasks", "worker"]
+        return [str(Path(sys.executable).parent / "celery"), "-q", "-A", self.module, "worker"]
 
     def _env(self, port: int, results: bool) -> dict[str, str]:
         return {
@@ -115,7 +119,7 @@ class _Celery:
         }
 
     def round_trip(self, port: int, samples: int) -> list[float]:
-        task = _tasks(port).count
+        task = self._tasks(port).count
         self._warm_up(task, port)
         time.sleep(0.5)
         out = []

@@ -4,7 +4,9 @@ Created on first use (``ensure``); ``--upgrade`` in ``peers_bench.py`` refreshes
 peers cannot share one environment (arq needs redis-py < 6), and none shares dromos's. Every
 environment gets ``hiredis`` where its redis-py takes it: the C reply parser that redis-py
 recommends for speed, as dromos's own environment has; procrastinate's gets psycopg's binary
-build (``psycopg[binary,pool]``), as dromos's has.
+build (``psycopg[binary,pool]``), as dromos's has. The RabbitMQ benchmark's Celery and Dramatiq
+have environments of their own (``celery-rabbitmq``, ``dramatiq-rabbitmq``): their AMQP clients
+are extra packages, and the Redis benchmark's environments stay as they are.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ REQUIREMENTS: dict[str, list[str]] = {
     "faststream": ["faststream[redis]", "hiredis"],
     # PostgreSQL: psycopg's binary build, as dromos's environment has (psycopg-binary)
     "procrastinate": ["procrastinate", "psycopg[binary,pool]"],
+    # RabbitMQ (rabbitmq_bench.py): kombu's own AMQP client (py-amqp, a dependency of celery)
+    # and Dramatiq's pika; redis-py for the shared counter and Dramatiq's result backend
+    "celery-rabbitmq": ["celery", "redis", "hiredis"],
+    "dramatiq-rabbitmq": ["dramatiq[rabbitmq,redis]", "hiredis"],
 }
 # the distributions whose versions the results record, per system
 REPORTED: dict[str, list[str]] = {
@@ -41,6 +47,8 @@ REPORTED: dict[str, list[str]] = {
     "saq": ["saq", "redis", "hiredis"],
     "faststream": ["faststream", "redis", "hiredis"],
     "procrastinate": ["procrastinate", "psycopg", "psycopg-binary", "psycopg-pool"],
+    "celery-rabbitmq": ["celery", "kombu", "amqp", "redis", "hiredis"],
+    "dramatiq-rabbitmq": ["dramatiq", "pika", "redis", "hiredis"],
 }
 
 
