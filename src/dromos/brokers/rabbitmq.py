@@ -180,13 +180,15 @@ class RabbitMQBroker(Broker):
             self.transport.settings = replace(settings, prefetch=min(max(limit, 1), 65535))
         await self.relay()  # what a claim does first: due jobs and lost leases become ready
         out: list[Delivery] = []
-        # The buffer holds a prefetch's worth per queue and band: a claim of more takes
-        # again (each take's barrier gets one more, and the acks free room for pushes).
+        # The buffer holds a prefetch's worth per queue and band: a claim of more takes again
+        # while a take came back full (its acks free room for pushes); a take that found
+        # fewer found the queues dry, and another would only cost empty gets.
         while len(out) < limit:
             taken = await self.transport.take(queues, limit - len(out))
-            if not taken:
+            if taken:
+                out += await self._claim_taken(taken, lease, worker)
+            if len(taken) < self.transport.settings.prefetch:
                 break
-            out += await self._claim_taken(taken, lease, worker)
         return out
 
     async def _claim_taken(

@@ -149,6 +149,7 @@ class _Link:
         self.unacked: set[int] = set()  # delivery tags not yet acked or nacked
         self.declaring = asyncio.Lock()
         self.lost = False
+        self.qos = 0  # the prefetch set on the consumer channel (for consumers made after it)
 
 
 class _LoopState:
@@ -270,6 +271,7 @@ class AmqpTransport:
             link.con = await consumer.get_underlay_channel()
             # Per consumer (global=False): each band of each queue holds up to prefetch.
             await link.con.basic_qos(prefetch_count=self.settings.prefetch, timeout=_RPC_TIMEOUT)
+            link.qos = self.settings.prefetch
             if hasattr(link.con, "on_consumer_cancel_callbacks"):
                 link.con.on_consumer_cancel_callbacks.add(
                     lambda _: self._lost(state, link, "consumer cancelled by the server")
@@ -526,6 +528,9 @@ class AmqpTransport:
         channel = link.con
         assert channel is not None
         async with link.declaring:  # one consume per band, also when two callers ask at once
+            if link.qos != self.settings.prefetch:  # changed since (the broker sizes it)
+                await channel.basic_qos(prefetch_count=self.settings.prefetch, timeout=_RPC_TIMEOUT)
+                link.qos = self.settings.prefetch
             for band in BANDS:
                 key = (queue, band)
                 if key in link.consumers:
