@@ -15,7 +15,7 @@ from tests.integration.conftest import Cluster
 pytestmark = pytest.mark.slow
 
 LEASE = 2.0  # the lease margin: a dead consumer's events come back after timeout + this
-EVENTS = 800  # enough that the first instance still holds some when it is killed
+EVENTS = 400  # enough that the first instance still holds some when it is killed
 
 
 def test_events_held_by_a_killed_instance_are_handled_by_the_other(
@@ -23,7 +23,7 @@ def test_events_held_by_a_killed_instance_are_handled_by_the_other(
 ) -> None:
     cluster = any_cluster
     monkeypatch.setenv("LEDGER_EVENT_TIMEOUT", "1")
-    ids = cluster.app.publish_many([("ledger.nap", 0.2) for _ in range(EVENTS)])
+    ids = cluster.app.publish_many([("ledger.nap", 0.1) for _ in range(EVENTS)])
     first = cluster.start("-c", "8", lease=LEASE)
     cluster.wait_until(
         lambda: len(cluster.ledger.runs("event-ok")) >= 20 or None, 30.0, "events handled"
