@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ __all__ = [
     "Cluster",
     "Entry",
     "Ledger",
+    "Producer",
     "alive",
     "children",
     "cluster",
@@ -198,6 +200,50 @@ class Cluster:
         if not self.log.exists():
             return ""
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+class Producer(threading.Thread):
+    """Enqueues ``jobs`` noop jobs in batches of ``batch`` through the normal API while the
+    broker fails (the fault tests); a batch whose enqueue raised one of ``errors`` is retried
+    (as new jobs) until one returns. Only the ids of batches whose enqueue returned count."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        jobs: int,
+        batch: int,
+        errors: tuple[type[BaseException], ...] = (dromos.BrokerError,),
+        tries: int = 2_000,
+    ) -> None:
+        super().__init__(name="producer", daemon=True)
+        self.cluster, self.jobs, self.batch, self.errors_caught = cluster, jobs, batch, errors
+        self.tries = tries  # of one batch, before the producer gives up (bounded)
+        self.accepted: list[str] = []
+        self.refused = 0  # enqueue calls that raised
+        self.errors: list[str] = []
+        self.failure: BaseException | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        noop = self.cluster.task("noop")
+        try:
+            for start in range(0, self.jobs, self.batch):
+                for _ in range(self.tries):
+                    if self.stop.is_set():
+                        return
+                    try:
+                        jobs = noop.enqueue_many([(n,) for n in range(start, start + self.batch)])
+                    except self.errors_caught as exc:  # only what raised is retried
+                        self.refused += 1
+                        self.errors.append(f"{type(exc).__name__}: {exc}")
+                        time.sleep(0.05)
+                        continue
+                    self.accepted += [j.id for j in jobs]
+                    break
+                else:
+                    raise AssertionError(f"batch at {start} never accepted: {self.errors[-1]}")
+        except BaseException as exc:
+            self.failure = exc
 
 
 @pytest.fixture

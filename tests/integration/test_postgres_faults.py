@@ -10,7 +10,6 @@ transaction runs only if that transaction commits. Every worker is killed at tea
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,9 +17,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-import dromos
 from tests import pg_servers
-from tests.integration.conftest import Cluster, postgres_cluster
+from tests.integration.conftest import Cluster, Producer, postgres_cluster
 from tests.pg_servers import PrivatePostgres
 
 pytestmark = pytest.mark.slow
@@ -58,49 +56,13 @@ CONCURRENCY = 16
 RESTARTS = ((1_500, True, 0.0), (3_500, False, 2.0))
 
 
-class _Producer(threading.Thread):
-    """Enqueues ``JOBS`` noop jobs in batches through the normal API; a batch whose enqueue
-    raised ``BrokerError`` is retried (as new jobs) until one returns. Only the ids of
-    batches whose enqueue returned count."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        super().__init__(name="producer", daemon=True)
-        self.cluster = cluster
-        self.accepted: list[str] = []
-        self.refused = 0  # enqueue calls that raised BrokerError
-        self.errors: list[str] = []
-        self.failure: BaseException | None = None
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        noop = self.cluster.task("noop")
-        try:
-            for start in range(0, JOBS, BATCH):
-                for _ in range(1_000):  # bounded: 1,000 tries of one batch is a failure
-                    if self.stop.is_set():
-                        return
-                    try:
-                        jobs = noop.enqueue_many([(n,) for n in range(start, start + BATCH)])
-                    except dromos.BrokerError as exc:  # only what raised is retried
-                        self.refused += 1
-                        self.errors.append(f"{type(exc).__name__}: {exc}")
-                        time.sleep(0.05)
-                        continue
-                    self.accepted += [j.id for j in jobs]
-                    break
-                else:
-                    raise AssertionError(f"batch at {start} never accepted: {self.errors[-1]}")
-        except BaseException as exc:
-            self.failure = exc
-
-
 def test_every_job_whose_enqueue_returned_runs_across_postgres_restarts(
     on_private: Cluster, server: PrivatePostgres
 ) -> None:
     cluster = on_private
     workers = [cluster.start("-c", str(CONCURRENCY), lease=5.0) for _ in range(WORKERS)]
     cluster.wait_for_boots(WORKERS)
-    producer = _Producer(cluster)
+    producer = Producer(cluster, JOBS, BATCH, tries=1_000)
     producer.start()
     try:
         for mark, immediate, down in RESTARTS:

@@ -9,15 +9,13 @@ or running. The records live in the shared Redis under a prefix of the test's ow
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-import dromos
-from tests.integration.conftest import Cluster
+from tests.integration.conftest import Cluster, Producer
 from tests.rabbitmq_servers import PrivateRabbitMQ, private_rabbitmq
 from tests.redis_servers import SHARED_HOST, SHARED_PORT, delete_prefix, new_prefix
 from tests.servers import require_server
@@ -55,41 +53,6 @@ def on_node(tmp_path: Path, node: PrivateRabbitMQ) -> Iterator[Cluster]:
         delete_prefix(SHARED_HOST, SHARED_PORT, prefix)
 
 
-class _Producer(threading.Thread):
-    """Enqueues ``JOBS`` noop jobs in batches; a batch whose enqueue raised is retried (as
-    new jobs) until one returns. Only the ids of batches whose enqueue returned count."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        super().__init__(name="producer", daemon=True)
-        self.cluster = cluster
-        self.accepted: list[str] = []
-        self.refused = 0
-        self.errors: list[str] = []
-        self.failure: BaseException | None = None
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        noop = self.cluster.task("noop")
-        try:
-            for start in range(0, JOBS, BATCH):
-                for _ in range(2_000):  # bounded: 2,000 tries of one batch is a failure
-                    if self.stop.is_set():
-                        return
-                    try:
-                        jobs = noop.enqueue_many([(n,) for n in range(start, start + BATCH)])
-                    except dromos.BrokerError as exc:
-                        self.refused += 1
-                        self.errors.append(f"{type(exc).__name__}: {exc}")
-                        time.sleep(0.05)
-                        continue
-                    self.accepted += [j.id for j in jobs]
-                    break
-                else:
-                    raise AssertionError(f"batch at {start} never accepted: {self.errors[-1]}")
-        except BaseException as exc:
-            self.failure = exc
-
-
 def test_every_job_whose_enqueue_returned_runs_across_rabbitmq_restarts(
     on_node: Cluster, node: PrivateRabbitMQ
 ) -> None:
@@ -102,7 +65,7 @@ def test_every_job_whose_enqueue_returned_runs_across_rabbitmq_restarts(
     # the node log shows "leader not known"); a deployment's queues are older than that.
     cluster.task("noop").enqueue(-1).result(timeout=30)
     time.sleep(6.0)
-    producer = _Producer(cluster)
+    producer = Producer(cluster, JOBS, BATCH)
     producer.start()
     try:
         for mark, outage in RESTARTS:

@@ -17,7 +17,6 @@ import random
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ import pytest
 import redis
 
 import dromos
-from tests.integration.conftest import HERE, Cluster
+from tests.integration.conftest import HERE, Cluster, Producer
 from tests.redis_servers import PrivateRedis, new_prefix
 
 pytestmark = pytest.mark.slow
@@ -64,48 +63,13 @@ CONCURRENCY = 32
 RESTARTS = ((1_500, 0.5), (3_500, 10.5))
 
 
-class _Producer(threading.Thread):
-    """Enqueues ``JOBS`` noop jobs in batches; a batch whose enqueue raised is retried (as
-    new jobs) until one returns. Only the ids of batches whose enqueue returned count."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        super().__init__(name="producer", daemon=True)
-        self.cluster = cluster
-        self.accepted: list[str] = []
-        self.refused = 0  # enqueue calls that raised
-        self.errors: list[str] = []
-        self.failure: BaseException | None = None
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        noop = self.cluster.task("noop")
-        try:
-            for start in range(0, JOBS, BATCH):
-                for _ in range(2_000):  # bounded: 2,000 tries of one batch is a failure
-                    if self.stop.is_set():
-                        return
-                    try:
-                        jobs = noop.enqueue_many([(n,) for n in range(start, start + BATCH)])
-                    except (dromos.BrokerError, redis.RedisError) as exc:
-                        self.refused += 1
-                        self.errors.append(f"{type(exc).__name__}: {exc}")
-                        time.sleep(0.02)
-                        continue
-                    self.accepted += [j.id for j in jobs]
-                    break
-                else:
-                    raise AssertionError(f"batch at {start} never accepted: {self.errors[-1]}")
-        except BaseException as exc:
-            self.failure = exc
-
-
 def test_every_job_whose_enqueue_returned_runs_across_redis_restarts(
     on_durable: Cluster, durable: PrivateRedis
 ) -> None:
     cluster = on_durable
     worker = cluster.start("-c", str(CONCURRENCY), lease=3.0)
     cluster.wait_for_boots(1)
-    producer = _Producer(cluster)
+    producer = Producer(cluster, JOBS, BATCH, (dromos.BrokerError, redis.RedisError))
     producer.start()
     try:
         for mark, outage in RESTARTS:  # the main thread restarts it (see redis_servers)
