@@ -230,7 +230,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     load_start = _load()
     server = PrivatePostgres(fsync=opts.fsync == "on")
-    print(f"private PostgreSQL pid {server.pid} on port {server.port} ({server.dir})",
+    print(f"private PostgreSQL pid {server.pid} on port {server.port} ({server.tmp})",
           file=sys.stderr)  # fmt: skip
     runs: dict[str, list[dict[str, float]]] = {s: [] for s in opts.systems}
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -144,8 +144,17 @@ class PrivatePostgres:
     """One private cluster: ``initdb`` once, then ``start()`` / ``stop()`` / ``restart()``
     on the same port, data and socket directories. ``.url(schema)`` names it for dromos."""
 
-    def __init__(self, port: int, directory: Path) -> None:
+    def __init__(
+        self, port: int, directory: Path, *, server_settings: dict[str, str] | None = None
+    ) -> None:
         self.port = port
+        # -c settings of the postmaster: the tests' default trades durability for speed (the
+        # benchmark's cluster keeps PostgreSQL's own, fsync on).
+        self.server_settings = (
+            {"fsync": "off", "full_page_writes": "off"}
+            if server_settings is None
+            else server_settings
+        )
         self.directory = directory  # in tmp_path: the log, the socket dir, pgdata (or a link)
         self.log_path = directory / "postgres.log"
         self.socket_dir = directory / "sock"
@@ -208,8 +217,10 @@ class PrivatePostgres:
         """Start the postmaster (``pg_ctl start -w``) and note its pid."""
         if self.running:
             raise RuntimeError(f"the private PostgreSQL on port {self.port} is already running")
-        options = (f"-p {self.port} -c listen_addresses={HOST} -k {self.socket_dir} "
-                   "-c fsync=off -c full_page_writes=off -c max_connections=100")  # fmt: skip
+        settings = {**self.server_settings, "max_connections": "100"}
+        options = f"-p {self.port} -c listen_addresses={HOST} -k {self.socket_dir} " + " ".join(
+            f"-c {name}={value}" for name, value in settings.items()
+        )
         _LIVE.add(self)
         self._call([pg_binary("pg_ctl"), "start", "-D", str(self.data), "-l",
                     str(self.log_path), "-o", options, "-w", "-t", str(int(_READY_TIMEOUT))],
