@@ -50,6 +50,7 @@ from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import TupleRow, tuple_row
 from psycopg_pool import AsyncConnectionPool
 
+from dromos._loop import close_per_loop
 from dromos.batch import BatchStatus
 from dromos.brokers._notify import Notifier
 from dromos.brokers.base import (
@@ -567,20 +568,9 @@ class PostgresBroker(PostgresEventBus, Broker):
     async def close(self) -> None:
         """Close the pool and listener of every loop that used this broker (each on its own
         loop; a loop that is gone gets its sockets closed without it)."""
-        current = asyncio.get_running_loop()
         states, self._loops = self._loops, {}
         self._creating = {}
-        for loop, state in states.items():
-            if loop is current:
-                await self._close_state(state)
-            elif loop.is_running():
-                done = asyncio.run_coroutine_threadsafe(self._close_state(state), loop)
-                try:
-                    await asyncio.wait_for(asyncio.wrap_future(done), 5.0)
-                except Exception:
-                    state.abandon()
-            else:
-                state.abandon()
+        await close_per_loop(states, self._close_state, _LoopState.abandon)
 
     @staticmethod
     async def _close_state(state: _LoopState) -> None:

@@ -51,6 +51,7 @@ from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import AMQPError
 from pamqp.commands import Basic
 
+from dromos._loop import close_per_loop
 from dromos.brokers.rabbitmq_url import (
     BANDS,
     AmqpNames,
@@ -309,15 +310,8 @@ class AmqpTransport:
 
         Unacked messages are requeued by the server; the buffer is gone.
         """
-        current = asyncio.get_running_loop()
         states, self._loops = self._loops, {}
-        for loop, state in states.items():
-            if loop is current:
-                await self._close_state(state)
-            elif loop.is_running():
-                done = asyncio.run_coroutine_threadsafe(self._close_state(state), loop)
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.wrap_future(done), 5.0)
+        await close_per_loop(states, self._close_state)
 
     @staticmethod
     async def _close_state(state: _LoopState) -> None:

@@ -41,6 +41,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from dromos._loop import close_per_loop
 from dromos.batch import BatchStatus
 from dromos.brokers._notify import Notifier
 from dromos.brokers.base import (
@@ -386,16 +387,9 @@ class RedisBroker(RedisEventBus, Broker):
         sync, self._sync = self._sync, None
         if sync is not None:
             sync.client.close()
-        current = asyncio.get_running_loop()
         states, self._loops = self._loops, {}
         self._creating = {}
-        for loop, state in states.items():
-            if loop is current:
-                await self._close_state(state)
-            elif loop.is_running():
-                done = asyncio.run_coroutine_threadsafe(self._close_state(state), loop)
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.wrap_future(done), 5.0)
+        await close_per_loop(states, self._close_state)
 
     @staticmethod
     async def _close_state(state: _LoopState) -> None:
