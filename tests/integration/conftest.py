@@ -66,7 +66,11 @@ class Ledger:
         if not self.path.exists():
             return []
         rows = []
-        for line in self.path.read_text().splitlines():
+        # A read can meet a line whose write is half copied (a read takes no lock against
+        # a write to a regular file): only whole lines, which end with their newline, count.
+        for line in self.path.read_text().splitlines(keepends=True):
+            if not line.endswith("\n"):
+                break
             job_id, attempt, pid, outcome = line.split()
             rows.append(Entry(job_id, int(attempt), int(pid), outcome))
         return rows
