@@ -1057,9 +1057,14 @@ class PostgresBroker(PostgresEventBus, Broker):
 
     async def mark_sent(self, job_ids: Sequence[str]) -> None:
         if job_ids:
+            # SKIP LOCKED: a row another transaction holds (a claim, a cancel) needs no mark
+            # (and a mark skipped costs at most a duplicate message after the hold), and a
+            # mark that waited would hold the row's lock in line, where the webhook outbox's
+            # and the relay's SKIP LOCKED readers would pass the row over.
             await self._execute(
-                "UPDATE {jobs} SET sent_until = 1e308 WHERE id = ANY(%s) AND state = 'queued' "
-                "AND sent_until < 1e308",  # held: not claimed and readied again since
+                "UPDATE {jobs} SET sent_until = 1e308 WHERE seq IN (SELECT seq FROM {jobs} "
+                "WHERE id = ANY(%s) AND state = 'queued' AND sent_until < 1e308 "
+                "FOR UPDATE SKIP LOCKED)",  # held: not claimed and readied again since
                 (list(job_ids),),
             )
 

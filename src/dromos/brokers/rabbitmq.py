@@ -11,16 +11,21 @@ The design is ``docs/design/rabbitmq.md``; in short:
   "job X is ready now", with its envelope, on a quorum queue per dromos queue and priority
   band, published with confirms.
 - **Enqueue**: the store first (the job is held for this caller), then the publish, awaited
-  until confirmed, then the mark "sent". A publish that fails for ``publish_timeout``
-  withdraws the jobs (cancelled, ``EnqueueFailed``) and raises: a job whose enqueue raised
-  never runs.
+  until confirmed; it returns there. The mark "sent" follows in the background, one store
+  write for a burst of enqueues (a mark lost to a crash costs a duplicate message after the
+  hold, which the claim drops). A publish that fails for ``publish_timeout`` withdraws the
+  jobs (cancelled, ``EnqueueFailed``) and raises: a job whose enqueue raised never runs.
 - **Claim**: the worker's buffered messages, best first, are claimed *by id* in the store,
   then acked. A job that is not ready (a duplicate message, a cancelled or ended job) is
-  dropped; its record decides, so a duplicate message never makes a second run.
+  dropped; its record decides, so a duplicate message never makes a second run. A claim
+  first passes the barrier (every message ready before it is buffered) beside a relay pass;
+  a claim right after a delivery woke an idle worker skips both (it takes what came, and
+  the next claim what follows).
 - **The relay** publishes whatever the store makes ready by itself (a delay or a retry come
   due, a lost lease recovered, a released or replayed job, a dependent, a batch's callback):
-  a pass runs inline before each claim, after a release or a replay, and while a worker
-  waits for work (at least every second).
+  a pass runs with each claim (but the one just said), after a release or a replay, after a
+  poke (a settle) and while a worker waits for work: at the store's next due time, and at
+  least every second.
 - **Events** travel through the state store's event bus for now; the topic exchange of the
   design (step 8) replaces that later without changing the interface.
 """
@@ -29,12 +34,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 from collections.abc import Sequence
 from dataclasses import replace
 from urllib.parse import urlsplit
 
+from dromos._loop import close_per_loop
 from dromos.batch import BatchStatus
 from dromos.brokers.base import (
     BatchRecord,
@@ -67,9 +74,38 @@ log = logging.getLogger("dromos.rabbitmq")
 
 _RELAY_LIMIT = 500  # jobs per relay pass
 _RELAY_POLL = 1.0  # seconds: the longest a waiting worker goes without a relay pass
+_RELAY_MIN = 0.005  # seconds: the shortest between two passes a due time asks for
 _HOLD_MARGIN = 20.0  # seconds an enqueuer holds its jobs beyond its publish timeout
 _ADOPT_WINDOW = 86400.0  # idempotency window of a job adopted from a foreign message
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+class _Marks:
+    """One event loop's published jobs not yet marked sent, and the task writing them."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.task: asyncio.Task[None] | None = None
+
+
+class _Pace:
+    """One event loop's relay clock, and what its last wait for work saw."""
+
+    def __init__(self) -> None:
+        self.poked = asyncio.Event()  # something may have become ready: run a pass
+        self.last = -math.inf  # loop time of the last relay pass
+        self.due: float | None = None  # loop time at which the store said to look again
+        self.woken: tuple[str, ...] | None = None  # the queues a delivery just woke us for
+        self.claiming = asyncio.Lock()
+
+    def next_pass(self) -> float:
+        """When the next relay pass is owed, unless a poke comes first (loop time)."""
+        polled = self.last + _RELAY_POLL
+        return polled if self.due is None else min(self.due, polled)
+
+    def pass_needed(self, now: float) -> bool:
+        """A relay pass is owed: a poke, a due time passed, or the poll interval."""
+        return self.poked.is_set() or now >= self.next_pass()
 
 
 class RabbitMQBroker(Broker):
@@ -85,12 +121,15 @@ class RabbitMQBroker(Broker):
         # for (its -c concurrency and as many prefetched): `dromos worker -c` sizes it.
         self._prefetch_open = "prefetch=" not in urlsplit(url).query
         self.hold = self.transport.settings.publish_timeout + _HOLD_MARGIN
-        self._poked: dict[asyncio.AbstractEventLoop, asyncio.Event] = {}
+        self._paces: dict[asyncio.AbstractEventLoop, _Pace] = {}
+        self._marks: dict[asyncio.AbstractEventLoop, _Marks] = {}
 
     async def open(self) -> None:
         await self.store.open()
 
     async def close(self) -> None:
+        marks, self._marks = self._marks, {}
+        await close_per_loop(marks, self._flush_marks)
         try:
             await self.transport.nack_all()
         except Exception as exc:  # closing anyway: the server requeues what is unacked
@@ -99,15 +138,27 @@ class RabbitMQBroker(Broker):
         await self.store.close()
 
     # -- the relay ------------------------------------------------------------------------
+    def _pace(self) -> _Pace:
+        loop = asyncio.get_running_loop()
+        pace = self._paces.get(loop)
+        if pace is None:
+            pace = self._paces[loop] = _Pace()
+        return pace
+
     def _poke(self) -> None:
-        """Something may have become ready in the store: the next wait runs a relay pass."""
-        event = self._poked.get(asyncio.get_running_loop())
-        if event is not None:
-            event.set()
+        """Something may have become ready in the store: the next wait or claim runs a relay
+        pass."""
+        self._pace().poked.set()
 
     async def relay(self) -> int:
         """One relay pass: publish the ready jobs the store holds unsent; how many."""
+        pace = self._pace()
+        loop = asyncio.get_running_loop()
+        pace.poked.clear()
+        pace.last = loop.time()
         batch = await self.store.relay_due(_RELAY_LIMIT, self.hold)
+        ahead = None if batch.next_due is None else batch.next_due - batch.now
+        pace.due = None if ahead is None else pace.last + max(ahead, _RELAY_MIN)
         if not batch.jobs:
             return 0
         await self.transport.publish(
@@ -144,10 +195,38 @@ class RabbitMQBroker(Broker):
                     "still run, once the relay publishes them"
                 ) from exc
             raise
+        self._mark_later(ids)
+
+    def _mark_later(self, ids: list[str]) -> None:
+        """Mark published jobs sent in the store after the enqueue returned: one write for
+        all the enqueues of a burst instead of a round trip in each (design §12). A mark that
+        never lands (a crash, a store error) costs a duplicate message once the enqueuer's
+        hold ends, which the claim drops: the job's record decides."""
+        loop = asyncio.get_running_loop()
+        marks = self._marks.get(loop)
+        if marks is None:
+            marks = self._marks[loop] = _Marks()
+        marks.ids += ids
+        if marks.task is None:
+            marks.task = loop.create_task(self._marking(marks))
+
+    async def _marking(self, marks: _Marks) -> None:
         try:
-            await self.store.mark_sent(ids)
-        except Exception as exc:  # the relay publishes them again after the hold: a duplicate
-            log.warning("marking %d published job(s) failed: %s", len(ids), exc)
+            while marks.ids:
+                ids, marks.ids = marks.ids, []
+                try:
+                    await self.store.mark_sent(ids)
+                except Exception as exc:  # the relay publishes them again after the hold
+                    log.warning("marking %d published job(s) failed: %s", len(ids), exc)
+        finally:
+            marks.task = None
+
+    async def _flush_marks(self, marks: _Marks) -> None:
+        """For close: the marks still owed, written now."""
+        if marks.task is not None:
+            await asyncio.shield(marks.task)
+        if marks.ids:
+            await self._marking(marks)
 
     async def enqueue_batch(
         self, batch: BatchRecord, requests: Sequence[EnqueueRequest]
@@ -174,17 +253,45 @@ class RabbitMQBroker(Broker):
     ) -> list[Delivery]:
         if limit <= 0 or not queues:
             return []
+        # One claim at a time per loop: a claim's barrier makes its limit's worth buffered,
+        # and a concurrent claim would take them from under it (a worker claims one at a time
+        # anyway).
+        async with self._pace().claiming:
+            return await self._claim(queues, limit, lease, worker)
+
+    async def _claim(
+        self, queues: Sequence[str], limit: int, lease: float, worker: str
+    ) -> list[Delivery]:
         if self._prefetch_open:
             self._prefetch_open = False
             settings = self.transport.settings
             self.transport.settings = replace(settings, prefetch=min(max(limit, 1), 65535))
-        await self.relay()  # what a claim does first: due jobs and lost leases become ready
+        pace = self._pace()
+        woken, pace.woken = pace.woken == tuple(queues), None
+        if woken and not pace.pass_needed(asyncio.get_running_loop().time()):
+            # A claim right after a delivery woke an idle worker: it takes what is buffered,
+            # without the barrier's gets (a quorum queue commits each: ~1 ms) and without a
+            # relay pass (the wait ran them, and owes none yet). What is still on its way is
+            # buffered as it comes, and the next claim takes it.
+            fenced = True
+        else:
+            # What a claim does first: a relay pass (due jobs and lost leases become ready),
+            # beside the barrier rather than before it (two round trips in the time of one);
+            # only a pass that published something needs a second barrier for what it sent.
+            relayed, barrier = await asyncio.gather(
+                self.relay(), self.transport.barrier(queues, limit), return_exceptions=True
+            )
+            for failure in (relayed, barrier):
+                if isinstance(failure, BaseException):
+                    raise failure
+            fenced = not relayed
         out: list[Delivery] = []
         # The buffer holds a prefetch's worth per queue and band: a claim of more takes again
         # while a take came back full (its acks free room for pushes); a take that found
         # fewer found the queues dry, and another would only cost empty gets.
         while len(out) < limit:
-            taken = await self.transport.take(queues, limit - len(out))
+            taken = await self.transport.take(queues, limit - len(out), barrier=not fenced)
+            fenced = False
             if taken:
                 out += await self._claim_taken(taken, lease, worker)
             if len(taken) < self.transport.settings.prefetch:
@@ -208,13 +315,13 @@ class RabbitMQBroker(Broker):
         for message, answer in zip(taken, answers, strict=True):
             if isinstance(answer, Delivery):
                 out.append(answer)
-            elif message.tag in adopted:
-                out.append(adopted[message.tag])
+            elif message.held_key in adopted:
+                out.append(adopted[message.held_key])
         return out
 
     async def _adopt(
         self, messages: list[Delivered], lease: float, worker: str
-    ) -> dict[int, Delivery]:
+    ) -> dict[tuple[str, str, int], Delivery]:
         """Jobs whose message came without a record (a producer writing the wire format
         straight to RabbitMQ, or a store that lost data): stored from their envelope, then
         claimed. A message dromos published whose job is older than the result retention
@@ -242,19 +349,25 @@ class RabbitMQBroker(Broker):
         recorded = await self.store.enqueue_unsent(requests, self.hold)
         claimed = await self.store.claim_ids([r.job_id for r in recorded], lease, worker)
         await self.store.mark_sent([r.job_id for r in recorded])
-        return {m.tag: d for m, d in zip(adopting, claimed, strict=True) if isinstance(d, Delivery)}
+        return {
+            m.held_key: d for m, d in zip(adopting, claimed, strict=True) if isinstance(d, Delivery)
+        }
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         loop = asyncio.get_running_loop()
-        poked = self._poked.setdefault(loop, asyncio.Event())
+        pace = self._pace()
         deadline = loop.time() + timeout
         while True:
             left = deadline - loop.time()
             if left <= 0:
                 return
-            poked.clear()
-            waiting = asyncio.ensure_future(self.transport.wait(queues, min(left, _RELAY_POLL)))
-            poke = asyncio.ensure_future(poked.wait())
+            if pace.pass_needed(loop.time()):
+                if await self.relay():
+                    return  # published something: the next claim may find it
+                continue
+            wake = min(deadline, pace.next_pass()) - loop.time()
+            waiting = asyncio.ensure_future(self.transport.wait(queues, max(wake, 0.0)))
+            poke = asyncio.ensure_future(pace.poked.wait())
             try:
                 await asyncio.wait({waiting, poke}, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -262,9 +375,8 @@ class RabbitMQBroker(Broker):
                 if not waiting.done():
                     waiting.cancel()
             if waiting.done() and not waiting.cancelled() and waiting.result():
-                return  # a delivery for these queues
-            if await self.relay():
-                return  # published something: the next claim may find it
+                pace.woken = tuple(queues)
+                return  # a delivery for these queues: the claim that follows needs no barrier
 
     async def settle(self, outcomes: Sequence[Outcome]) -> int:
         settled = await self.store.settle(outcomes)

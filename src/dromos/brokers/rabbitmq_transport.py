@@ -5,9 +5,10 @@ yet; the broker (``rabbitmq.py``, step 5 of the design's plan) builds on it.
 
 - **URL** (:func:`parse_url`): ``amqp://user:pass@host:port/vhost?prefix=dromos&
   publish_timeout=10&prefetch=16`` (``amqps://`` for TLS). Every name begins with the prefix.
-- **One connection per event loop** (like ``RedisBroker``'s per-loop state), with two
-  channels: a publisher channel with confirms, and a consumer channel whose consumers each
-  have ``basic.qos(prefetch)``. Declarations are lazy and cached per connection.
+- **One connection per event loop** (like ``RedisBroker``'s per-loop state), with a
+  publisher channel with confirms, and a consumer channel per band of each queue consumed,
+  with ``basic.qos(prefetch)`` (a channel each, so that the barrier's gets run at once).
+  Declarations are lazy and cached per connection.
 - **Names** (§2): the ``<ns>.jobs`` direct exchange; per dromos queue three quorum queues
   ``<ns>.q.<queue>.high|normal|low`` (priority > 0, = 0, < 0), bound with the routing key
   ``<queue>.<band>``, dead-lettering at least once to the ``<ns>.dlx`` fanout and its
@@ -119,6 +120,12 @@ class Message:
     redelivered: bool
     tag: int = field(repr=False)  # the delivery tag on its consumer channel
     link: object = field(repr=False)  # the connection it came on: acks of a lost one are moot
+    consumer: object = field(default=None, repr=False)  # its channel (a _Consumer)
+
+    @property
+    def held_key(self) -> tuple[str, str, int]:
+        """Delivery tags count per channel, and each band has its own."""
+        return (self.queue, self.band, self.tag)
 
 
 def _priority(headers: dict[str, Any], band: str) -> int:
@@ -136,21 +143,29 @@ def _delivery_tag(raw: DeliveredMessage) -> int:
 
 
 # -- per loop ---------------------------------------------------------------------------------
+class _Consumer:
+    """The channel of one band of one queue, with its consumer: a channel each, so that the
+    barrier's ``basic.get`` of every band run at once (aiormq answers one RPC at a time per
+    channel, and a get orders only the deliveries of its own channel)."""
+
+    def __init__(self, raw: RawChannel) -> None:
+        self.raw = raw
+        self.tag: str | None = None  # the consumer tag, once consuming
+        self.unacked: set[int] = set()  # delivery tags not yet acked or nacked
+        self.cancelled = False  # being cancelled (nack_all): its deliveries are not buffered
+
+
 class _Link:
-    """One connection with its two channels; replaced whole at any loss."""
+    """One connection with its channels; replaced whole at any loss."""
 
     def __init__(self, connection: AbstractConnection) -> None:
         self.connection = connection
         self.publisher: AbstractChannel | None = None
         self.pub: RawChannel | None = None  # the publisher's aiormq channel (confirms)
-        self.con: RawChannel | None = None  # the consumer channel (aiormq)
         self.declared: set[str] = set()  # names declared on this connection
-        self.consumers: dict[tuple[str, str], str] = {}  # (queue, band) -> consumer tag
-        self.cancelled: set[tuple[str, str]] = set()  # consumers being cancelled (nack_all)
-        self.unacked: set[int] = set()  # delivery tags not yet acked or nacked
+        self.consumers: dict[tuple[str, str], _Consumer] = {}  # (queue, band) -> its channel
         self.declaring = asyncio.Lock()
         self.lost = False
-        self.qos = 0  # the prefetch set on the consumer channel (for consumers made after it)
 
 
 class _LoopState:
@@ -163,7 +178,7 @@ class _LoopState:
         self.last_error: BaseException | None = None
         self.consuming: set[str] = set()  # dromos queues to consume again after a loss
         self.buffers: dict[tuple[str, str], dict[int, Message]] = {}  # arrival order
-        self.held: dict[int, Message] = {}  # taken, not yet acked
+        self.held: dict[tuple[str, str, int], Message] = {}  # taken, not yet acked
         self.waiting = 0  # callers waiting for a link: the rebuild goes on while any do
         self.losses = 0
         self.closed = False
@@ -264,19 +279,9 @@ class AmqpTransport:
         try:
             connection.close_callbacks.add(lambda *_: self._lost(state, link, "connection"))
             publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            consumer = await connection.channel(publisher_confirms=False)
-            for channel in (publisher, consumer):
-                channel.close_callbacks.add(lambda *_: self._lost(state, link, "channel"))
+            publisher.close_callbacks.add(lambda *_: self._lost(state, link, "channel"))
             link.publisher = publisher
             link.pub = await publisher.get_underlay_channel()
-            link.con = await consumer.get_underlay_channel()
-            # Per consumer (global=False): each band of each queue holds up to prefetch.
-            await link.con.basic_qos(prefetch_count=self.settings.prefetch, timeout=_RPC_TIMEOUT)
-            link.qos = self.settings.prefetch
-            if hasattr(link.con, "on_consumer_cancel_callbacks"):
-                link.con.on_consumer_cancel_callbacks.add(
-                    lambda _: self._lost(state, link, "consumer cancelled by the server")
-                )
             for queue in sorted(state.consuming):
                 await self._ensure_consumers(state, link, queue)
         except BaseException:
@@ -516,28 +521,44 @@ class AmqpTransport:
             raise self._error(f"consuming {queues}", exc) from exc
 
     async def _ensure_consumers(self, state: _LoopState, link: _Link, queue: str) -> None:
-        if all((queue, band) in link.consumers for band in BANDS):
+        def consuming(band: str) -> bool:
+            consumer = link.consumers.get((queue, band))
+            return consumer is not None and consumer.tag is not None
+
+        if all(map(consuming, BANDS)):
             return
         await self._declare(link, [queue])
-        channel = link.con
-        assert channel is not None
         async with link.declaring:  # one consume per band, also when two callers ask at once
-            if link.qos != self.settings.prefetch:  # changed since (the broker sizes it)
-                await channel.basic_qos(prefetch_count=self.settings.prefetch, timeout=_RPC_TIMEOUT)
-                link.qos = self.settings.prefetch
             for band in BANDS:
                 key = (queue, band)
-                if key in link.consumers:
+                consumer = link.consumers.get(key)
+                if consumer is None:
+                    consumer = link.consumers[key] = await self._channel(state, link)
+                if consumer.tag is not None:
                     continue
-                link.cancelled.discard(key)
-                ok = await channel.basic_consume(
-                    self.names.queue(queue, band), self._on_delivery(state, link, key),
+                consumer.cancelled = False
+                ok = await consumer.raw.basic_consume(
+                    self.names.queue(queue, band), self._on_delivery(state, link, consumer, key),
                     timeout=_RPC_TIMEOUT,
                 )  # fmt: skip
-                link.consumers[key] = str(ok.consumer_tag)
+                consumer.tag = str(ok.consumer_tag)
+
+    async def _channel(self, state: _LoopState, link: _Link) -> _Consumer:
+        """A consumer channel whose consumers each hold up to the prefetch (per consumer,
+        ``global=False``): the prefetch when it opens (the broker sizes it from the first
+        claim); a later change applies to channels opened after it."""
+        channel = await link.connection.channel(publisher_confirms=False)
+        channel.close_callbacks.add(lambda *_: self._lost(state, link, "channel"))
+        raw = await channel.get_underlay_channel()
+        await raw.basic_qos(prefetch_count=self.settings.prefetch, timeout=_RPC_TIMEOUT)
+        if hasattr(raw, "on_consumer_cancel_callbacks"):
+            raw.on_consumer_cancel_callbacks.add(
+                lambda _: self._lost(state, link, "consumer cancelled by the server")
+            )
+        return _Consumer(raw)
 
     def _on_delivery(
-        self, state: _LoopState, link: _Link, key: tuple[str, str]
+        self, state: _LoopState, link: _Link, consumer: _Consumer, key: tuple[str, str]
     ) -> Callable[[DeliveredMessage], Coroutine[Any, Any, None]]:
         async def delivered(raw: DeliveredMessage) -> None:
             # No await before the message is buffered: aiormq starts this task before its
@@ -545,15 +566,17 @@ class AmqpTransport:
             if link.lost:
                 return  # the server requeued it with the rest of that connection's
             tag = _delivery_tag(raw)
-            link.unacked.add(tag)
-            if key not in link.cancelled:
-                state.buffers.setdefault(key, {})[tag] = self._message(raw, key, link)
+            consumer.unacked.add(tag)
+            if not consumer.cancelled:
+                state.buffers.setdefault(key, {})[tag] = self._message(raw, key, link, consumer)
                 state.wake()
 
         return delivered
 
     @staticmethod
-    def _message(raw: DeliveredMessage, key: tuple[str, str], link: _Link) -> Message:
+    def _message(
+        raw: DeliveredMessage, key: tuple[str, str], link: _Link, consumer: _Consumer
+    ) -> Message:
         properties = raw.header.properties
         headers = dict(properties.headers or {})
         queue, band = key
@@ -561,36 +584,49 @@ class AmqpTransport:
             queue=queue, band=band, job_id=str(properties.message_id or ""),
             priority=_priority(headers, band), body=raw.body, headers=headers,
             redelivered=bool(getattr(raw.delivery, "redelivered", False)),
-            tag=_delivery_tag(raw), link=link,
+            tag=_delivery_tag(raw), link=link, consumer=consumer,
         )  # fmt: skip
 
     async def barrier(self, queues: Sequence[str], limit: int) -> None:
         """After this, the buffer holds every message of ``queues`` that was ready for this
         consumer before the call (§4.2 step 3).
 
-        One ``basic.get`` per band whose buffer holds no more than ``limit``, on the consumer
-        channel: the queue answers it after every delivery it sent this channel before, and
-        aiormq has started every delivery's callback (which buffers at once) before the get's
-        answer reaches its caller. A message got is buffered too. A loss raises BrokerError.
+        One ``basic.get`` per band whose buffer holds no more than ``limit``, on that band's
+        consumer channel, all at once: the queue answers it after every delivery it sent
+        this channel before, and aiormq has started every delivery's callback (which buffers
+        at once) before the get's answer reaches its caller. A message got is buffered too.
+        A loss raises BrokerError.
         """
         state = self._state()
         await self.consume(queues)
         link = state.link
-        if link is None or link.con is None:
+        if link is None:
             raise self._error("claiming", state.last_error)
+
+        async def get(key: tuple[str, str], consumer: _Consumer) -> None:
+            raw = await consumer.raw.basic_get(
+                self.names.queue(*key), no_ack=False, timeout=_RPC_TIMEOUT
+            )
+            if isinstance(raw.delivery, Basic.GetOk) and not link.lost:
+                tag = _delivery_tag(raw)
+                consumer.unacked.add(tag)
+                message = self._message(raw, key, link, consumer)
+                state.buffers.setdefault(key, {})[tag] = message
+
+        gets = []
+        for queue in queues:
+            for band in BANDS:
+                key = (queue, band)
+                consumer = link.consumers.get(key)
+                if consumer is None or link.lost:
+                    raise self._error("claiming", state.last_error or ConnectionError("lost"))
+                if len(state.buffers.get(key, ())) <= limit:
+                    gets.append(get(key, consumer))
+        results = await asyncio.gather(*gets, return_exceptions=True)
         try:
-            for queue in queues:
-                for band in BANDS:
-                    key = (queue, band)
-                    if len(state.buffers.get(key, ())) > limit:
-                        continue
-                    raw = await link.con.basic_get(
-                        self.names.queue(queue, band), no_ack=False, timeout=_RPC_TIMEOUT
-                    )
-                    if isinstance(raw.delivery, Basic.GetOk) and not link.lost:
-                        tag = _delivery_tag(raw)
-                        link.unacked.add(tag)
-                        state.buffers.setdefault(key, {})[tag] = self._message(raw, key, link)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
         except _FAILURES as exc:
             self._lost(state, link, "the consumer channel")  # its channel is closed now
             raise self._error("claiming (the connection was lost)", exc) from exc
@@ -607,22 +643,26 @@ class AmqpTransport:
         found.sort(key=lambda m: (-m.priority, m.job_id))
         return found
 
-    async def take(self, queues: Sequence[str], limit: int) -> list[Message]:
-        """The barrier, then up to ``limit`` candidates, moved from the buffer to the held
-        messages (each to :meth:`ack`, or back with :meth:`restore`)."""
-        await self.barrier(queues, limit)
+    async def take(
+        self, queues: Sequence[str], limit: int, *, barrier: bool = True
+    ) -> list[Message]:
+        """The barrier (unless the caller just passed one), then up to ``limit`` candidates,
+        moved from the buffer to the held messages (each to :meth:`ack`, or back with
+        :meth:`restore`)."""
+        if barrier:
+            await self.barrier(queues, limit)
         state = self._state()
         taken = self.candidates(queues)[: max(limit, 0)]
         for message in taken:
             del state.buffers[(message.queue, message.band)][message.tag]
-            state.held[message.tag] = message
+            state.held[message.held_key] = message
         return taken
 
     def restore(self, messages: Iterable[Message]) -> None:
         """Put held messages back into the buffer (a claim whose store write failed)."""
         state = self._state()
         for message in messages:
-            if state.held.pop(message.tag, None) is message:
+            if state.held.pop(message.held_key, None) is message:
                 state.buffers.setdefault((message.queue, message.band), {})[message.tag] = message
 
     async def ack(self, messages: Iterable[Message]) -> int:
@@ -633,32 +673,36 @@ class AmqpTransport:
         """
         state = self._state()
         link = state.link
-        if link is None or link.con is None:
+        if link is None:
             return 0
-        tags: set[int] = set()
+        acking: dict[_Consumer, set[int]] = {}
         for message in messages:
-            if message.link is not link or message.tag not in link.unacked:
+            consumer = message.consumer
+            if message.link is not link or not isinstance(consumer, _Consumer):
                 continue
-            state.held.pop(message.tag, None)
+            if message.tag not in consumer.unacked:
+                continue
+            state.held.pop(message.held_key, None)
             state.buffers.get((message.queue, message.band), {}).pop(message.tag, None)
-            tags.add(message.tag)
-        if not tags:
-            return 0
-        # One ack with multiple=True covers the lowest run of unacked tags, when it is ours.
-        run = 0
-        for tag in sorted(link.unacked):
-            if tag not in tags:
-                break
-            run = tag
-        try:
-            if run:
-                await link.con.basic_ack(run, multiple=True, wait=False)
-            for tag in sorted(t for t in tags if t > run):
-                await link.con.basic_ack(tag, wait=False)
-        except _FAILURES:
-            return 0  # the channel is gone: the server requeued them
-        link.unacked -= tags
-        return len(tags)
+            acking.setdefault(consumer, set()).add(message.tag)
+        acked = 0
+        for consumer, tags in acking.items():
+            # One ack with multiple=True covers the lowest run of unacked tags, when it is ours.
+            run = 0
+            for tag in sorted(consumer.unacked):
+                if tag not in tags:
+                    break
+                run = tag
+            try:
+                if run:
+                    await consumer.raw.basic_ack(run, multiple=True, wait=False)
+                for tag in sorted(t for t in tags if t > run):
+                    await consumer.raw.basic_ack(tag, wait=False)
+            except _FAILURES:
+                continue  # the channel is gone: the server requeued them
+            consumer.unacked -= tags
+            acked += len(tags)
+        return acked
 
     async def nack_all(self) -> int:
         """For shutdown: stop consuming, and requeue every unacked message of this loop
@@ -668,23 +712,27 @@ class AmqpTransport:
         link = state.link
         state.consuming.clear()
         dropped = sum(map(len, state.buffers.values())) + len(state.held)
-        if link is None or link.con is None:
+        if link is None:
             state.buffers.clear()
             state.held.clear()
             return dropped
-        link.cancelled |= set(link.consumers)  # deliveries until the cancel-ok: not buffered
+        for consumer in link.consumers.values():
+            consumer.cancelled = True  # deliveries until the cancel-ok: not buffered
         state.buffers.clear()
         state.held.clear()
-        try:
-            for key, tag in list(link.consumers.items()):
-                await link.con.basic_cancel(tag, timeout=_RPC_TIMEOUT)
-                del link.consumers[key]
-            if link.unacked:
-                # Everything up to the highest tag: all of this channel's unacked messages.
-                await link.con.basic_nack(max(link.unacked), multiple=True, requeue=True)
-                link.unacked.clear()
-        except _FAILURES:
-            pass  # the channel is gone: the server requeued everything it had sent
+        for consumer in link.consumers.values():
+            try:
+                if consumer.tag is not None:
+                    await consumer.raw.basic_cancel(consumer.tag, timeout=_RPC_TIMEOUT)
+                    consumer.tag = None
+                if consumer.unacked:
+                    # Everything up to the highest tag: all of this channel's unacked messages.
+                    await consumer.raw.basic_nack(
+                        max(consumer.unacked), multiple=True, requeue=True
+                    )
+                    consumer.unacked.clear()
+            except _FAILURES:
+                pass  # the channel is gone: the server requeued everything it had sent
         return dropped
 
     async def wait(self, queues: Sequence[str], timeout: float) -> bool:
