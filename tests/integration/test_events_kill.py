@@ -24,12 +24,17 @@ def test_events_held_by_a_killed_instance_are_handled_by_the_other(
     cluster = any_cluster
     monkeypatch.setenv("LEDGER_EVENT_TIMEOUT", "1")
     ids = cluster.app.publish_many([("ledger.nap", 0.1) for _ in range(EVENTS)])
-    first = cluster.start("-c", "8", lease=LEASE)
-    cluster.wait_until(
-        lambda: len(cluster.ledger.runs("event-ok")) >= 20 or None, 30.0, "events handled"
-    )
+    # The survivor first, so that the instance to kill is killed as soon as it has handled
+    # 20 events, while it surely holds more (waiting for a second process to boot after
+    # them could outlast the whole stream on a loaded machine).
     second = cluster.start("-c", "8", lease=LEASE)
-    cluster.wait_for_boots(2)
+    cluster.wait_for_boots(1)
+    first = cluster.start("-c", "8", lease=LEASE)
+
+    def first_handled() -> bool | None:
+        return len([e for e in cluster.ledger.runs("event-ok") if e.pid == first.pid]) >= 20 or None
+
+    cluster.wait_until(first_handled, 30.0, "events handled by the instance to kill")
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
     started_by_first = {e.job_id for e in cluster.ledger.runs("event-start") if e.pid == first.pid}
