@@ -37,7 +37,7 @@ async def test_a_file_without_the_webhook_columns_gets_them_and_keeps_its_jobs(
     with sqlite3.connect(path) as db:
         columns = {row[1] for row in db.execute("PRAGMA table_info(dromos_jobs)")}
         version = db.execute("SELECT value FROM dromos_meta WHERE key = 'schema_version'")
-        assert version.fetchone() == ("4",)
+        assert version.fetchone() == ("5",)
     db.close()
     assert {"callback_url", "webhooks", "hook_due"} <= columns
 
@@ -66,4 +66,23 @@ async def test_a_file_without_dependencies_gets_them_and_keeps_its_jobs(tmp_path
     assert (await waiting.astatus()).state is dromos.JobState.SCHEDULED
     assert await again.job(kept.id).acancel() is dromos.JobState.CANCELLED
     assert (await waiting.astatus()).state is dromos.JobState.CANCELLED  # the trigger is back
+    await again.aclose()
+
+
+async def test_a_file_without_the_event_parking_tables_gets_them(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    app = dromos.App("old", f"sqlite:///{path}")
+    await app.broker.open()
+    await app.aclose()
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE dromos_amqp_parked")
+        db.execute("DROP TABLE dromos_amqp_names")
+        db.execute("UPDATE dromos_meta SET value = '4' WHERE key = 'schema_version'")
+    db.close()
+
+    again = dromos.App("old", f"sqlite:///{path}")
+    await again.broker.open()
+    await again.broker.names_add("group", {"g": ["#"]})
+    assert await again.broker.names_list("group") == {"g": ("#",)}
+    assert await again.broker.parked_counts() == {}
     await again.aclose()

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -50,12 +50,14 @@ __all__ = [
     "EventDelivery",
     "EventOutcome",
     "EventRecord",
+    "EventsDue",
     "Gone",
     "GroupStats",
     "HeartbeatReply",
     "Lease",
     "Missing",
     "Outcome",
+    "Parked",
     "ProgressUpdate",
     "QueueStats",
     "Recorded",
@@ -348,6 +350,38 @@ class EventDeadLetter:
     attempts: int
     errors: list[JobError]
     failed_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Parked:
+    """An event a group's consumer gave up on for now, kept by the state store of a broker
+    that carries events itself (RabbitMQ, docs/design/rabbitmq.md §9): its message was acked,
+    so the store is the only place it lives until the relay republishes it (or forever, dead,
+    until a replay or the group's end)."""
+
+    key: str
+    """The event's key for the group (its id): unique per group, a key parked again replaces
+    its entry."""
+    topic: str
+    payload: bytes
+    attempt: int
+    """Deliveries to the group so far (the next one is ``attempt + 1``)."""
+    errors: list[JobError]
+    """Every failed delivery's error, oldest first."""
+    due: float | None
+    """When to deliver it again (retrying); None: dead-lettered."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventsDue:
+    """What :meth:`Broker.events_due` leased to the relay, and when to come back."""
+
+    entries: list[tuple[str, Parked]]
+    """(group, entry) pairs, oldest due first."""
+    next_due: float | None
+    """The earliest ``due`` still ahead (a retry's time, a lease's end); None for none."""
+    now: float
+    """The store's clock when it answered."""
 
 
 def event_seq(key: str) -> int | None:
@@ -826,3 +860,57 @@ class Broker(abc.ABC):
         ``cancelled`` with an ``EnqueueFailed`` error saying ``reason``, and free their
         idempotency keys. Others: nothing."""
         raise NotImplementedError(f"{type(self).__name__} has no relay mode yet")
+
+    # -- event parking (a store under the RabbitMQ broker, docs/design/rabbitmq.md §3, §9) -----
+    # RabbitMQ carries the events; a delivered event lives on its group's queue only until it
+    # is acked. An event to retry later or dead-lettered is acked once the store holds it
+    # ("parked"): the relay republishes the retries when due, a replay the dead ones. Beside
+    # them, the registry of what the RabbitMQ broker declared: groups with their patterns
+    # (which a claim must know without declaring anything) and names to delete at teardown.
+    # Times are the store's clock.
+
+    async def names_add(self, kind: str, names: Mapping[str, Sequence[str]]) -> None:
+        """Register ``names`` of ``kind`` (``group``, ``queue``, ``exchange``), each with its
+        patterns (a group's; ``()`` for the others). A name registered again takes the new
+        patterns: joining again replaces a group's patterns."""
+        raise NotImplementedError(f"{type(self).__name__} has no event parking yet")
+
+    async def names_list(self, kind: str) -> dict[str, tuple[str, ...]]:
+        """Every registered name of ``kind`` with its patterns, in no particular order."""
+        raise NotImplementedError(f"{type(self).__name__} has no event parking yet")
+
+    async def names_drop(self, kind: str, names: Sequence[str]) -> None:
+        """Forget these names of ``kind`` (an unknown one is no error)."""
+        raise NotImplementedError(f"{type(self).__name__} has no event parking yet")
+
+    async def park_events(self, group: str, parked: Sequence[Parked]) -> None:
+        """Store these entries for ``group``, all or none: one with ``due`` is *retrying*
+        (the relay takes it once ``due`` passed), one without is *dead*, with ``failed_at`` =
+        now. An entry whose key the group has parked already replaces it (a retry that failed
+        again, a replayed event dead again)."""
+        raise NotImplementedError(f"{type(self).__name__} has no event parking yet")
+
+    async def events_due(self, limit: int, hold: float) -> EventsDue:
+        """Lease up to ``limit`` retrying entries (of any group) whose ``due`` passed, oldest
+        due first, to the caller: their ``due`` becomes now + ``hold``, so that another relay
+        takes them only if this one dies before :meth:`unpark` (they are returned with that
+        ``due``). Dead entries never come."""
+        raise NotImplementedError(f"{type(self).__name__} has no event parking yet")
+
+    async def unpark(self, group: str, keys: Sequence[str]) -> None:
+        """Delete these entries of ``group``, retrying or dead (they were republished);
+        unknown keys are no error."""
+        raise NotImplementedError(f"{type(self).__name__} has no event parking yet")
+
+    async def parked_counts(self) -> dict[str, tuple[int, int]]:
+        """Per group with parked entries: (retrying, dead)."""
+        raise NotImplementedError(f"{type(self).__name__} has no event parking yet")
+
+    async def parked_dead(self, group: str, limit: int) -> list[EventDeadLetter]:
+        """Up to ``limit`` dead entries of ``group``, oldest ``failed_at`` first (ties by
+        key), as dead letters (``attempts`` = the entry's attempt)."""
+        raise NotImplementedError(f"{type(self).__name__} has no event parking yet")
+
+    async def drop_group(self, group: str) -> None:
+        """Delete the group's registry entry and every entry it parked."""
+        raise NotImplementedError(f"{type(self).__name__} has no event parking yet")

@@ -42,6 +42,7 @@ from dromos.brokers.base import (
     waiting_message,
 )
 from dromos.brokers.memory_events import MemoryEventBus
+from dromos.brokers.memory_parking import MemoryParking
 from dromos.errors import DependencyNotFound
 from dromos.job import PENDING_STATES, JobError, JobState, JobStatus, WebhookAttempt
 from dromos.rate import next_start
@@ -122,7 +123,7 @@ def _ts(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
-class MemoryBroker(MemoryEventBus, Broker):
+class MemoryBroker(MemoryEventBus, MemoryParking, Broker):
     """In-process broker: a dict of rows, a heap per queue, one lock."""
 
     schemes = ("memory",)
@@ -141,6 +142,7 @@ class MemoryBroker(MemoryEventBus, Broker):
         self._work = Notifier()  # keyed by queue
         self._done = Notifier()  # keyed by job id
         self._init_bus()
+        self._init_parking()
         self._leases: dict[str, tuple[str, float, float]] = {}  # name -> holder, until, renewed
         # rate-limit key -> its period, and its starts oldest first
         self._starts: dict[str, tuple[float, list[float]]] = {}

@@ -78,6 +78,7 @@ from dromos.brokers.base import (
     webhook_attempt_json,
 )
 from dromos.brokers.postgres_events import PostgresEventBus, clean, error_json
+from dromos.brokers.postgres_parking import PostgresParking
 from dromos.errors import BrokerError, ConfigurationError, DependencyNotFound
 from dromos.job import JobError, JobState, JobStatus, WebhookAttempt
 
@@ -383,7 +384,7 @@ class _LoopState:
             self.listener.pgconn.finish()
 
 
-class PostgresBroker(PostgresEventBus, Broker):
+class PostgresBroker(PostgresEventBus, PostgresParking, Broker):
     """Jobs, status, results and the event bus in one PostgreSQL schema."""
 
     schemes = ("postgresql", "postgres")

@@ -68,6 +68,7 @@ from dromos.brokers.base import (
     webhook_attempts,
 )
 from dromos.brokers.redis_events import RedisEventBus
+from dromos.brokers.redis_parking import RedisParking
 from dromos.errors import BrokerError, ConfigurationError, DependencyNotFound
 from dromos.job import JobError, JobState, JobStatus, WebhookAttempt
 from dromos.task import MAX_PRIORITY
@@ -224,7 +225,7 @@ class _SyncClient:
         self.publish = self.client.register_script(sources["events_publish"])
 
 
-class RedisBroker(RedisEventBus, Broker):
+class RedisBroker(RedisEventBus, RedisParking, Broker):
     """Jobs in Redis (single server or Cluster); see the module docstring."""
 
     schemes = ("redis", "rediss")
@@ -297,6 +298,7 @@ class RedisBroker(RedisEventBus, Broker):
         self._sources = self._sources or {
             **_scripts(cluster, relay=self.options.relay),
             **_scripts(cluster, "redis_events.lua"),  # the event bus (RedisEventBus)
+            **_scripts(cluster, "redis_parking.lua"),  # event parking (RedisParking)
         }
         client: Any = (
             RedisCluster.from_url(self.url, retry=retry, max_connections=_MAX_CONNECTIONS)

@@ -60,6 +60,7 @@ from dromos.brokers.base import (
     webhook_attempt_json,
 )
 from dromos.brokers.sqlite_events import SQLiteEventBus
+from dromos.brokers.sqlite_parking import SQLiteParking
 from dromos.errors import BrokerError, ConfigurationError, DependencyNotFound
 from dromos.job import JobError, JobState, JobStatus, WebhookAttempt
 
@@ -162,7 +163,7 @@ _RELAY_SCHEMA = (
     "CREATE INDEX IF NOT EXISTS dromos_jobs_unsent ON dromos_jobs (priority DESC, seq) "
     "WHERE state = 'queued' AND sent_until IS NOT 1e308",
 )
-_SCHEMA_VERSION = "4"
+_SCHEMA_VERSION = "5"  # 5: event parking (dromos_amqp_*: new tables, made by the schema)
 # Batches are counted by triggers, so that EVERY write that ends a job (a settle, a cancel, a
 # claim dead-lettering a poison job, and any written later) counts it in its own transaction:
 # the first terminal state of a batch's job brings its batch down by one, and the update that
@@ -272,7 +273,7 @@ def _check_dependencies(db: sqlite3.Connection, ids: list[str]) -> None:
             raise DependencyNotFound(job_id)
 
 
-class SQLiteBroker(SQLiteEventBus, Broker):
+class SQLiteBroker(SQLiteEventBus, SQLiteParking, Broker):
     """Jobs, status and results in one SQLite file, shared safely by local processes."""
 
     schemes = ("sqlite",)

@@ -147,3 +147,27 @@ CREATE TABLE IF NOT EXISTS dromos_rate_starts (
 );
 CREATE INDEX IF NOT EXISTS dromos_rate_starts_key ON dromos_rate_starts (key, at);
 CREATE INDEX IF NOT EXISTS dromos_rate_starts_until ON dromos_rate_starts (until);
+-- Event parking (a store under the RabbitMQ broker, docs/design/rabbitmq.md §3 and §9; see
+-- sqlite_parking.py). dromos_amqp_names: what the broker registered, per kind (group: the
+-- group's patterns as a JSON array; queue, exchange: '[]'). dromos_amqp_parked: per group the
+-- events it acked off RabbitMQ to keep here: due set = retrying (the relay republishes it
+-- then), due NULL = dead (failed_at set); errors is a JSON array of JobError.
+CREATE TABLE IF NOT EXISTS dromos_amqp_names (
+    kind     TEXT NOT NULL,
+    name     TEXT NOT NULL,
+    patterns TEXT NOT NULL,
+    PRIMARY KEY (kind, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dromos_amqp_parked (
+    grp       TEXT    NOT NULL,
+    key       TEXT    NOT NULL,
+    topic     TEXT    NOT NULL,
+    payload   BLOB    NOT NULL,
+    attempt   INTEGER NOT NULL,
+    errors    TEXT    NOT NULL,
+    due       REAL,
+    failed_at REAL,
+    PRIMARY KEY (grp, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dromos_amqp_parked_due ON dromos_amqp_parked (due)
+    WHERE due IS NOT NULL;
