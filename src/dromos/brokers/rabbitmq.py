@@ -33,6 +33,7 @@ The design is ``docs/design/rabbitmq.md``; in short:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import re
@@ -62,6 +63,7 @@ from dromos.brokers.base import (
     QueueStats,
     WebhookDue,
 )
+from dromos.brokers.rabbitmq_events import RabbitMQEvents
 from dromos.brokers.rabbitmq_transport import AmqpTransport, Outgoing
 from dromos.brokers.rabbitmq_transport import Message as Delivered
 from dromos.errors import BrokerError
@@ -156,6 +158,7 @@ class RabbitMQBroker(Broker):
         loop = asyncio.get_running_loop()
         pace.poked.clear()
         pace.last = loop.time()
+        await self.events.relay()  # due event retries, back to their group's queue
         batch = await self.store.relay_due(_RELAY_LIMIT, self.hold)
         ahead = None if batch.next_due is None else batch.next_due - batch.now
         pace.due = None if ahead is None else pace.last + max(ahead, _RELAY_MIN)
@@ -448,30 +451,35 @@ class RabbitMQBroker(Broker):
     async def purge(self) -> int:
         return await self.store.purge()
 
-    # -- events: the store's bus until the topic exchange (design step 8) --------------------
+    # -- events: a topic exchange, a queue per group (rabbitmq_events.py, design §9) -------
+    @functools.cached_property
+    def events(self) -> RabbitMQEvents:
+        """The event bus: on RabbitMQ, with its registry and parked events in the store."""
+        return RabbitMQEvents(self.transport, self.store, self.options)
+
     async def publish(self, events: Sequence[EventRecord]) -> None:
-        await self.store.publish(events)
+        await self.events.publish(events)
 
     async def join_group(self, group: str, patterns: Sequence[str], start: str | float) -> None:
-        await self.store.join_group(group, patterns, start)
+        await self.events.join_group(group, patterns, start)
 
     async def leave_group(self, group: str) -> None:
-        await self.store.leave_group(group)
+        await self.events.leave_group(group)
 
     async def claim_events(self, group: str, limit: int, lease: float) -> list[EventDelivery]:
-        return await self.store.claim_events(group, limit, lease)
+        return await self.events.claim_events(group, limit, lease)
 
     async def settle_events(self, group: str, outcomes: Sequence[EventOutcome]) -> int:
-        return await self.store.settle_events(group, outcomes)
+        return await self.events.settle_events(group, outcomes)
 
     async def wait_for_events(self, groups: Sequence[str], timeout: float) -> None:
-        await self.store.wait_for_events(groups, timeout)
+        await self.events.wait_for_events(groups, timeout)
 
     async def event_groups(self) -> list[GroupStats]:
-        return await self.store.event_groups()
+        return await self.events.event_groups()
 
     async def event_dead_letters(self, group: str, limit: int = 100) -> list[EventDeadLetter]:
-        return await self.store.event_dead_letters(group, limit)
+        return await self.events.event_dead_letters(group, limit)
 
     async def replay_events(self, group: str, keys: Sequence[str] | None = None) -> int:
-        return await self.store.replay_events(group, keys)
+        return await self.events.replay_events(group, keys)

@@ -759,6 +759,21 @@ class AmqpTransport:
                 return False
             await asyncio.wait({pulse}, timeout=remaining)
 
+    # -- for the event bus (rabbitmq_events.py) ---------------------------------------------
+    async def connection(self, timeout: float | None = None) -> AbstractConnection:
+        """This loop's connection, once up: waits for a rebuild until ``timeout`` (default
+        ``publish_timeout``), then :class:`BrokerError`.
+
+        The event bus opens channels of its own on it, so that its declarations, consumers
+        and delivery tags never touch the jobs' channels (a multiple ack of jobs must not ack
+        an event); the loss of the connection closes them too, and it rebuilds them on the
+        next connection.
+        """
+        state = self._state()
+        wait = self.settings.publish_timeout if timeout is None else timeout
+        link = await self._link(state, asyncio.get_running_loop().time() + wait)
+        return link.connection
+
 
 def _retrieved(task: asyncio.Future[None]) -> None:
     """Mark a shielded task's error as seen: its caller may be gone (it was cancelled)."""

@@ -1,0 +1,679 @@
+"""The event bus of the RabbitMQ broker: a topic exchange, one quorum queue per consumer group
+(``docs/design/rabbitmq.md`` §9; the state store keeps what RabbitMQ cannot).
+
+- **Names**: ``<ns>.events``, a durable topic exchange (routing key = the topic; dromos
+  patterns are AMQP's: ``*`` one word, ``#`` zero or more); per group the quorum queue
+  ``<ns>.g.<group>``, bound with each of the group's patterns; ``<ns>.events.log``, a stream
+  bound with ``#`` whose ``x-max-age`` is ``event_retention``: the log a group that starts at
+  ``earliest`` or at a time is filled from (:mod:`~dromos.brokers.rabbitmq_events_log`).
+- **The registry** of groups and their patterns is the store's (``names_add``/``names_list``):
+  a claim for a group nobody joined finds nothing and declares nothing.
+- **Publish** with confirms, through reconnection, until ``publish_timeout``. Not atomic: a
+  batch that failed half-way may have delivered some events (at least once per event).
+- **Claims**: a consumer per group on a channel of the event bus's own (its delivery tags are
+  apart from the jobs'), deliveries buffered in arrival order; a claim takes them and, when
+  the buffer runs short, ``basic.get`` s more. A claimed event is leased by being unacked,
+  plus a local lease timer: at its end the event is nacked back to its queue, RabbitMQ counts
+  the return (``x-delivery-count``) and hands it to whichever consumer. Its key is the event
+  id; its attempt is ``x-dromos-attempt`` (deliveries before it was last parked) +
+  ``x-delivery-count`` + 1. An event returned more than ``max_recoveries`` times is
+  dead-lettered as ``Poison``.
+- **Settles**: store first, ack second (a crash between makes a duplicate, never a loss):
+  handled → ack; to retry → parked in the store with its due time, then acked; dead → parked
+  dead, then acked. The relay part (:meth:`RabbitMQEvents.relay`, run by the broker's relay
+  and by claims and waits) republishes due retries to their group's queue with
+  ``x-dromos-attempt``, ``x-dromos-errors`` and ``x-dromos-topic``, then unparks them.
+
+What this instance sees alone: ``running`` and the unclaimed part of ``lag`` count the events
+*this* process holds or buffers (other processes' unacked events are not visible without the
+management API). An event a consumer buffered without claiming it comes back with its
+delivery count raised when that consumer stops: it counts as a recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import msgspec
+from aio_pika.abc import AbstractChannel, AbstractConnection
+from aiormq.abc import AbstractChannel as RawChannel
+from aiormq.abc import DeliveredMessage
+from pamqp.commands import Basic
+
+from dromos.brokers.base import (
+    Broker,
+    BrokerOptions,
+    EventDeadLetter,
+    EventDelivery,
+    EventOutcome,
+    EventRecord,
+    GroupStats,
+    Parked,
+)
+from dromos.brokers.memory_events import poison_error
+from dromos.brokers.rabbitmq_events_log import BACKFILLED, PUBLISHED, EventLog, LogNames
+from dromos.brokers.rabbitmq_transport import AmqpTransport, Name
+from dromos.errors import BrokerError
+from dromos.job import JobError
+from dromos.message import new_job_id
+
+__all__ = ["RabbitMQEvents"]
+
+log = logging.getLogger("dromos.rabbitmq")
+
+ATTEMPT, ERRORS, TOPIC = "x-dromos-attempt", "x-dromos-errors", "x-dromos-topic"
+_RELAY_LIMIT = 500  # parked retries per relay pass
+_RELAY_HOLD = 30.0  # seconds a relay pass holds what it took (another takes it after)
+_RELAY_POLL = 1.0  # seconds: the longest a process goes without looking for due retries
+_RPC_TIMEOUT = 30.0
+_MAX_ERRORS_HEADER = 60_000  # bytes: a header frame must fit in one frame (128 KiB)
+_T = TypeVar("_T")
+_errors = msgspec.json.Decoder(list[JobError])
+_encode = msgspec.json.Encoder().encode
+
+
+def errors_header(errors: Sequence[JobError]) -> str:
+    """The error history as a header: JSON, tracebacks dropped (all but the last, then all,
+    then the oldest entries) while it is larger than a header frame allows."""
+    text = _encode(list(errors)).decode()
+    trimmed = list(errors)
+    while len(text) > _MAX_ERRORS_HEADER and trimmed:
+        if any(e.traceback for e in trimmed[:-1]):
+            trimmed = [msgspec.structs.replace(e, traceback=None) for e in trimmed[:-1]] + [
+                trimmed[-1]
+            ]
+        elif trimmed[-1].traceback:
+            trimmed[-1] = msgspec.structs.replace(trimmed[-1], traceback=None)
+        else:
+            trimmed = trimmed[1:]
+        text = _encode(trimmed).decode()
+    return text
+
+
+@dataclass(eq=False)
+class _Event:
+    """A delivered event, buffered until claimed, then held until settled or its lease ends."""
+
+    key: str
+    topic: str
+    payload: bytes
+    attempt: int
+    returns: int  # x-delivery-count: lease ends and consumer losses so far
+    via: str | None  # "binding" (published), "log" (backfilled), None (a retry or replay)
+    errors: list[JobError]
+    tag: int
+    lease_end: float = 0.0  # loop time
+
+
+@dataclass(eq=False)
+class _Loop:
+    """The event bus's channels on one connection of one loop, and what they carry."""
+
+    connection: AbstractConnection
+    channels: tuple[AbstractChannel, AbstractChannel]  # kept: the two below are theirs
+    pub: RawChannel  # publisher confirms: publishes and declarations
+    con: RawChannel  # consumers and gets: delivery tags apart from the jobs'
+    alive: bool = True  # False once dropped: its deliveries are the server's again
+    consuming: dict[str, str] = field(default_factory=dict)  # group -> consumer tag
+    buffers: dict[str, dict[int, _Event]] = field(default_factory=dict)  # by arrival (tag)
+    held: dict[str, dict[str, _Event]] = field(default_factory=dict)  # group -> key -> event
+    left: set[str] = field(default_factory=set)  # groups whose consumer was cancelled
+    declared: bool = False  # the exchange and the log, on this connection
+    timer: asyncio.TimerHandle | None = None
+    pulse: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def usable(self) -> bool:
+        return not (self.connection.is_closed or self.pub.is_closed or self.con.is_closed)
+
+
+class RabbitMQEvents:
+    """The bus methods of :class:`~dromos.brokers.rabbitmq.RabbitMQBroker` (see the module
+    docstring): RabbitMQ through ``transport``, the registry and parked events in ``store``."""
+
+    def __init__(self, transport: AmqpTransport, store: Broker, options: BrokerOptions) -> None:
+        self.transport, self.store, self.options = transport, store, options
+        prefix = transport.settings.prefix
+        self.names = LogNames(prefix)
+        self.log = EventLog(transport.settings, self.names, options.event_retention)
+        self._groups: dict[str, tuple[str, ...]] = {}  # registry cache: known groups only
+        self._loops: dict[asyncio.AbstractEventLoop, _Loop] = {}
+        # group -> ids of a backfill's window (may have come through the binding too) -> how
+        # the first copy claimed came: "" (none yet), "log" or "binding"
+        self._window: dict[str, dict[str, str]] = {}
+        self._next_due: float | None = None  # loop time of the earliest parked retry known
+        self._last_pass = -_RELAY_POLL
+
+    # -- channels -------------------------------------------------------------------------------
+    async def _ready(self) -> _Loop:
+        """This loop's channels on the transport's live connection, made anew after a loss
+        (the server requeued whatever the old ones held), consuming the same groups."""
+        connection = await self.transport.connection()
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is not None and state.connection is connection and state.usable():
+            return state
+        groups = list(state.consuming) if state is not None else []
+        if state is not None:
+            self._drop(state)
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=False)
+            consumer = await connection.channel(publisher_confirms=False)
+            pub = await channel.get_underlay_channel()
+            con = await consumer.get_underlay_channel()
+            await con.basic_qos(prefetch_count=self.transport.settings.prefetch)
+        except Exception as exc:
+            raise self._error("opening the event channels", exc) from exc
+        state = self._loops[loop] = _Loop(connection, (channel, consumer), pub, con)
+        for group in groups:
+            with contextlib.suppress(BrokerError):  # a group gone meanwhile: its claims say so
+                await self._consume(state, group)
+        return state
+
+    def _drop(self, state: _Loop) -> None:
+        """Forget a loop's channels: what they held is requeued by the server when they close."""
+        state.alive = False
+        if state.timer is not None:
+            state.timer.cancel()
+        state.buffers.clear()
+        state.held.clear()
+        state.consuming.clear()
+        state.pulse.set()
+        if not state.pub.is_closed or not state.con.is_closed:
+            for raw in (state.pub, state.con):
+                task = asyncio.ensure_future(_close(raw))
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        for loop, known in list(self._loops.items()):
+            if known is state:
+                del self._loops[loop]
+
+    def _lost(self, state: _Loop, exc: BaseException, doing: str) -> BrokerError:
+        self._drop(state)
+        return self._error(doing, exc)
+
+    def _error(self, doing: str, exc: BaseException) -> BrokerError:
+        why = str(exc) or type(exc).__name__
+        return BrokerError(f"RabbitMQ at {self.transport.settings.safe_url}: {doing} failed: {why}")
+
+    async def _declare(self, state: _Loop) -> None:
+        """The exchange and the log stream bound to it, once per connection."""
+        if state.declared:
+            return
+        names = self.names
+        self.transport.declared |= {Name("exchange", names.exchange), Name("queue", names.log)}
+        try:
+            await state.pub.exchange_declare(
+                exchange=names.exchange, exchange_type="topic", durable=True,
+                timeout=_RPC_TIMEOUT,
+            )  # fmt: skip
+            await state.pub.queue_declare(
+                names.log, durable=True, arguments=self.log.arguments(), timeout=_RPC_TIMEOUT
+            )
+            await state.pub.queue_bind(names.log, names.exchange, "#", timeout=_RPC_TIMEOUT)
+        except Exception as exc:
+            raise self._lost(state, exc, "declaring the event exchange") from exc
+        state.declared = True
+
+    async def close(self) -> None:
+        """Forget every loop's channels (the transport closes the connection under them)."""
+        for state in list(self._loops.values()):
+            self._drop(state)
+
+    # -- publishing -----------------------------------------------------------------------------
+    async def publish(self, events: Sequence[EventRecord]) -> None:
+        if not events:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.transport.settings.publish_timeout
+        pending = list(events)
+        delay, last = 0.1, None
+        while True:
+            try:
+                state = await self._ready()
+                await self._declare(state)
+                pending = await self._confirmed(state, pending, self._to_exchange)
+                if not pending:
+                    return
+            except BrokerError as exc:
+                last = exc
+            if loop.time() >= deadline:
+                raise BrokerError(
+                    f"RabbitMQ at {self.transport.settings.safe_url}: publishing {len(pending)} "
+                    f"of {len(events)} event(s) failed for publish_timeout="
+                    f"{self.transport.settings.publish_timeout:g} s: {last or 'nacked'}"
+                )
+            await asyncio.sleep(min(delay, max(deadline - loop.time(), 0.0)))
+            delay = min(delay * 2, 5.0)
+
+    def _to_exchange(self, pub: RawChannel, event: EventRecord) -> Coroutine[Any, Any, Any]:
+        properties = Basic.Properties(
+            message_id=event.id, delivery_mode=2, content_type="application/json",
+            timestamp=datetime.now(UTC), headers={PUBLISHED: int(time.time() * 1000)},
+        )  # fmt: skip
+        return pub.basic_publish(
+            event.payload, exchange=self.names.exchange, routing_key=event.topic,
+            properties=properties,
+        )  # fmt: skip
+
+    async def _confirmed(
+        self,
+        state: _Loop,
+        items: list[_T],
+        publish: Callable[[RawChannel, _T], Coroutine[Any, Any, Any]],
+    ) -> list[_T]:
+        """Publish, await every confirm; the items not confirmed (a lost channel raises)."""
+        results = await asyncio.gather(
+            *(publish(state.pub, i) for i in items), return_exceptions=True
+        )
+        failed = []
+        for item, result in zip(items, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, Exception):
+                    raise result
+                if not state.usable():
+                    raise self._lost(state, result, "publishing events")
+                failed.append(item)
+            elif isinstance(result, Basic.Nack):
+                failed.append(item)
+        return failed
+
+    def _to_group(
+        self, group: str
+    ) -> Callable[[RawChannel, Parked | EventDeadLetter], Coroutine[Any, Any, Any]]:
+        """How a parked event goes back on its group's queue (default exchange): a retry
+        with the deliveries it had, a replayed dead letter as new (attempts start over)."""
+        queue = self.names.group(group)
+
+        def publish(pub: RawChannel, p: Parked | EventDeadLetter) -> Coroutine[Any, Any, Any]:
+            headers: dict[str, Any] = {
+                ATTEMPT: p.attempt if isinstance(p, Parked) else 0,
+                TOPIC: p.topic,
+                ERRORS: errors_header(p.errors),
+            }
+            properties = Basic.Properties(
+                message_id=p.key, delivery_mode=2, content_type="application/json",
+                headers=headers,
+            )  # fmt: skip
+            return pub.basic_publish(
+                p.payload, exchange="", routing_key=queue, properties=properties
+            )
+
+        return publish
+
+    # -- groups ---------------------------------------------------------------------------------
+    async def _patterns(self, group: str) -> tuple[str, ...] | None:
+        known = self._groups.get(group)
+        if known is None:
+            self._groups.update(await self.store.names_list("group"))
+            known = self._groups.get(group)
+        return known
+
+    async def join_group(self, group: str, patterns: Sequence[str], start: str | float) -> None:
+        registered = await self.store.names_list("group")
+        state = await self._ready()
+        await self._declare(state)
+        queue = self.names.group(group)
+        old = registered.get(group)
+        self.transport.declared.add(Name("queue", queue))
+        backfill = old is None and start != "latest"
+        before = await self.log.mark(state.connection) if backfill else ""
+        try:
+            await state.pub.queue_declare(
+                queue, durable=True, arguments={"x-queue-type": "quorum"}, timeout=_RPC_TIMEOUT
+            )
+            for pattern in sorted(set(patterns) - set(old or ())):
+                await state.pub.queue_bind(
+                    queue, self.names.exchange, pattern, timeout=_RPC_TIMEOUT
+                )
+            for pattern in sorted(set(old or ()) - set(patterns)):
+                await state.pub.queue_unbind(
+                    queue, self.names.exchange, pattern, timeout=_RPC_TIMEOUT
+                )
+        except Exception as exc:
+            raise self._lost(state, exc, f"declaring the queue of group {group!r}") from exc
+        if backfill:
+            window = await self.log.backfill(state.connection, queue, patterns, start, before)
+            self._window.setdefault(group, {}).update(dict.fromkeys(window, ""))
+        await self.store.names_add("group", {group: tuple(patterns)})
+        await self.store.names_add("queue", {queue: ()})
+        self._groups[group] = tuple(patterns)
+
+    async def leave_group(self, group: str) -> None:
+        queue = self.names.group(group)
+        self._groups.pop(group, None)
+        state = await self._ready()
+        tag = state.consuming.pop(group, None)
+        state.left.add(group)
+        state.buffers.pop(group, None)
+        state.held.pop(group, None)  # deleted with the queue: never to be acked
+        self._window.pop(group, None)
+        try:
+            if tag is not None:
+                await state.con.basic_cancel(tag, timeout=_RPC_TIMEOUT)
+            await state.pub.queue_delete(queue, timeout=_RPC_TIMEOUT)
+        except Exception as exc:
+            raise self._lost(state, exc, f"deleting the queue of group {group!r}") from exc
+        self.transport.declared.discard(Name("queue", queue))
+        await self.store.drop_group(group)
+        await self.store.names_drop("queue", [queue])
+
+    # -- consuming ------------------------------------------------------------------------------
+    async def _consume(self, state: _Loop, group: str) -> None:
+        if group in state.consuming:
+            return
+        state.left.discard(group)
+        try:
+            ok = await state.con.basic_consume(
+                self.names.group(group), self._on_delivery(state, group), timeout=_RPC_TIMEOUT
+            )
+        except Exception as exc:
+            self._groups.pop(group, None)  # deleted by another process, maybe: ask again
+            raise self._lost(state, exc, f"consuming group {group!r}") from exc
+        state.consuming[group] = str(ok.consumer_tag)
+
+    def _on_delivery(
+        self, state: _Loop, group: str
+    ) -> Callable[[DeliveredMessage], Coroutine[Any, Any, None]]:
+        async def delivered(raw: DeliveredMessage) -> None:
+            # No await before it is buffered: aiormq runs this before it hands a later get's
+            # answer to its caller, so a get is a barrier (as for jobs, see the transport).
+            if state.alive and group not in state.left:
+                state.buffers.setdefault(group, {})[_tag(raw)] = _event(raw)
+                state.pulse.set()
+
+        return delivered
+
+    async def claim_events(self, group: str, limit: int, lease: float) -> list[EventDelivery]:
+        if limit <= 0 or await self._patterns(group) is None:
+            return []
+        await self.relay()
+        state = await self._ready()
+        await self._expire(state)
+        await self._consume(state, group)
+        buffer = state.buffers.setdefault(group, {})
+        held = state.held.setdefault(group, {})
+        loop = asyncio.get_running_loop()
+        out: list[EventDelivery] = []
+        poison: list[_Event] = []
+        duplicates: list[_Event] = []
+        while len(out) < limit:
+            got = None
+            if len(buffer) <= limit - len(out):  # the get comes after every push before it
+                try:
+                    got = await state.con.basic_get(self.names.group(group), timeout=_RPC_TIMEOUT)
+                except Exception as exc:
+                    self._groups.pop(group, None)
+                    raise self._lost(state, exc, f"claiming events of {group!r}") from exc
+                if isinstance(got.delivery, Basic.GetOk):
+                    buffer[_tag(got)] = _event(got)
+                else:
+                    got = None
+            for tag in sorted(buffer)[: limit - len(out)]:
+                event = buffer.pop(tag)
+                if event.returns > self.options.max_recoveries:
+                    poison.append(event)
+                elif event.key in held or self._twice(group, event):
+                    duplicates.append(event)  # a copy of one held or taken here: dropped
+                else:
+                    event.lease_end = loop.time() + lease
+                    held[event.key] = event
+                    out.append(EventDelivery(event.key, event.topic, event.payload, event.attempt))
+            if got is None:
+                break
+        if poison:
+            dead = [
+                Parked(e.key, e.topic, e.payload, e.attempt - 1,
+                       [*e.errors, poison_error(e.returns, e.attempt - 1)], None)
+                for e in poison
+            ]  # fmt: skip
+            await self.store.park_events(group, dead)
+        await self._ack(state, [*poison, *duplicates])
+        self._arm(state)
+        return out
+
+    def _twice(self, group: str, event: _Event) -> bool:
+        """Whether ``event`` is the second copy of an event of the group's backfill window:
+        one came from the log, one through the binding (a retry's copy is neither)."""
+        window = self._window.get(group)
+        if not window or event.key not in window or event.via is None:
+            return False
+        first = window[event.key]
+        if not first:
+            window[event.key] = event.via
+            return False
+        if first == event.via:
+            return False  # the same copy again (its lease ended)
+        del window[event.key]
+        return True
+
+    async def _ack(self, state: _Loop, events: Sequence[_Event]) -> None:
+        try:
+            for event in events:
+                await state.con.basic_ack(event.tag, wait=False)
+        except Exception as exc:  # the channel is gone: the server requeued them
+            log.debug("acking events failed: %s", exc)
+
+    def _arm(self, state: _Loop) -> None:
+        """The local lease timer: wake at the earliest lease end among the held events."""
+        if state.timer is not None:
+            state.timer.cancel()
+            state.timer = None
+        ends = [e.lease_end for held in state.held.values() for e in held.values()]
+        if ends:
+            loop = asyncio.get_running_loop()
+            state.timer = loop.call_at(
+                min(ends), lambda: asyncio.ensure_future(self._expire(state))
+            )
+
+    async def _expire(self, state: _Loop) -> None:
+        """Hand back the held events whose lease ended: nacked to their queue (RabbitMQ counts
+        the return), to whichever consumer; a settle of them is then ignored."""
+        now = asyncio.get_running_loop().time()
+        ended = [
+            held.pop(key)
+            for held in state.held.values()
+            for key in [k for k, e in held.items() if e.lease_end <= now]
+        ]
+        try:
+            for event in ended:
+                await state.con.basic_nack(event.tag, requeue=True, wait=False)
+        except Exception as exc:  # the channel is gone: the server requeued them
+            log.debug("handing back events failed: %s", exc)
+        if ended:
+            self._arm(state)
+            state.pulse.set()
+
+    async def settle_events(self, group: str, outcomes: Sequence[EventOutcome]) -> int:
+        state = self._loops.get(asyncio.get_running_loop())
+        if state is None or not state.usable():
+            return 0  # lost with the channel: the server requeued them
+        held = state.held.get(group, {})
+        applied: list[_Event] = []
+        parked: list[Parked] = []
+        for outcome in outcomes:
+            event = held.get(outcome.key)
+            if event is None or event.attempt != outcome.attempt or event in applied:
+                continue
+            applied.append(event)
+            if outcome.error is not None:
+                errors = [*event.errors, outcome.error]
+                parked.append(Parked(event.key, event.topic, event.payload, event.attempt,
+                                     errors, outcome.retry_at))  # fmt: skip
+        if parked:  # the store first: a crash before the ack makes a duplicate, not a loss
+            await self.store.park_events(group, parked)
+            retries = [p.due for p in parked if p.due is not None]
+            if retries:  # the relay's next pass, and a waiter's next look
+                self._due_at(min(retries) - time.time())
+                state.pulse.set()
+        for event in applied:
+            held.pop(event.key, None)
+        await self._ack(state, applied)
+        self._arm(state)
+        return len(applied)
+
+    async def wait_for_events(self, groups: Sequence[str], timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        known = [g for g in groups if await self._patterns(g) is not None]
+        while True:
+            state = await self._ready()
+            for group in known:
+                await self._consume(state, group)
+            if any(state.buffers.get(g) for g in known):
+                return
+            state.pulse.clear()
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            wait = min(left, _RELAY_POLL)
+            if self._next_due is not None:
+                wait = max(0.0, min(wait, self._next_due - loop.time()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.pulse.wait(), wait)
+            if await self.relay():
+                return  # republished retries: the next claim may find them
+
+    # -- the relay part -------------------------------------------------------------------------
+    def _due_at(self, seconds: float) -> None:
+        at = asyncio.get_running_loop().time() + max(seconds, 0.0)
+        self._next_due = at if self._next_due is None else min(self._next_due, at)
+
+    async def relay(self) -> int:
+        """Republish the parked retries that came due (any group's) to their group's queue,
+        then unpark them; how many. Runs when a retry this instance knows of is due, else at
+        most every second (retries parked by other processes). A failure is logged: what was
+        taken comes back after the hold."""
+        now = asyncio.get_running_loop().time()
+        due = self._next_due is not None and self._next_due <= now
+        if not due and now - self._last_pass < _RELAY_POLL:
+            return 0
+        self._last_pass, self._next_due = now, None
+        try:
+            return await self._relay_pass()
+        except (BrokerError, NotImplementedError) as exc:
+            log.warning("republishing parked events failed: %s", exc)
+            self._due_at(_RELAY_POLL)
+            return 0
+
+    async def _relay_pass(self) -> int:
+        batch = await self.store.events_due(_RELAY_LIMIT, _RELAY_HOLD)
+        if batch.next_due is not None:
+            self._due_at(batch.next_due - batch.now)
+        if not batch.entries:
+            return 0
+        if len(batch.entries) >= _RELAY_LIMIT:
+            self._due_at(0.0)
+        state = await self._ready()
+        by_group: dict[str, list[Parked | EventDeadLetter]] = {}
+        for group, entry in batch.entries:
+            by_group.setdefault(group, []).append(entry)
+        for group, entries in by_group.items():
+            failed = await self._confirmed(state, entries, self._to_group(group))
+            await self.store.unpark(group, [p.key for p in entries if p not in failed])
+        return len(batch.entries)
+
+    # -- inspection and dead letters --------------------------------------------------------------
+    async def event_groups(self) -> list[GroupStats]:
+        groups = await self.store.names_list("group")
+        counts = await self.store.parked_counts()
+        state = await self._ready()
+        ready = await self._ready_counts(state, sorted(groups))
+        out = []
+        for group in sorted(groups):
+            retrying, dead = counts.get(group, (0, 0))
+            out.append(GroupStats(
+                group=group, patterns=groups[group],
+                lag=ready.get(group, 0) + len(state.buffers.get(group, ())),
+                running=len(state.held.get(group, ())), retrying=retrying, dead=dead,
+            ))  # fmt: skip
+        return out
+
+    async def _ready_counts(self, state: _Loop, groups: list[str]) -> dict[str, int]:
+        """Messages ready on each group's queue (``queue.declare`` passive), on a channel of
+        its own: a queue deleted meanwhile closes that one, not the consumers'."""
+        counts: dict[str, int] = {}
+        channel = None
+        try:
+            for group in groups:
+                if channel is None or channel.is_closed:
+                    channel = await (await state.connection.channel()).get_underlay_channel()
+                try:
+                    ok = await channel.queue_declare(
+                        self.names.group(group), passive=True, timeout=_RPC_TIMEOUT
+                    )
+                    counts[group] = int(ok.message_count or 0)
+                except Exception as exc:  # no such queue (left elsewhere): nothing ready
+                    log.debug("counting group %s: %s", group, exc)
+        finally:
+            if channel is not None:
+                await _close(channel)
+        return counts
+
+    async def event_dead_letters(self, group: str, limit: int = 100) -> list[EventDeadLetter]:
+        return await self.store.parked_dead(group, limit)
+
+    async def replay_events(self, group: str, keys: Sequence[str] | None = None) -> int:
+        if await self._patterns(group) is None:
+            return 0
+        replayed = 0
+        wanted = None if keys is None else set(keys)
+        while True:
+            dead = await self.store.parked_dead(group, _RELAY_LIMIT if wanted is None else 10**9)
+            if wanted is not None:
+                dead = [d for d in dead if d.key in wanted]
+            if not dead:
+                return replayed
+            state = await self._ready()
+            failed = await self._confirmed(state, dead, self._to_group(group))
+            if failed:
+                raise BrokerError(f"replaying {len(failed)} event(s) of {group!r}: nacked")
+            await self.store.unpark(group, [d.key for d in dead])
+            replayed += len(dead)
+            if wanted is not None:
+                return replayed
+
+
+def _tag(raw: DeliveredMessage) -> int:
+    delivery = raw.delivery
+    if isinstance(delivery, Basic.Deliver | Basic.GetOk):
+        return int(delivery.delivery_tag or 0)
+    raise TypeError(f"not a delivery: {delivery!r}")
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _event(raw: DeliveredMessage) -> _Event:
+    """An event as its message says: a message without an id gets a key of its own (its
+    payload, dead-lettered by the runner with the decoder's reason, keeps it apart)."""
+    properties = raw.header.properties
+    headers = dict(properties.headers or {})
+    delivery = raw.delivery
+    topic = headers.get(TOPIC)
+    via = "log" if headers.get(BACKFILLED) else "binding" if topic is None else None
+    if not isinstance(topic, str | bytes):
+        topic = getattr(delivery, "routing_key", "") or ""
+    returns = _int(headers.get("x-delivery-count"))
+    errors: list[JobError] = []
+    stored = headers.get(ERRORS)
+    if isinstance(stored, str | bytes) and stored:
+        with contextlib.suppress(msgspec.DecodeError):
+            errors = _errors.decode(stored)
+    return _Event(
+        key=str(properties.message_id or "") or f"amqp-{new_job_id()}",
+        topic=topic.decode() if isinstance(topic, bytes) else topic,
+        payload=raw.body, attempt=_int(headers.get(ATTEMPT)) + returns + 1, returns=returns,
+        via=via, errors=errors, tag=_tag(raw),
+    )  # fmt: skip
+
+
+async def _close(raw: RawChannel) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(raw.close(), 5.0)
