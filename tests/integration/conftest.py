@@ -287,6 +287,21 @@ def postgres_cluster(tmp_path: Path) -> Iterator[Cluster]:
         pg_servers.drop_schema(schema)
 
 
+async def _registered(store: str) -> set[Any]:
+    """The queues and exchanges the RabbitMQ broker registered in its store ``store``."""
+    from dromos.brokers import create_broker
+    from dromos.brokers.rabbitmq_transport import Name
+
+    records = create_broker(store)
+    await records.open()
+    try:
+        return {Name("queue", n) for n in await records.names_list("queue")} | {
+            Name("exchange", n) for n in await records.names_list("exchange")
+        }
+    finally:
+        await records.close()
+
+
 @contextlib.contextmanager
 def rabbitmq_cluster(tmp_path: Path) -> Iterator[Cluster]:
     """Workers on the shared RabbitMQ node under a fresh name prefix, their records in the
@@ -310,7 +325,8 @@ def rabbitmq_cluster(tmp_path: Path) -> Iterator[Cluster]:
         declared = {Name("queue", names.queue(q, b)) for q in queues for b in BANDS}
         declared |= {Name("exchange", names.jobs), Name("exchange", names.dlx),
                      Name("queue", names.dead)}  # fmt: skip
-        asyncio.run(transport.delete_names(declared | transport.declared))
+        registered = asyncio.run(_registered(store))  # the event bus's, by any worker
+        asyncio.run(transport.delete_names(declared | transport.declared | registered))
         delete_prefix(SHARED_HOST, SHARED_PORT, prefix)
 
 

@@ -38,10 +38,8 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import msgspec
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import AbstractChannel as RawChannel
 from aiormq.abc import DeliveredMessage
@@ -58,58 +56,26 @@ from dromos.brokers.base import (
     Parked,
 )
 from dromos.brokers.memory_events import poison_error
-from dromos.brokers.rabbitmq_events_log import BACKFILLED, PUBLISHED, EventLog, LogNames
+from dromos.brokers.rabbitmq_event_messages import (
+    Delivered,
+    delivered,
+    delivery_tag,
+    to_exchange,
+    to_group,
+)
+from dromos.brokers.rabbitmq_events_log import EventLog, LogNames
 from dromos.brokers.rabbitmq_transport import AmqpTransport, Name
 from dromos.errors import BrokerError
-from dromos.job import JobError
-from dromos.message import new_job_id
 
 __all__ = ["RabbitMQEvents"]
 
 log = logging.getLogger("dromos.rabbitmq")
 
-ATTEMPT, ERRORS, TOPIC = "x-dromos-attempt", "x-dromos-errors", "x-dromos-topic"
 _RELAY_LIMIT = 500  # parked retries per relay pass
 _RELAY_HOLD = 30.0  # seconds a relay pass holds what it took (another takes it after)
 _RELAY_POLL = 1.0  # seconds: the longest a process goes without looking for due retries
 _RPC_TIMEOUT = 30.0
-_MAX_ERRORS_HEADER = 60_000  # bytes: a header frame must fit in one frame (128 KiB)
 _T = TypeVar("_T")
-_errors = msgspec.json.Decoder(list[JobError])
-_encode = msgspec.json.Encoder().encode
-
-
-def errors_header(errors: Sequence[JobError]) -> str:
-    """The error history as a header: JSON, tracebacks dropped (all but the last, then all,
-    then the oldest entries) while it is larger than a header frame allows."""
-    text = _encode(list(errors)).decode()
-    trimmed = list(errors)
-    while len(text) > _MAX_ERRORS_HEADER and trimmed:
-        if any(e.traceback for e in trimmed[:-1]):
-            trimmed = [msgspec.structs.replace(e, traceback=None) for e in trimmed[:-1]] + [
-                trimmed[-1]
-            ]
-        elif trimmed[-1].traceback:
-            trimmed[-1] = msgspec.structs.replace(trimmed[-1], traceback=None)
-        else:
-            trimmed = trimmed[1:]
-        text = _encode(trimmed).decode()
-    return text
-
-
-@dataclass(eq=False)
-class _Event:
-    """A delivered event, buffered until claimed, then held until settled or its lease ends."""
-
-    key: str
-    topic: str
-    payload: bytes
-    attempt: int
-    returns: int  # x-delivery-count: lease ends and consumer losses so far
-    via: str | None  # "binding" (published), "log" (backfilled), None (a retry or replay)
-    errors: list[JobError]
-    tag: int
-    lease_end: float = 0.0  # loop time
 
 
 @dataclass(eq=False)
@@ -122,8 +88,8 @@ class _Loop:
     con: RawChannel  # consumers and gets: delivery tags apart from the jobs'
     alive: bool = True  # False once dropped: its deliveries are the server's again
     consuming: dict[str, str] = field(default_factory=dict)  # group -> consumer tag
-    buffers: dict[str, dict[int, _Event]] = field(default_factory=dict)  # by arrival (tag)
-    held: dict[str, dict[str, _Event]] = field(default_factory=dict)  # group -> key -> event
+    buffers: dict[str, dict[int, Delivered]] = field(default_factory=dict)  # by arrival (tag)
+    held: dict[str, dict[str, Delivered]] = field(default_factory=dict)  # group -> key -> event
     left: set[str] = field(default_factory=set)  # groups whose consumer was cancelled
     declared: bool = False  # the exchange and the log, on this connection
     timer: asyncio.TimerHandle | None = None
@@ -218,6 +184,10 @@ class RabbitMQEvents:
             await state.pub.queue_bind(names.log, names.exchange, "#", timeout=_RPC_TIMEOUT)
         except Exception as exc:
             raise self._lost(state, exc, "declaring the event exchange") from exc
+        # Registered in the store, as the groups' queues are: a teardown (or an operator)
+        # finds every name the bus declared, whichever process declared it.
+        await self.store.names_add("exchange", {names.exchange: ()})
+        await self.store.names_add("queue", {names.log: ()})
         state.declared = True
 
     async def close(self) -> None:
@@ -237,7 +207,7 @@ class RabbitMQEvents:
             try:
                 state = await self._ready()
                 await self._declare(state)
-                pending = await self._confirmed(state, pending, self._to_exchange)
+                pending = await self._confirmed(state, pending, self._exchange_publisher)
                 if not pending:
                     return
             except BrokerError as exc:
@@ -251,15 +221,8 @@ class RabbitMQEvents:
             await asyncio.sleep(min(delay, max(deadline - loop.time(), 0.0)))
             delay = min(delay * 2, 5.0)
 
-    def _to_exchange(self, pub: RawChannel, event: EventRecord) -> Coroutine[Any, Any, Any]:
-        properties = Basic.Properties(
-            message_id=event.id, delivery_mode=2, content_type="application/json",
-            timestamp=datetime.now(UTC), headers={PUBLISHED: int(time.time() * 1000)},
-        )  # fmt: skip
-        return pub.basic_publish(
-            event.payload, exchange=self.names.exchange, routing_key=event.topic,
-            properties=properties,
-        )  # fmt: skip
+    def _exchange_publisher(self, pub: RawChannel, event: EventRecord) -> Coroutine[Any, Any, Any]:
+        return to_exchange(pub, self.names.exchange, event)
 
     async def _confirmed(
         self,
@@ -282,29 +245,6 @@ class RabbitMQEvents:
             elif isinstance(result, Basic.Nack):
                 failed.append(item)
         return failed
-
-    def _to_group(
-        self, group: str
-    ) -> Callable[[RawChannel, Parked | EventDeadLetter], Coroutine[Any, Any, Any]]:
-        """How a parked event goes back on its group's queue (default exchange): a retry
-        with the deliveries it had, a replayed dead letter as new (attempts start over)."""
-        queue = self.names.group(group)
-
-        def publish(pub: RawChannel, p: Parked | EventDeadLetter) -> Coroutine[Any, Any, Any]:
-            headers: dict[str, Any] = {
-                ATTEMPT: p.attempt if isinstance(p, Parked) else 0,
-                TOPIC: p.topic,
-                ERRORS: errors_header(p.errors),
-            }
-            properties = Basic.Properties(
-                message_id=p.key, delivery_mode=2, content_type="application/json",
-                headers=headers,
-            )  # fmt: skip
-            return pub.basic_publish(
-                p.payload, exchange="", routing_key=queue, properties=properties
-            )
-
-        return publish
 
     # -- groups ---------------------------------------------------------------------------------
     async def _patterns(self, group: str) -> tuple[str, ...] | None:
@@ -380,14 +320,14 @@ class RabbitMQEvents:
     def _on_delivery(
         self, state: _Loop, group: str
     ) -> Callable[[DeliveredMessage], Coroutine[Any, Any, None]]:
-        async def delivered(raw: DeliveredMessage) -> None:
+        async def buffer(raw: DeliveredMessage) -> None:
             # No await before it is buffered: aiormq runs this before it hands a later get's
             # answer to its caller, so a get is a barrier (as for jobs, see the transport).
             if state.alive and group not in state.left:
-                state.buffers.setdefault(group, {})[_tag(raw)] = _event(raw)
+                state.buffers.setdefault(group, {})[delivery_tag(raw)] = delivered(raw)
                 state.pulse.set()
 
-        return delivered
+        return buffer
 
     async def claim_events(self, group: str, limit: int, lease: float) -> list[EventDelivery]:
         if limit <= 0 or await self._patterns(group) is None:
@@ -400,8 +340,8 @@ class RabbitMQEvents:
         held = state.held.setdefault(group, {})
         loop = asyncio.get_running_loop()
         out: list[EventDelivery] = []
-        poison: list[_Event] = []
-        duplicates: list[_Event] = []
+        poison: list[Delivered] = []
+        duplicates: list[Delivered] = []
         while len(out) < limit:
             got = None
             if len(buffer) <= limit - len(out):  # the get comes after every push before it
@@ -411,7 +351,7 @@ class RabbitMQEvents:
                     self._groups.pop(group, None)
                     raise self._lost(state, exc, f"claiming events of {group!r}") from exc
                 if isinstance(got.delivery, Basic.GetOk):
-                    buffer[_tag(got)] = _event(got)
+                    buffer[delivery_tag(got)] = delivered(got)
                 else:
                     got = None
             for tag in sorted(buffer)[: limit - len(out)]:
@@ -437,7 +377,7 @@ class RabbitMQEvents:
         self._arm(state)
         return out
 
-    def _twice(self, group: str, event: _Event) -> bool:
+    def _twice(self, group: str, event: Delivered) -> bool:
         """Whether ``event`` is the second copy of an event of the group's backfill window:
         one came from the log, one through the binding (a retry's copy is neither)."""
         window = self._window.get(group)
@@ -452,7 +392,7 @@ class RabbitMQEvents:
         del window[event.key]
         return True
 
-    async def _ack(self, state: _Loop, events: Sequence[_Event]) -> None:
+    async def _ack(self, state: _Loop, events: Sequence[Delivered]) -> None:
         try:
             for event in events:
                 await state.con.basic_ack(event.tag, wait=False)
@@ -494,7 +434,7 @@ class RabbitMQEvents:
         if state is None or not state.usable():
             return 0  # lost with the channel: the server requeued them
         held = state.held.get(group, {})
-        applied: list[_Event] = []
+        applied: list[Delivered] = []
         parked: list[Parked] = []
         for outcome in outcomes:
             event = held.get(outcome.key)
@@ -574,7 +514,7 @@ class RabbitMQEvents:
         for group, entry in batch.entries:
             by_group.setdefault(group, []).append(entry)
         for group, entries in by_group.items():
-            failed = await self._confirmed(state, entries, self._to_group(group))
+            failed = await self._confirmed(state, entries, to_group(self.names.group(group)))
             await self.store.unpark(group, [p.key for p in entries if p not in failed])
         return len(batch.entries)
 
@@ -630,48 +570,13 @@ class RabbitMQEvents:
             if not dead:
                 return replayed
             state = await self._ready()
-            failed = await self._confirmed(state, dead, self._to_group(group))
+            failed = await self._confirmed(state, dead, to_group(self.names.group(group)))
             if failed:
                 raise BrokerError(f"replaying {len(failed)} event(s) of {group!r}: nacked")
             await self.store.unpark(group, [d.key for d in dead])
             replayed += len(dead)
             if wanted is not None:
                 return replayed
-
-
-def _tag(raw: DeliveredMessage) -> int:
-    delivery = raw.delivery
-    if isinstance(delivery, Basic.Deliver | Basic.GetOk):
-        return int(delivery.delivery_tag or 0)
-    raise TypeError(f"not a delivery: {delivery!r}")
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _event(raw: DeliveredMessage) -> _Event:
-    """An event as its message says: a message without an id gets a key of its own (its
-    payload, dead-lettered by the runner with the decoder's reason, keeps it apart)."""
-    properties = raw.header.properties
-    headers = dict(properties.headers or {})
-    delivery = raw.delivery
-    topic = headers.get(TOPIC)
-    via = "log" if headers.get(BACKFILLED) else "binding" if topic is None else None
-    if not isinstance(topic, str | bytes):
-        topic = getattr(delivery, "routing_key", "") or ""
-    returns = _int(headers.get("x-delivery-count"))
-    errors: list[JobError] = []
-    stored = headers.get(ERRORS)
-    if isinstance(stored, str | bytes) and stored:
-        with contextlib.suppress(msgspec.DecodeError):
-            errors = _errors.decode(stored)
-    return _Event(
-        key=str(properties.message_id or "") or f"amqp-{new_job_id()}",
-        topic=topic.decode() if isinstance(topic, bytes) else topic,
-        payload=raw.body, attempt=_int(headers.get(ATTEMPT)) + returns + 1, returns=returns,
-        via=via, errors=errors, tag=_tag(raw),
-    )  # fmt: skip
 
 
 async def _close(raw: RawChannel) -> None:

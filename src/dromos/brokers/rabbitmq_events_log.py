@@ -29,18 +29,15 @@ from aiormq.abc import AbstractChannel as RawChannel
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
+from dromos.brokers.rabbitmq_event_messages import ATTEMPT, BACKFILLED, PUBLISHED, TOPIC
 from dromos.brokers.rabbitmq_url import AmqpSettings
 from dromos.errors import BrokerError, ConfigurationError
 from dromos.events.topics import matches_any
 from dromos.message import new_job_id
 
-__all__ = ["BACKFILLED", "PUBLISHED", "EventLog", "LogNames"]
+__all__ = ["EventLog", "LogNames"]
 
-PUBLISHED = "x-dromos-published"  # header: Unix ms of the publish (an integer: AMQP
-# tables carry floats in single precision), by the publisher's clock
-BACKFILLED = "x-dromos-backfilled"  # header of an event copied from the log to a group
 _MARKER = "x-dromos-marker"
-_TOPIC, _ATTEMPT = "x-dromos-topic", "x-dromos-attempt"
 _SEGMENT = 8_000_000  # bytes per stream segment: trimming keeps at most one more
 _READ_AHEAD = 500  # stream deliveries in flight (a stream consumer needs a prefetch)
 _CHUNK = 256  # republished events in flight
@@ -191,7 +188,7 @@ class EventLog:
                 properties=Basic.Properties(
                     message_id=m.header.properties.message_id, delivery_mode=2,
                     content_type=m.header.properties.content_type,
-                    headers={_TOPIC: str(getattr(m.delivery, "routing_key", "")), _ATTEMPT: 0,
+                    headers={TOPIC: str(getattr(m.delivery, "routing_key", "")), ATTEMPT: 0,
                              BACKFILLED: 1},
                 ),
             )
