@@ -26,8 +26,9 @@ The design is ``docs/design/rabbitmq.md``; in short:
   a pass runs with each claim (but the one just said), after a release or a replay, after a
   poke (a settle) and while a worker waits for work: at the store's next due time, and at
   least every second.
-- **Events** travel through the state store's event bus for now; the topic exchange of the
-  design (step 8) replaces that later without changing the interface.
+- **Events** (:mod:`~dromos.brokers.rabbitmq_events`) go through the topic exchange
+  ``<ns>.events`` to one quorum queue per consumer group, leased by being unacked; retries and
+  dead letters are parked in the store, and the relay republishes retries when due.
 """
 
 from __future__ import annotations
