@@ -110,6 +110,7 @@ class RabbitMQEvents:
         self.log = EventLog(transport.settings, self.names, options.event_retention)
         self._groups: dict[str, tuple[str, ...]] = {}  # registry cache: known groups only
         self._loops: dict[asyncio.AbstractEventLoop, _Loop] = {}
+        self._opening: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
         # group -> ids of a backfill's window (may have come through the binding too) -> how
         # the first copy claimed came: "" (none yet), "log" or "binding"
         self._window: dict[str, dict[str, str]] = {}
@@ -125,6 +126,14 @@ class RabbitMQEvents:
         state = self._loops.get(loop)
         if state is not None and state.connection is connection and state.usable():
             return state
+        async with self._opening.setdefault(loop, asyncio.Lock()):  # one set per loop
+            state = self._loops.get(loop)
+            if state is not None and state.connection is connection and state.usable():
+                return state
+            return await self._open(connection, state)
+
+    async def _open(self, connection: AbstractConnection, state: _Loop | None) -> _Loop:
+        loop = asyncio.get_running_loop()
         groups = list(state.consuming) if state is not None else []
         if state is not None:
             self._drop(state)
@@ -137,20 +146,27 @@ class RabbitMQEvents:
         except Exception as exc:
             raise self._error("opening the event channels", exc) from exc
         state = self._loops[loop] = _Loop(connection, (channel, consumer), pub, con)
+        for closing in (channel, consumer):  # a lost channel's deliveries are requeued
+            closing.close_callbacks.add(lambda *_, lost=state: self._forget(lost))
         for group in groups:
             with contextlib.suppress(BrokerError):  # a group gone meanwhile: its claims say so
                 await self._consume(state, group)
         return state
 
-    def _drop(self, state: _Loop) -> None:
-        """Forget a loop's channels: what they held is requeued by the server when they close."""
+    @staticmethod
+    def _forget(state: _Loop) -> None:
+        """What a closed channel carried is the server's again: nothing is held here."""
         state.alive = False
         if state.timer is not None:
             state.timer.cancel()
         state.buffers.clear()
         state.held.clear()
-        state.consuming.clear()
         state.pulse.set()
+
+    def _drop(self, state: _Loop) -> None:
+        """Forget a loop's channels and close them: the server requeues what they held."""
+        self._forget(state)
+        state.consuming.clear()
         if not state.pub.is_closed or not state.con.is_closed:
             for raw in (state.pub, state.con):
                 task = asyncio.ensure_future(_close(raw))
