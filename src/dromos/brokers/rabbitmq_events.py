@@ -93,6 +93,7 @@ class _Loop:
     left: set[str] = field(default_factory=set)  # groups whose consumer was cancelled
     declared: bool = False  # the exchange and the log, on this connection
     timer: asyncio.TimerHandle | None = None
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)  # lease timers' hand-backs
     pulse: asyncio.Event = field(default_factory=asyncio.Event)
 
     def usable(self) -> bool:
@@ -388,7 +389,12 @@ class RabbitMQEvents:
                        [*e.errors, poison_error(e.returns, e.attempt - 1)], None)
                 for e in poison
             ]  # fmt: skip
-            await self.store.park_events(group, dead)
+            try:
+                await self.store.park_events(group, dead)
+            except Exception:
+                await self._nack(state, poison)  # back to the queue: decided again next time
+                await self._ack(state, duplicates)
+                raise
         await self._ack(state, [*poison, *duplicates])
         self._arm(state)
         return out
@@ -415,6 +421,13 @@ class RabbitMQEvents:
         except Exception as exc:  # the channel is gone: the server requeued them
             log.debug("acking events failed: %s", exc)
 
+    async def _nack(self, state: _Loop, events: Sequence[Delivered]) -> None:
+        try:
+            for event in events:
+                await state.con.basic_nack(event.tag, requeue=True, wait=False)
+        except Exception as exc:  # the channel is gone: the server requeued them
+            log.debug("handing back events failed: %s", exc)
+
     def _arm(self, state: _Loop) -> None:
         """The local lease timer: wake at the earliest lease end among the held events."""
         if state.timer is not None:
@@ -423,9 +436,12 @@ class RabbitMQEvents:
         ends = [e.lease_end for held in state.held.values() for e in held.values()]
         if ends:
             loop = asyncio.get_running_loop()
-            state.timer = loop.call_at(
-                min(ends), lambda: asyncio.ensure_future(self._expire(state))
-            )
+            state.timer = loop.call_at(min(ends), self._expire_later, state)
+
+    def _expire_later(self, state: _Loop) -> None:
+        task = asyncio.ensure_future(self._expire(state))
+        state.tasks.add(task)  # kept until done: a task nobody refers to may be collected
+        task.add_done_callback(state.tasks.discard)
 
     async def _expire(self, state: _Loop) -> None:
         """Hand back the held events whose lease ended: nacked to their queue (RabbitMQ counts
@@ -436,11 +452,7 @@ class RabbitMQEvents:
             for held in state.held.values()
             for key in [k for k, e in held.items() if e.lease_end <= now]
         ]
-        try:
-            for event in ended:
-                await state.con.basic_nack(event.tag, requeue=True, wait=False)
-        except Exception as exc:  # the channel is gone: the server requeued them
-            log.debug("handing back events failed: %s", exc)
+        await self._nack(state, ended)
         if ended:
             self._arm(state)
             state.pulse.set()
