@@ -37,10 +37,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import AbstractChannel as RawChannel
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
@@ -63,6 +61,7 @@ from dromos.brokers.rabbitmq_event_messages import (
     to_exchange,
     to_group,
 )
+from dromos.brokers.rabbitmq_events_channels import Channels, EventChannels, close_quietly
 from dromos.brokers.rabbitmq_events_log import EventLog, LogNames
 from dromos.brokers.rabbitmq_transport import AmqpTransport, Name
 from dromos.errors import BrokerError
@@ -78,28 +77,6 @@ _RPC_TIMEOUT = 30.0
 _T = TypeVar("_T")
 
 
-@dataclass(eq=False)
-class _Loop:
-    """The event bus's channels on one connection of one loop, and what they carry."""
-
-    connection: AbstractConnection
-    channels: tuple[AbstractChannel, AbstractChannel]  # kept: the two below are theirs
-    pub: RawChannel  # publisher confirms: publishes and declarations
-    con: RawChannel  # consumers and gets: delivery tags apart from the jobs'
-    alive: bool = True  # False once dropped: its deliveries are the server's again
-    consuming: dict[str, str] = field(default_factory=dict)  # group -> consumer tag
-    buffers: dict[str, dict[int, Delivered]] = field(default_factory=dict)  # by arrival (tag)
-    held: dict[str, dict[str, Delivered]] = field(default_factory=dict)  # group -> key -> event
-    left: set[str] = field(default_factory=set)  # groups whose consumer was cancelled
-    declared: bool = False  # the exchange and the log, on this connection
-    timer: asyncio.TimerHandle | None = None
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)  # lease timers' hand-backs
-    pulse: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def usable(self) -> bool:
-        return not (self.connection.is_closed or self.pub.is_closed or self.con.is_closed)
-
-
 class RabbitMQEvents:
     """The bus methods of :class:`~dromos.brokers.rabbitmq.RabbitMQBroker` (see the module
     docstring): RabbitMQ through ``transport``, the registry and parked events in ``store``."""
@@ -110,107 +87,25 @@ class RabbitMQEvents:
         self.names = LogNames(prefix)
         self.log = EventLog(transport.settings, self.names, options.event_retention)
         self._groups: dict[str, tuple[str, ...]] = {}  # registry cache: known groups only
-        self._loops: dict[asyncio.AbstractEventLoop, _Loop] = {}
-        self._opening: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+        self.channels = EventChannels(transport, store, self.names, self.log)
         # group -> ids of a backfill's window (may have come through the binding too) -> how
         # the first copy claimed came: "" (none yet), "log" or "binding"
         self._window: dict[str, dict[str, str]] = {}
         self._next_due: float | None = None  # loop time of the earliest parked retry known
         self._last_pass = -_RELAY_POLL
 
-    # -- channels -------------------------------------------------------------------------------
-    async def _ready(self) -> _Loop:
-        """This loop's channels on the transport's live connection, made anew after a loss
-        (the server requeued whatever the old ones held), consuming the same groups."""
-        connection = await self.transport.connection()
-        loop = asyncio.get_running_loop()
-        state = self._loops.get(loop)
-        if state is not None and state.connection is connection and state.usable():
-            return state
-        async with self._opening.setdefault(loop, asyncio.Lock()):  # one set per loop
-            state = self._loops.get(loop)
-            if state is not None and state.connection is connection and state.usable():
-                return state
-            return await self._open(connection, state)
-
-    async def _open(self, connection: AbstractConnection, state: _Loop | None) -> _Loop:
-        loop = asyncio.get_running_loop()
-        groups = list(state.consuming) if state is not None else []
-        if state is not None:
-            self._drop(state)
-        try:
-            channel = await connection.channel(publisher_confirms=True, on_return_raises=False)
-            consumer = await connection.channel(publisher_confirms=False)
-            pub = await channel.get_underlay_channel()
-            con = await consumer.get_underlay_channel()
-            await con.basic_qos(prefetch_count=self.transport.settings.prefetch)
-        except Exception as exc:
-            raise self._error("opening the event channels", exc) from exc
-        state = self._loops[loop] = _Loop(connection, (channel, consumer), pub, con)
-        for closing in (channel, consumer):  # a lost channel's deliveries are requeued
-            closing.close_callbacks.add(lambda *_, lost=state: self._forget(lost))
-        for group in groups:
+    async def _ready(self) -> Channels:
+        """This loop's channels (see :class:`EventChannels`), consuming again, after a loss,
+        the groups consumed before."""
+        state = await self.channels.ready()
+        while state.resume:
             with contextlib.suppress(BrokerError):  # a group gone meanwhile: its claims say so
-                await self._consume(state, group)
+                await self._consume(state, state.resume.pop())
         return state
-
-    @staticmethod
-    def _forget(state: _Loop) -> None:
-        """What a closed channel carried is the server's again: nothing is held here."""
-        state.alive = False
-        if state.timer is not None:
-            state.timer.cancel()
-        state.buffers.clear()
-        state.held.clear()
-        state.pulse.set()
-
-    def _drop(self, state: _Loop) -> None:
-        """Forget a loop's channels and close them: the server requeues what they held."""
-        self._forget(state)
-        state.consuming.clear()
-        if not state.pub.is_closed or not state.con.is_closed:
-            for raw in (state.pub, state.con):
-                task = asyncio.ensure_future(_close(raw))
-                task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        for loop, known in list(self._loops.items()):
-            if known is state:
-                del self._loops[loop]
-
-    def _lost(self, state: _Loop, exc: BaseException, doing: str) -> BrokerError:
-        self._drop(state)
-        return self._error(doing, exc)
-
-    def _error(self, doing: str, exc: BaseException) -> BrokerError:
-        why = str(exc) or type(exc).__name__
-        return BrokerError(f"RabbitMQ at {self.transport.settings.safe_url}: {doing} failed: {why}")
-
-    async def _declare(self, state: _Loop) -> None:
-        """The exchange and the log stream bound to it, once per connection."""
-        if state.declared:
-            return
-        names = self.names
-        self.transport.declared |= {Name("exchange", names.exchange), Name("queue", names.log)}
-        try:
-            await state.pub.exchange_declare(
-                exchange=names.exchange, exchange_type="topic", durable=True,
-                timeout=_RPC_TIMEOUT,
-            )  # fmt: skip
-            await state.pub.queue_declare(
-                names.log, durable=True, arguments=self.log.arguments(), timeout=_RPC_TIMEOUT
-            )
-            await state.pub.queue_bind(names.log, names.exchange, "#", timeout=_RPC_TIMEOUT)
-        except Exception as exc:
-            raise self._lost(state, exc, "declaring the event exchange") from exc
-        # Registered in the store, as the groups' queues are: a teardown (or an operator)
-        # finds every name the bus declared, whichever process declared it.
-        await self.store.names_add("exchange", {names.exchange: ()})
-        await self.store.names_add("queue", {names.log: ()})
-        state.declared = True
 
     async def close(self) -> None:
         """Forget every loop's channels (the transport closes the connection under them)."""
-        for state in list(self._loops.values()):
-            self._drop(state)
+        await self.channels.close()
 
     # -- publishing -----------------------------------------------------------------------------
     async def publish(self, events: Sequence[EventRecord]) -> None:
@@ -223,8 +118,8 @@ class RabbitMQEvents:
         while True:
             try:
                 state = await self._ready()
-                await self._declare(state)
-                pending = await self._confirmed(state, pending, self._exchange_publisher)
+                await self.channels.declare(state)
+                pending = await self.channels.confirmed(state, pending, self._exchange_publisher)
                 if not pending:
                     return
             except BrokerError as exc:
@@ -241,28 +136,6 @@ class RabbitMQEvents:
     def _exchange_publisher(self, pub: RawChannel, event: EventRecord) -> Coroutine[Any, Any, Any]:
         return to_exchange(pub, self.names.exchange, event)
 
-    async def _confirmed(
-        self,
-        state: _Loop,
-        items: list[_T],
-        publish: Callable[[RawChannel, _T], Coroutine[Any, Any, Any]],
-    ) -> list[_T]:
-        """Publish, await every confirm; the items not confirmed (a lost channel raises)."""
-        results = await asyncio.gather(
-            *(publish(state.pub, i) for i in items), return_exceptions=True
-        )
-        failed = []
-        for item, result in zip(items, results, strict=True):
-            if isinstance(result, BaseException):
-                if not isinstance(result, Exception):
-                    raise result
-                if not state.usable():
-                    raise self._lost(state, result, "publishing events")
-                failed.append(item)
-            elif isinstance(result, Basic.Nack):
-                failed.append(item)
-        return failed
-
     # -- groups ---------------------------------------------------------------------------------
     async def _patterns(self, group: str) -> tuple[str, ...] | None:
         known = self._groups.get(group)
@@ -274,7 +147,7 @@ class RabbitMQEvents:
     async def join_group(self, group: str, patterns: Sequence[str], start: str | float) -> None:
         registered = await self.store.names_list("group")
         state = await self._ready()
-        await self._declare(state)
+        await self.channels.declare(state)
         queue = self.names.group(group)
         old = registered.get(group)
         self.transport.declared.add(Name("queue", queue))
@@ -293,7 +166,7 @@ class RabbitMQEvents:
                     queue, self.names.exchange, pattern, timeout=_RPC_TIMEOUT
                 )
         except Exception as exc:
-            raise self._lost(state, exc, f"declaring the queue of group {group!r}") from exc
+            raise self.channels.lost(state, exc, f"declaring the queue of group {group!r}") from exc
         if backfill:
             window = await self.log.backfill(state.connection, queue, patterns, start, before)
             self._window.setdefault(group, {}).update(dict.fromkeys(window, ""))
@@ -315,13 +188,13 @@ class RabbitMQEvents:
                 await state.con.basic_cancel(tag, timeout=_RPC_TIMEOUT)
             await state.pub.queue_delete(queue, timeout=_RPC_TIMEOUT)
         except Exception as exc:
-            raise self._lost(state, exc, f"deleting the queue of group {group!r}") from exc
+            raise self.channels.lost(state, exc, f"deleting the queue of group {group!r}") from exc
         self.transport.declared.discard(Name("queue", queue))
         await self.store.drop_group(group)
         await self.store.names_drop("queue", [queue])
 
     # -- consuming ------------------------------------------------------------------------------
-    async def _consume(self, state: _Loop, group: str) -> None:
+    async def _consume(self, state: Channels, group: str) -> None:
         if group in state.consuming:
             return
         state.left.discard(group)
@@ -331,11 +204,11 @@ class RabbitMQEvents:
             )
         except Exception as exc:
             self._groups.pop(group, None)  # deleted by another process, maybe: ask again
-            raise self._lost(state, exc, f"consuming group {group!r}") from exc
+            raise self.channels.lost(state, exc, f"consuming group {group!r}") from exc
         state.consuming[group] = str(ok.consumer_tag)
 
     def _on_delivery(
-        self, state: _Loop, group: str
+        self, state: Channels, group: str
     ) -> Callable[[DeliveredMessage], Coroutine[Any, Any, None]]:
         async def buffer(raw: DeliveredMessage) -> None:
             # No await before it is buffered: aiormq runs this before it hands a later get's
@@ -366,7 +239,7 @@ class RabbitMQEvents:
                     got = await state.con.basic_get(self.names.group(group), timeout=_RPC_TIMEOUT)
                 except Exception as exc:
                     self._groups.pop(group, None)
-                    raise self._lost(state, exc, f"claiming events of {group!r}") from exc
+                    raise self.channels.lost(state, exc, f"claiming events of {group!r}") from exc
                 if isinstance(got.delivery, Basic.GetOk):
                     buffer[delivery_tag(got)] = delivered(got)
                 else:
@@ -414,21 +287,21 @@ class RabbitMQEvents:
         del window[event.key]
         return True
 
-    async def _ack(self, state: _Loop, events: Sequence[Delivered]) -> None:
+    async def _ack(self, state: Channels, events: Sequence[Delivered]) -> None:
         try:
             for event in events:
                 await state.con.basic_ack(event.tag, wait=False)
         except Exception as exc:  # the channel is gone: the server requeued them
             log.debug("acking events failed: %s", exc)
 
-    async def _nack(self, state: _Loop, events: Sequence[Delivered]) -> None:
+    async def _nack(self, state: Channels, events: Sequence[Delivered]) -> None:
         try:
             for event in events:
                 await state.con.basic_nack(event.tag, requeue=True, wait=False)
         except Exception as exc:  # the channel is gone: the server requeued them
             log.debug("handing back events failed: %s", exc)
 
-    def _arm(self, state: _Loop) -> None:
+    def _arm(self, state: Channels) -> None:
         """The local lease timer: wake at the earliest lease end among the held events."""
         if state.timer is not None:
             state.timer.cancel()
@@ -438,12 +311,12 @@ class RabbitMQEvents:
             loop = asyncio.get_running_loop()
             state.timer = loop.call_at(min(ends), self._expire_later, state)
 
-    def _expire_later(self, state: _Loop) -> None:
+    def _expire_later(self, state: Channels) -> None:
         task = asyncio.ensure_future(self._expire(state))
         state.tasks.add(task)  # kept until done: a task nobody refers to may be collected
         task.add_done_callback(state.tasks.discard)
 
-    async def _expire(self, state: _Loop) -> None:
+    async def _expire(self, state: Channels) -> None:
         """Hand back the held events whose lease ended: nacked to their queue (RabbitMQ counts
         the return), to whichever consumer; a settle of them is then ignored."""
         now = asyncio.get_running_loop().time()
@@ -458,7 +331,7 @@ class RabbitMQEvents:
             state.pulse.set()
 
     async def settle_events(self, group: str, outcomes: Sequence[EventOutcome]) -> int:
-        state = self._loops.get(asyncio.get_running_loop())
+        state = self.channels.current()
         if state is None or not state.usable():
             return 0  # lost with the channel: the server requeued them
         held = state.held.get(group, {})
@@ -542,7 +415,9 @@ class RabbitMQEvents:
         for group, entry in batch.entries:
             by_group.setdefault(group, []).append(entry)
         for group, entries in by_group.items():
-            failed = await self._confirmed(state, entries, to_group(self.names.group(group)))
+            failed = await self.channels.confirmed(
+                state, entries, to_group(self.names.group(group))
+            )
             await self.store.unpark(group, [p.key for p in entries if p not in failed])
         return len(batch.entries)
 
@@ -562,7 +437,7 @@ class RabbitMQEvents:
             ))  # fmt: skip
         return out
 
-    async def _ready_counts(self, state: _Loop, groups: list[str]) -> dict[str, int]:
+    async def _ready_counts(self, state: Channels, groups: list[str]) -> dict[str, int]:
         """Messages ready on each group's queue (``queue.declare`` passive), on a channel of
         its own: a queue deleted meanwhile closes that one, not the consumers'."""
         counts: dict[str, int] = {}
@@ -580,7 +455,7 @@ class RabbitMQEvents:
                     log.debug("counting group %s: %s", group, exc)
         finally:
             if channel is not None:
-                await _close(channel)
+                await close_quietly(channel)
         return counts
 
     async def event_dead_letters(self, group: str, limit: int = 100) -> list[EventDeadLetter]:
@@ -598,15 +473,10 @@ class RabbitMQEvents:
             if not dead:
                 return replayed
             state = await self._ready()
-            failed = await self._confirmed(state, dead, to_group(self.names.group(group)))
+            failed = await self.channels.confirmed(state, dead, to_group(self.names.group(group)))
             if failed:
                 raise BrokerError(f"replaying {len(failed)} event(s) of {group!r}: nacked")
             await self.store.unpark(group, [d.key for d in dead])
             replayed += len(dead)
             if wanted is not None:
                 return replayed
-
-
-async def _close(raw: RawChannel) -> None:
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(raw.close(), 5.0)
