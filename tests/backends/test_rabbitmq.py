@@ -138,7 +138,7 @@ async def test_an_enqueue_whose_publish_fails_is_withdrawn_and_raises(
         await broker.close()
 
 
-def test_the_inspection_commands_find_the_state_store_in_dromos_backend(
+def test_the_inspection_commands_find_the_state_store_in_backend_or_dromos_backend(
     backend: Target, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from dromos.cli import main
@@ -157,3 +157,4 @@ def test_the_inspection_commands_find_the_state_store_in_dromos_backend(
     monkeypatch.delenv("DROMOS_BACKEND")
     assert dromos_cli("queues", "--broker", backend.broker) != 0
     assert "state store" in capsys.readouterr().err
+    assert dromos_cli("queues", "--broker", backend.broker, "--backend", backend.backend) == 0

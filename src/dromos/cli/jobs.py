@@ -186,8 +186,17 @@ def _print_json(value: Any) -> None:
 
 
 # -- the broker the inspection commands read -----------------------------------------------
+_BACKEND = "dromos.backend"  # where --backend leaves its value, in the click context's meta
+
+
+def _remember_backend(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    ctx.meta[_BACKEND] = value or None
+
+
 def broker_option(func: Callable[..., T]) -> Callable[..., T]:
-    """``--broker URL`` (or ``$DROMOS_BROKER``), the same default as ``dromos.App``."""
+    """``--broker URL`` (or ``$DROMOS_BROKER``), the same default as ``dromos.App``, and
+    ``--backend URL`` (or ``$DROMOS_BACKEND``), the state store of a broker that keeps no
+    status (RabbitMQ): read by :func:`with_broker`, so that no command needs a parameter."""
     option = click.option(
         "--broker",
         "broker_url",
@@ -196,7 +205,16 @@ def broker_option(func: Callable[..., T]) -> Callable[..., T]:
         show_default=True,
         help="Broker URL (env: DROMOS_BROKER).",
     )
-    return option(func)
+    backend = click.option(
+        "--backend",
+        envvar="DROMOS_BACKEND",
+        default=None,
+        expose_value=False,
+        callback=_remember_backend,
+        help="State store URL, for a broker that keeps no job status: RabbitMQ "
+        "(env: DROMOS_BACKEND).",
+    )
+    return option(backend(func))
 
 
 def json_option(func: Callable[..., T]) -> Callable[..., T]:
@@ -218,9 +236,14 @@ def with_broker(url: str, action: Callable[[Broker], Awaitable[T]]) -> T:
     async def run() -> T:
         # The broker alone, not an App: App prefers $DROMOS_BROKER to its argument, and here
         # an explicit --broker must win over the environment.
-        # A broker that keeps no status (RabbitMQ) reads its state store from the app's
-        # setting, $DROMOS_BACKEND.
-        broker = create_broker(url, backend=os.environ.get("DROMOS_BACKEND") or None)
+        # A broker that keeps no status (RabbitMQ) reads its state store from --backend
+        # (or $DROMOS_BACKEND, the app's setting).
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None and _BACKEND in ctx.meta:
+            backend = ctx.meta[_BACKEND]
+        else:
+            backend = os.environ.get("DROMOS_BACKEND") or None
+        broker = create_broker(url, backend=backend)
         await broker.open()
         try:
             return await action(broker)
