@@ -35,8 +35,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry  # not redis.retry.Retry: it never retries a coroutine
-from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -69,6 +67,7 @@ from dromos.brokers.base import (
 )
 from dromos.brokers.redis_events import RedisEventBus
 from dromos.brokers.redis_parking import RedisParking
+from dromos.brokers.redis_retry import async_retry, sync_retry
 from dromos.errors import BrokerError, ConfigurationError, DependencyNotFound
 from dromos.job import JobError, JobState, JobStatus, WebhookAttempt
 from dromos.task import MAX_PRIORITY
@@ -210,10 +209,8 @@ class _SyncClient:
 
     def __init__(self, url: str, cluster: bool | None, sources: dict[str, str]) -> None:
         import redis
-        from redis.backoff import ExponentialBackoff as Backoff
-        from redis.retry import Retry as SyncRetry
 
-        retry = SyncRetry(Backoff(cap=2.0, base=0.05), retries=8)
+        retry = sync_retry()
         self.client: Any = (
             redis.RedisCluster.from_url(url, retry=retry)
             if cluster
@@ -282,7 +279,7 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
             return self._loops.get(loop) or await self._new_state(loop)
 
     async def _new_state(self, loop: asyncio.AbstractEventLoop) -> _LoopState:
-        retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8)
+        retry = async_retry()
         errors = [RedisConnectionError, RedisTimeoutError, ConnectionResetError]
         subscriber = aioredis.Redis.from_url(
             self.url, retry=retry, retry_on_error=errors, health_check_interval=10
