@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks (``sqlite_bench.py``, ``redis_bench.py``).
+"""Helpers shared by the benchmarks (``*_bench.py`` and the peers' driver).
 
 Imports nothing from dromos: huey's child process of ``sqlite_bench.py`` uses it too.
 """
@@ -6,12 +6,20 @@ Imports nothing from dromos: huey's child process of ``sqlite_bench.py`` uses it
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import platform
 import signal
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
 
 
 def _rate(n: int, seconds: float) -> float:
@@ -78,8 +86,52 @@ def _summary(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     }
 
 
-def _fmt(value: float, unit: str) -> str:
-    return f"{value:,.1f}" if unit == "ms" else f"{value:,.0f}"
+def _fmt(value: float, unit: str, ms_digits: int = 1) -> str:
+    return f"{value:,.{ms_digits}f}" if unit == "ms" else f"{value:,.0f}"
+
+
+def _cell(s: dict[str, float] | None, unit: str, ms_digits: int = 1) -> str:
+    """A table cell: the median, then the min-max range."""
+    if s is None:
+        return "n/a"
+    fmt = [_fmt(s[k], unit, ms_digits) for k in ("median", "min", "max")]
+    return f"{fmt[0]} ({fmt[1]}-{fmt[2]})"
+
+
+def _ratio(a: dict[str, float] | None, b: dict[str, float] | None, higher: bool) -> str:
+    """dromos (``a``) against a peer (``b``), above 1 when dromos is better: a rate's ratio
+    (``higher``), or the inverse for a latency or a size."""
+    if a is None or b is None or not a["median"] or not b["median"]:
+        return "n/a"
+    r = a["median"] / b["median"] if higher else b["median"] / a["median"]
+    return f"{r:.2f}x"
+
+
+def _load() -> str:
+    """The load average (1, 5, 15 minutes), as the run's record keeps it."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def _git(*args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=BENCH.parent, capture_output=True, text=True)
+    return done.stdout.strip()
+
+
+def write_results(kind: str, record: dict[str, Any]) -> Path:
+    """Write a run's record to ``bench/results/<kind>-<date>-<time>.json``, after what every
+    record holds (when, the command, the machine); print and return where."""
+    machine = {"nproc": os.cpu_count(), "platform": platform.platform()}
+    full = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        **record,
+        "machine": {**machine, **record.get("machine", {})},
+    }
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(full, indent=2))
+    print(f"\nwritten to {path.relative_to(BENCH.parent)}")
+    return path
 
 
 def measure_enqueue(

@@ -69,11 +69,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from _common import _rate, _summary
+from _common import _cell, _rate, _ratio, _summary, write_results
 
 HERE = Path(__file__).resolve().parent
 PEERS = HERE / "peers"
-RESULTS = HERE / "results"
 sys.path.insert(0, str(PEERS))
 import venvs  # noqa: E402 (bench/peers/venvs.py)
 from _counter import COUNTER, SHARED_PORT  # noqa: E402
@@ -451,30 +450,13 @@ def _versions(server: str, systems: list[str]) -> dict[str, Any]:
     return found
 
 
-def _fmt(value: float, unit: str) -> str:
-    return f"{value:,.2f}" if unit == "ms" else f"{value:,.0f}"
-
-
-def _cell(s: dict[str, float] | None, unit: str) -> str:
-    if s is None:
-        return "n/a"
-    return f"{_fmt(s['median'], unit)} ({_fmt(s['min'], unit)}-{_fmt(s['max'], unit)})"
-
-
-def _ratio(a: dict[str, float] | None, b: dict[str, float] | None, higher: bool) -> str:
-    if a is None or b is None or not a["median"] or not b["median"]:
-        return "n/a"
-    r = a["median"] / b["median"] if higher else b["median"] / a["median"]
-    return f"{r:.2f}x"
-
-
 def _tables(summary: dict[str, dict[str, dict[str, float]]], opts: argparse.Namespace) -> list[str]:
     """The systems table, dromos's ratios to FastStream, and dromos's extra figure."""
     head = f"| system (N = {opts.jobs:,}, median of {opts.repeat}, min-max) |"
     lines = [head + "".join(f" {label} ({unit}) |" for _, label, unit, _ in METRICS)]
     lines.append("|---|" + "---|" * len(METRICS))
     for name, figures in summary.items():
-        cells = "".join(f" {_cell(figures.get(k), unit)} |" for k, _, unit, _ in METRICS)
+        cells = "".join(f" {_cell(figures.get(k), unit, 2)} |" for k, _, unit, _ in METRICS)
         lines.append(f"| {name} |{cells}")
     ours = [s for s in summary if s.startswith("dromos")]
     theirs = [s for s in summary if s.startswith("faststream")]
@@ -495,7 +477,7 @@ def _tables(summary: dict[str, dict[str, dict[str, float]]], opts: argparse.Name
     if rows:
         lines += ["", "| dromos alone | median (min-max) |", "|---|---|"]
         for s, key, label, unit in rows:
-            lines.append(f"| {s}: {label} ({unit}) | {_cell(summary[s][key], unit)} |")
+            lines.append(f"| {s}: {label} ({unit}) | {_cell(summary[s][key], unit, 2)} |")
     return lines
 
 
@@ -571,21 +553,18 @@ def main() -> None:
         print("\n".join(targets))
     print(f"\n{os.cpu_count()} CPUs, {load}")
 
-    RESULTS.mkdir(exist_ok=True)
-    record = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "options": {k: v for k, v in vars(opts).items() if k not in ("child", "port")},
-        "machine": {"nproc": os.cpu_count(), "platform": platform.platform(), "load": load},
-        "versions": _versions(opts.redis_server, opts.systems),
-        "summary": summary,
-        "table": lines,
-        "targets": targets,
-        "runs": runs,
-    }
-    path = RESULTS / f"events-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(record, indent=2))
-    print(f"\nwritten to {path.relative_to(HERE.parent)}")
+    write_results(
+        "events",
+        {
+            "options": {k: v for k, v in vars(opts).items() if k not in ("child", "port")},
+            "machine": {"load": load},
+            "versions": _versions(opts.redis_server, opts.systems),
+            "summary": summary,
+            "table": lines,
+            "targets": targets,
+            "runs": runs,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -53,10 +53,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from _common import _stop, _summary
+from _common import _cell, _stop, _summary, write_results
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 ROUTE = "/v1/tasks/noop/jobs"
 JSON_TYPE = {"content-type": "application/json"}
 WAIT = {**JSON_TYPE, "prefer": "wait=5"}
@@ -594,12 +593,6 @@ def _run_child(kind: str, opts: argparse.Namespace, url: str | None, redis_pid: 
     return json.loads(stdout.decode().strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def _cell(s: dict[str, float] | None, unit: str) -> str:
-    if s is None:
-        return "n/a"
-    return f"{_fmt(s['median'], unit)} ({_fmt(s['min'], unit)}-{_fmt(s['max'], unit)})"
-
-
 NAMES = {"sqlite": "SQLite", "redis": "Redis"}
 
 
@@ -611,7 +604,7 @@ def _tables(summary: dict[str, dict[str, dict[str, float]]], opts: argparse.Name
     lines = [head + "".join(f" {h} ({u}) |" for _, h, u in LOAD), "|---|" + "---|" * len(LOAD)]
     for k in rows:
         label = f"gateway, {NAMES[k]}" if k in NAMES else f"floor: {FLOORS[k]}"
-        cells = "".join(f" {_cell(summary[k].get(key), u)} |" for key, _, u in LOAD)
+        cells = "".join(f" {_cell(summary[k].get(key), u, 2)} |" for key, _, u in LOAD)
         lines.append(f"| {label} |{cells}")
     rows = [k for k in ("sqlite", "redis") if k in summary]
     if rows:
@@ -620,7 +613,7 @@ def _tables(summary: dict[str, dict[str, dict[str, float]]], opts: argparse.Name
         lines += ["", head + "".join(f" {h} ({u}) |" for _, h, u in ROUND_TRIP)]
         lines.append("|---|" + "---|" * len(ROUND_TRIP))
         for k in rows:
-            cells = "".join(f" {_cell(summary[k].get(key), u)} |" for key, _, u in ROUND_TRIP)
+            cells = "".join(f" {_cell(summary[k].get(key), u, 2)} |" for key, _, u in ROUND_TRIP)
             lines.append(f"| {NAMES[k]} |{cells}")
         head = ("| where a round trip's time goes (median of each segment, cut at the job's "
                 "stamps; medians do not add up; Redis keeps stamps to the ms) |")  # fmt: skip
@@ -628,7 +621,7 @@ def _tables(summary: dict[str, dict[str, dict[str, float]]], opts: argparse.Name
         lines.append("|---|" + "---|" * len(SEGMENTS))
         for k in rows:
             for path, label in (("wait", "gateway"), ("direct", "direct")):
-                cells = "".join(f" {_cell(summary[k].get(f'{path}_{seg}'), 'ms')} |"
+                cells = "".join(f" {_cell(summary[k].get(f'{path}_{seg}'), 'ms', 2)} |"
                                 for seg in SEGMENTS)  # fmt: skip
                 lines.append(f"| {NAMES[k]}, {label} |{cells}")
     return lines
@@ -768,23 +761,20 @@ def main() -> None:
         print("\n".join(_profile_lines(profiles)))
     print(f"\n{os.cpu_count()} CPUs; {load}")
 
-    RESULTS.mkdir(exist_ok=True)
-    record = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "options": {k: v for k, v in vars(opts).items() if v is not None},
-        "machine": {"nproc": os.cpu_count(), "platform": platform.platform(), "load": load},
-        "versions": _versions(opts.redis_server if "redis" in opts.brokers else None),
-        "summary": summary,
-        "table": lines,
-        "targets": targets,
-        "profiles": profiles,
-        "runs": runs,
-        "round_trip_samples_ms": samples,
-    }
-    path = RESULTS / f"http-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(record, indent=2))
-    print(f"\nwritten to {path.relative_to(HERE.parent)}")
+    write_results(
+        "http",
+        {
+            "options": {k: v for k, v in vars(opts).items() if v is not None},
+            "machine": {"load": load},
+            "versions": _versions(opts.redis_server if "redis" in opts.brokers else None),
+            "summary": summary,
+            "table": lines,
+            "targets": targets,
+            "profiles": profiles,
+            "runs": runs,
+            "round_trip_samples_ms": samples,
+        },
+    )
 
 
 if __name__ == "__main__":

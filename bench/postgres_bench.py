@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import _fmt, _summary
+from _common import _cell, _git, _load, _ratio, _summary, write_results
 from _pg import PrivatePostgres
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
@@ -43,7 +43,6 @@ import venvs  # bench/peers/venvs.py
 
 HERE = Path(__file__).resolve().parent
 PEERS = HERE / "peers"
-RESULTS = HERE / "results"
 
 # system -> (venv name or None for the project's own, its peer module)
 SYSTEMS: dict[str, tuple[str | None, str]] = {
@@ -86,11 +85,6 @@ def _system_run(
         print(f"  {system} failed (exit {proc.returncode}); left out of this run", file=sys.stderr)
         return {}
     return json.loads(proc.stdout.decode().strip().splitlines()[-1])  # type: ignore[no-any-return]
-
-
-def _git(*args: str) -> str:
-    done = subprocess.run(["git", *args], cwd=HERE.parent, capture_output=True, text=True)
-    return done.stdout.strip()
 
 
 def _dromos_at(commit: str) -> tuple[Path, Path]:
@@ -149,19 +143,6 @@ def _versions(server: PrivatePostgres, opts: argparse.Namespace) -> dict[str, An
     return found
 
 
-def _cell(s: dict[str, float] | None, unit: str) -> str:
-    if s is None:
-        return "n/a"
-    return f"{_fmt(s['median'], unit)} ({_fmt(s['min'], unit)}-{_fmt(s['max'], unit)})"
-
-
-def _ratio(a: dict[str, float] | None, b: dict[str, float] | None, higher: bool) -> str:
-    if a is None or b is None or not a["median"] or not b["median"]:
-        return "n/a"
-    r = a["median"] / b["median"] if higher else b["median"] / a["median"]
-    return f"{r:.2f}x"
-
-
 def _tables(summary: dict[str, dict[str, dict[str, float]]], opts: argparse.Namespace) -> list[str]:
     """The systems table with dromos's ratio to procrastinate per column; then the async
     enqueue and the slowest round trips."""
@@ -190,10 +171,6 @@ def _tables(summary: dict[str, dict[str, dict[str, float]]], opts: argparse.Name
     lines += ["", "Ratios: above 1 is better for dromos in every column (rates dromos/peer, "
               "latency and memory peer/dromos)."]  # fmt: skip
     return lines
-
-
-def _load() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def main() -> None:
@@ -260,26 +237,16 @@ def main() -> None:
     print("\n".join(lines))
     print(f"\nload average at the start {load_start}, at the end {load_end}")
 
-    RESULTS.mkdir(exist_ok=True)
-    record = {
+    write_results("postgres", {
         "when": started,
         "ended": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "options": vars(opts),
-        "machine": {
-            "nproc": os.cpu_count(),
-            "platform": platform.platform(),
-            "load_start": load_start,
-            "load_end": load_end,
-        },
+        "machine": {"load_start": load_start, "load_end": load_end},
         "versions": versions,
         "summary": summary,
         "table": lines,
         "runs": runs,
-    }
-    path = RESULTS / f"postgres-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(record, indent=2))
-    print(f"\nwritten to {path.relative_to(HERE.parent)}")
+    })  # fmt: skip
 
 
 if __name__ == "__main__":

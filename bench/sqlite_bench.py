@@ -35,10 +35,10 @@ from _common import (
     _summary,
     _wait_until,
     measure_enqueue,
+    write_results,
 )
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 HUEY_VENV = HERE / ".venvs" / "huey"
 HUEY_SPEC = "huey>=2.5"
 # huey's consumer, as its docs suggest for many small I/O-light tasks: a few worker threads.
@@ -293,20 +293,16 @@ def main() -> None:
     if "huey" in summary:
         print("\nratios: higher is better for dromos (for latency, huey's ms / dromos's ms)")
 
-    RESULTS.mkdir(exist_ok=True)
-    record = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "options": {k: v for k, v in vars(opts).items() if k not in ("child", "tmp")},
-        "machine": {"nproc": os.cpu_count(), "platform": platform.platform()},
-        "versions": _versions(huey_python),
-        "huey_consumer": {"drain_1p": HUEY_CONSUMER_ARGS, "drain_2p": HUEY_CONSUMER_ARGS_2P},
-        "summary": summary,
-        "runs": runs,
-    }
-    path = RESULTS / f"sqlite-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(record, indent=2))
-    print(f"\nwritten to {path.relative_to(HERE.parent)}")
+    write_results(
+        "sqlite",
+        {
+            "options": {k: v for k, v in vars(opts).items() if k not in ("child", "tmp")},
+            "versions": _versions(huey_python),
+            "huey_consumer": {"drain_1p": HUEY_CONSUMER_ARGS, "drain_2p": HUEY_CONSUMER_ARGS_2P},
+            "summary": summary,
+            "runs": runs,
+        },
+    )
 
 
 if __name__ == "__main__":
