@@ -22,9 +22,15 @@ class _Recorder:
     def __init__(self, fail: bool = False) -> None:
         self.batches: list[list[str]] = []
         self.fail = fail
+        self.in_flight = self.most_in_flight = 0
 
     async def __call__(self, requests: list[EnqueueRequest]) -> list[str]:
-        await asyncio.sleep(0.01)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.01)
+        finally:
+            self.in_flight -= 1
         if self.fail:
             raise ConnectionError("broker down")
         ids = [r.message.id for r in requests]
@@ -72,3 +78,20 @@ async def test_batches_are_bounded_in_size() -> None:
     await asyncio.gather(*(coalescer.enqueue([_request() for _ in range(300)]) for _ in range(8)))
     assert max(len(b) for b in send.batches) <= 1000
     assert sum(len(b) for b in send.batches) == 2400
+
+
+async def test_two_sends_overlap_and_the_callers_of_one_go_on_while_the_other_is_out() -> None:
+    send = _Recorder()
+    coalescer = Coalescer(send)
+    done: list[int] = []
+
+    async def caller(k: int) -> None:
+        for _ in range(5):  # each call waits for its own send, as `await aenqueue` does
+            await coalescer.enqueue([_request()])
+        done.append(k)
+
+    await asyncio.gather(*(caller(k) for k in range(64)))
+    assert sorted(done) == list(range(64))
+    assert sum(len(b) for b in send.batches) == 64 * 5
+    assert send.most_in_flight == 2  # never more: a bounded number of connections
+    assert len(send.batches) < 64 * 5 / 8  # still shared: a send carries many calls
