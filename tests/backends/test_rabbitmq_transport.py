@@ -345,6 +345,26 @@ async def test_a_lost_connection_drops_the_buffer_and_the_messages_come_again(
     assert await make().take(["a"], 10) == []
 
 
+async def test_a_connection_closed_by_a_cancellation_is_dropped_quietly_and_reopened_on_use(
+    make: MakeTransport, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What an ending asyncio.run does to a connection: it cancels its reader. That is not a
+    # lost RabbitMQ: no warning, no reconnection task on a loop that is going away; a later
+    # call on a loop that lives on connects again.
+    consumer = make()
+    await consumer.consume(["a"])
+    link = consumer._state().link
+    assert link is not None
+    with caplog.at_level("WARNING", logger="dromos.rabbitmq"):
+        link.connection.transport.connection._reader_task.cancel()  # type: ignore[union-attr]
+        await until(lambda: link.lost)
+    assert [r.getMessage() for r in caplog.records if "lost" in r.getMessage()] == []
+    assert consumer._state().rebuilding is None
+    assert consumer.losses() == 1
+    await make().publish([outgoing(1)])
+    assert [m.job_id for m in await drain(consumer, ["a"])] == [job_id(1)]
+
+
 async def test_a_take_under_way_at_a_loss_raises_broker_error(
     make: MakeTransport, proxy: Proxy
 ) -> None:

@@ -277,9 +277,9 @@ class AmqpTransport:
         connection = await aio_pika.connect(self.settings.url, timeout=_CONNECT_TIMEOUT)
         link = _Link(connection)
         try:
-            connection.close_callbacks.add(lambda *_: self._lost(state, link, "connection"))
+            connection.close_callbacks.add(self._on_close(state, link, "connection"))
             publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            publisher.close_callbacks.add(lambda *_: self._lost(state, link, "channel"))
+            publisher.close_callbacks.add(self._on_close(state, link, "channel"))
             link.publisher = publisher
             link.pub = await publisher.get_underlay_channel()
             for queue in sorted(state.consuming):
@@ -289,12 +289,25 @@ class AmqpTransport:
             raise
         return link
 
-    def _lost(self, state: _LoopState, link: _Link, what: str) -> None:
-        """A connection, channel or consumer is gone: drop the link and the buffer, rebuild."""
+    def _on_close(self, state: _LoopState, link: _Link, what: str) -> Callable[..., None]:
+        """aio-pika's close callback for the link's connection or a channel of it."""
+
+        def closed(_sender: object, reason: object = None, *_: object) -> None:
+            # Closed by a cancellation: the event loop is ending (``asyncio.run`` cancels the
+            # connection's reader), or a caller gave up on an RPC. Nothing to warn about and
+            # no task to start on a loop that may be closing: a later call on this loop, if
+            # any, connects again.
+            self._lost(state, link, what, quietly=isinstance(reason, asyncio.CancelledError))
+
+        return closed
+
+    def _lost(self, state: _LoopState, link: _Link, what: str, *, quietly: bool = False) -> None:
+        """A connection, channel or consumer is gone: drop the link and the buffer, rebuild
+        (``quietly``: drop them only, without a warning or a task)."""
         if link.lost:
             return
         link.lost = True
-        if not link.connection.is_closed:
+        if not link.connection.is_closed and not quietly:
             task = asyncio.get_running_loop().create_task(_close_quietly(link))
             state.closing.add(task)
             task.add_done_callback(state.closing.discard)
@@ -306,7 +319,9 @@ class AmqpTransport:
         state.buffers.clear()  # the server requeues every unacked message of the connection
         state.held.clear()
         state.wake()
-        if not state.closed:
+        if quietly:
+            log.debug("RabbitMQ at %s: %s closed by a cancellation", self.settings.safe_url, what)
+        elif not state.closed:
             log.warning("RabbitMQ at %s: %s lost; reconnecting", self.settings.safe_url, what)
             self._rebuild(state, after_loss=True)
 
@@ -548,7 +563,7 @@ class AmqpTransport:
         ``global=False``): the prefetch when it opens (the broker sizes it from the first
         claim); a later change applies to channels opened after it."""
         channel = await link.connection.channel(publisher_confirms=False)
-        channel.close_callbacks.add(lambda *_: self._lost(state, link, "channel"))
+        channel.close_callbacks.add(self._on_close(state, link, "channel"))
         raw = await channel.get_underlay_channel()
         await raw.basic_qos(prefetch_count=self.settings.prefetch, timeout=_RPC_TIMEOUT)
         if hasattr(raw, "on_consumer_cancel_callbacks"):
