@@ -83,16 +83,9 @@ _ADOPT_WINDOW = 86400.0  # idempotency window of a job adopted from a foreign me
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-class _Marks:
-    """One event loop's published jobs not yet marked sent, and the task writing them."""
-
-    def __init__(self) -> None:
-        self.ids: list[str] = []
-        self.task: asyncio.Task[None] | None = None
-
-
 class _Pace:
-    """One event loop's relay clock, and what its last wait for work saw."""
+    """One event loop's relay clock, what its last wait for work saw, and its published jobs
+    not yet marked sent."""
 
     def __init__(self) -> None:
         self.poked = asyncio.Event()  # something may have become ready: run a pass
@@ -100,6 +93,8 @@ class _Pace:
         self.due: float | None = None  # loop time at which the store said to look again
         self.woken: tuple[str, ...] | None = None  # the queues a delivery just woke us for
         self.claiming = asyncio.Lock()
+        self.unmarked: list[str] = []  # published, not yet marked sent in the store
+        self.marking: asyncio.Task[None] | None = None  # the task writing those marks
 
     def next_pass(self) -> float:
         """When the next relay pass is owed, unless a poke comes first (loop time)."""
@@ -125,14 +120,13 @@ class RabbitMQBroker(Broker):
         self._prefetch_open = "prefetch=" not in urlsplit(url).query
         self.hold = self.transport.settings.publish_timeout + _HOLD_MARGIN
         self._paces: dict[asyncio.AbstractEventLoop, _Pace] = {}
-        self._marks: dict[asyncio.AbstractEventLoop, _Marks] = {}
 
     async def open(self) -> None:
         await self.store.open()
 
     async def close(self) -> None:
-        marks, self._marks = self._marks, {}
-        await close_per_loop(marks, self._flush_marks)
+        paces, self._paces = self._paces, {}
+        await close_per_loop(paces, self._flush_marks)
         try:
             await self.transport.nack_all()
         except Exception as exc:  # closing anyway: the server requeues what is unacked
@@ -206,31 +200,28 @@ class RabbitMQBroker(Broker):
         all the enqueues of a burst instead of a round trip in each (design §12). A mark that
         never lands (a crash, a store error) costs a duplicate message once the enqueuer's
         hold ends, which the claim drops: the job's record decides."""
-        loop = asyncio.get_running_loop()
-        marks = self._marks.get(loop)
-        if marks is None:
-            marks = self._marks[loop] = _Marks()
-        marks.ids += ids
-        if marks.task is None:
-            marks.task = loop.create_task(self._marking(marks))
+        pace = self._pace()
+        pace.unmarked += ids
+        if pace.marking is None:
+            pace.marking = asyncio.get_running_loop().create_task(self._marking(pace))
 
-    async def _marking(self, marks: _Marks) -> None:
+    async def _marking(self, pace: _Pace) -> None:
         try:
-            while marks.ids:
-                ids, marks.ids = marks.ids, []
+            while pace.unmarked:
+                ids, pace.unmarked = pace.unmarked, []
                 try:
                     await self.store.mark_sent(ids)
                 except Exception as exc:  # the relay publishes them again after the hold
                     log.warning("marking %d published job(s) failed: %s", len(ids), exc)
         finally:
-            marks.task = None
+            pace.marking = None
 
-    async def _flush_marks(self, marks: _Marks) -> None:
+    async def _flush_marks(self, pace: _Pace) -> None:
         """For close: the marks still owed, written now."""
-        if marks.task is not None:
-            await asyncio.shield(marks.task)
-        if marks.ids:
-            await self._marking(marks)
+        if pace.marking is not None:
+            await asyncio.shield(pace.marking)
+        if pace.unmarked:
+            await self._marking(pace)
 
     async def enqueue_batch(
         self, batch: BatchRecord, requests: Sequence[EnqueueRequest]
@@ -351,8 +342,10 @@ class RabbitMQBroker(Broker):
         if not requests:
             return {}
         recorded = await self.store.enqueue_unsent(requests, self.hold)
+        # No mark "sent": a job claimed here is running (a mark would change nothing), and
+        # one that could not be claimed has no message left once these are acked, so the
+        # relay must publish it when it becomes ready.
         claimed = await self.store.claim_ids([r.job_id for r in recorded], lease, worker)
-        await self.store.mark_sent([r.job_id for r in recorded])
         return {
             m.held_key: d for m, d in zip(adopting, claimed, strict=True) if isinstance(d, Delivery)
         }
