@@ -297,3 +297,24 @@ async def test_jobs_handed_back_at_stop_run_on_the_next_worker(
     await workers.stop(worker)
     workers.start(app)
     assert [await j.aresult(timeout=10) for j in jobs] == [0, 1, 2]
+
+
+async def test_concurrent_enqueues_sharing_sends_each_get_their_own_jobs(
+    app: dromos.App, workers: Workers
+) -> None:
+    # 64 coroutines that each await their enqueues one by one: the group commit carries many
+    # calls per send, with two sends in flight at once; every call gets back its own job, and
+    # every job is stored once and runs with its own arguments.
+    @app.task
+    async def echo(i: int) -> int:
+        return i
+
+    async def caller(k: int) -> list[tuple[int, dromos.Job[int]]]:
+        return [(i, await echo.aenqueue(i)) for i in range(k, 320, 64)]
+
+    made = [pair for got in await asyncio.gather(*(caller(k) for k in range(64))) for pair in got]
+    assert sorted(i for i, _ in made) == list(range(320))
+    assert len({job.id for _, job in made}) == 320
+    workers.start(app, concurrency=16)
+    for i, job in made:
+        assert await job.aresult(timeout=30) == i
