@@ -117,6 +117,42 @@ def _git(*args: str) -> str:
     return done.stdout.strip()
 
 
+def work_tree_source() -> dict[str, str]:
+    """Which dromos the work tree holds: HEAD, and how many files under ``src/`` differ from
+    it (other work may commit or edit during a run: read it at the start and at the end)."""
+    changed = _git("status", "--porcelain", "--", "src")
+    return {
+        "commit": _git("rev-parse", "--short", "HEAD"),
+        "from": "work tree",
+        "src_changed_files": str(len(changed.splitlines())) if changed else "0",
+    }
+
+
+def report(
+    kind: str,
+    runs: dict[str, list[dict[str, float]]],
+    tables: Callable[[dict[str, dict[str, dict[str, float]]]], list[str]],
+    record: dict[str, Any],
+    load_start: str,
+) -> None:
+    """The end of a run: the medians as Markdown tables, the load average, and the record
+    (``record`` and these) in ``bench/results/``."""
+    summary = {name: _summary(got) for name, got in runs.items() if any(got)}
+    lines = tables(summary)
+    load_end = _load()
+    print()
+    print("\n".join(lines))
+    print(f"\nload average at the start {load_start}, at the end {load_end}")
+    write_results(kind, {
+        **record,
+        "ended": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"load_start": load_start, "load_end": load_end},
+        "summary": summary,
+        "table": lines,
+        "runs": runs,
+    })  # fmt: skip
+
+
 def write_results(kind: str, record: dict[str, Any]) -> Path:
     """Write a run's record to ``bench/results/<kind>-<date>-<time>.json``, after what every
     record holds (when, the command, the machine); print and return where."""

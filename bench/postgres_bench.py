@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import _cell, _git, _load, _ratio, _summary, write_results
+from _common import _cell, _git, _load, _ratio, report, work_tree_source
 from _pg import PrivatePostgres
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
@@ -106,12 +106,7 @@ def _dromos_source(opts: argparse.Namespace) -> dict[str, str]:
     many of its files under ``src/`` differ from HEAD."""
     if opts.dromos_at:
         return {"commit": _git("rev-parse", "--short", opts.dromos_at), "from": "git archive"}
-    changed = _git("status", "--porcelain", "--", "src")
-    return {
-        "commit": _git("rev-parse", "--short", "HEAD"),
-        "from": "work tree",
-        "src_changed_files": str(len(changed.splitlines())) if changed else "0",
-    }
+    return work_tree_source()
 
 
 def _versions(server: PrivatePostgres, opts: argparse.Namespace) -> dict[str, Any]:
@@ -230,23 +225,8 @@ def main() -> None:
         server.stop()
         if top is not None:
             shutil.rmtree(top, ignore_errors=True)
-    summary = {name: _summary(got) for name, got in runs.items() if any(got)}
-    lines = _tables(summary, opts)
-    load_end = _load()
-    print()
-    print("\n".join(lines))
-    print(f"\nload average at the start {load_start}, at the end {load_end}")
-
-    write_results("postgres", {
-        "when": started,
-        "ended": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "options": vars(opts),
-        "machine": {"load_start": load_start, "load_end": load_end},
-        "versions": versions,
-        "summary": summary,
-        "table": lines,
-        "runs": runs,
-    })  # fmt: skip
+    report("postgres", runs, lambda summary: _tables(summary, opts),
+           {"when": started, "options": vars(opts), "versions": versions}, load_start)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import _cell, _git, _load, _ratio, _summary, write_results
+from _common import _cell, _load, _ratio, report, work_tree_source
 from redis_bench import PrivateRedis
 
 HERE = Path(__file__).resolve().parent
@@ -112,7 +112,6 @@ def _versions(node: PrivateRabbitMQ, redis_server: str, opts: argparse.Namespace
     erlang = re.search(r"Erlang configuration: Erlang/OTP (\S+) \[erts-([\d.]+)\]", status)
     text = subprocess.run([redis_server, "--version"], capture_output=True, text=True).stdout
     m = re.search(r"v=(\S+)", text)
-    changed = _git("status", "--porcelain", "--", "src")
     found: dict[str, Any] = {
         "python": platform.python_version(),
         "rabbitmq-server": rabbit.group(1) if rabbit else "?",
@@ -121,11 +120,7 @@ def _versions(node: PrivateRabbitMQ, redis_server: str, opts: argparse.Namespace
         "dromos": {
             "dromos": getattr(dromos, "__version__", "?"),
             "redis": redis.__version__,
-            "source": {
-                "commit": _git("rev-parse", "--short", "HEAD"),
-                "from": "work tree",
-                "src_changed_files": str(len(changed.splitlines())) if changed else "0",
-            },
+            "source": work_tree_source(),
         },
     }
     from importlib import metadata
@@ -229,28 +224,9 @@ def main() -> None:
             redis.stop()  # by its pid
         shutil.rmtree(base, ignore_errors=True)
     # Other work may commit to this repository during a run: which dromos ran at the end.
-    changed = _git("status", "--porcelain", "--", "src")
-    versions["dromos"]["source_end"] = {
-        "commit": _git("rev-parse", "--short", "HEAD"),
-        "src_changed_files": str(len(changed.splitlines())) if changed else "0",
-    }
-    summary = {name: _summary(got) for name, got in runs.items() if any(got)}
-    lines = _tables(summary, opts)
-    load_end = _load()
-    print()
-    print("\n".join(lines))
-    print(f"\nload average at the start {load_start}, at the end {load_end}")
-
-    write_results("rabbitmq", {
-        "when": started,
-        "ended": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "options": vars(opts),
-        "machine": {"load_start": load_start, "load_end": load_end},
-        "versions": versions,
-        "summary": summary,
-        "table": lines,
-        "runs": runs,
-    })  # fmt: skip
+    versions["dromos"]["source_end"] = work_tree_source()
+    report("rabbitmq", runs, lambda summary: _tables(summary, opts),
+           {"when": started, "options": vars(opts), "versions": versions}, load_start)  # fmt: skip
 
 
 if __name__ == "__main__":
