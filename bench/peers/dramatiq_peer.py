@@ -29,6 +29,7 @@ that back-off (``latency_max``), the later ones, back to back, hardly any.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import time
@@ -43,21 +44,19 @@ BIN = Path(sys.executable).parent
 WAIT_MS = 4000
 
 
-def _mod(port: int) -> Any:
-    """The task module, configured for the private Redis (with the result middleware)."""
-    os.environ["BENCH_REDIS_PORT"] = str(port)
-    os.environ["BENCH_RESULTS"] = "1"
-    import dramatiq_tasks
-
-    return dramatiq_tasks
-
-
 class Dramatiq:
     name = "dramatiq"
     threads = 32
+    tasks = "dramatiq_tasks"  # the task module (dramatiq_rmq_peer.py: RabbitMQ's)
+
+    def _mod(self, port: int) -> Any:
+        """The task module, configured for the private Redis (with the result middleware)."""
+        os.environ["BENCH_REDIS_PORT"] = str(port)
+        os.environ["BENCH_RESULTS"] = "1"
+        return importlib.import_module(self.tasks)
 
     def enqueue_single(self, port: int, n: int) -> float:
-        mod = _mod(port)
+        mod = self._mod(port)
         mod.noop.send(-1)
         t0 = time.perf_counter()
         for i in range(n):
@@ -68,12 +67,12 @@ class Dramatiq:
         return None  # no bulk API: group().run() enqueues one message at a time
 
     def fill(self, port: int, n: int) -> None:
-        mod = _mod(port)
+        mod = self._mod(port)
         for i in range(n):
             mod.noop.send(i)
 
     def worker(self, port: int, procs: int, results: bool) -> tuple[list[str], dict[str, str]]:
-        argv = [str(BIN / "dramatiq"), "dramatiq_tasks", "-p", str(procs),
+        argv = [str(BIN / "dramatiq"), self.tasks, "-p", str(procs),
                 "-t", str(self.threads)]  # fmt: skip
         env = {"BENCH_REDIS_PORT": str(port), "BENCH_RESULTS": "1" if results else "0"}
         return argv, env
@@ -82,7 +81,7 @@ class Dramatiq:
         import redis
         from dramatiq.results import ResultTimeout
 
-        mod = _mod(port)
+        mod = self._mod(port)
         # The worker may still be starting: warm-up trips until one returns, for up to a
         # minute, each a short wait (see WAIT_MS).
         deadline = time.monotonic() + 60
