@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -248,6 +248,44 @@ class Producer(threading.Thread):
                     raise AssertionError(f"batch at {start} never accepted: {self.errors[-1]}")
         except BaseException as exc:
             self.failure = exc
+
+    def run_through(
+        self, outages: Sequence[tuple[int, Callable[[], object]]], wait: float
+    ) -> set[str]:
+        """Produce every job, calling each outage once ``mark`` jobs were accepted (in the
+        calling thread); the ids of every job whose enqueue returned: all of them."""
+        self.start()
+        try:
+            for mark, outage in outages:
+                self.cluster.wait_until(
+                    lambda mark=mark: len(self.accepted) >= mark or self.failure,
+                    wait,
+                    f"{mark} accepted jobs",
+                )
+                outage()
+            self.join(timeout=wait)
+            assert not self.is_alive(), "the producer did not finish"
+        finally:
+            self.stop.set()
+            self.join(timeout=10.0)
+        assert self.failure is None, self.failure
+        accepted = set(self.accepted)
+        assert len(accepted) == self.jobs
+        return accepted
+
+    def ledger(
+        self, accepted: set[str], wait: float
+    ) -> tuple[collections.Counter[str], int, set[str]]:
+        """Once every accepted job ran: the ledger's runs per job, the duplicate runs, and the
+        jobs run that were not accepted (stored by an enqueue that raised)."""
+        cluster = self.cluster
+        cluster.wait_until(
+            lambda: accepted <= set(cluster.ledger.count("ok")),
+            wait,
+            "every accepted job to succeed",
+        )
+        oks = cluster.ledger.count("ok")
+        return oks, sum(n - 1 for n in oks.values()), set(oks) - accepted
 
 
 @pytest.fixture

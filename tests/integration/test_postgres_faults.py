@@ -10,6 +10,7 @@ transaction runs only if that transaction commits. Every worker is killed at tea
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -63,35 +64,17 @@ def test_every_job_whose_enqueue_returned_runs_across_postgres_restarts(
     workers = [cluster.start("-c", str(CONCURRENCY), lease=5.0) for _ in range(WORKERS)]
     cluster.wait_for_boots(WORKERS)
     producer = Producer(cluster, JOBS, BATCH, tries=1_000)
-    producer.start()
-    try:
-        for mark, immediate, down in RESTARTS:
-            cluster.wait_until(
-                lambda mark=mark: len(producer.accepted) >= mark or producer.failure,
-                60.0,
-                f"{mark} accepted jobs",
-            )
-            server.restart(immediate=immediate, down=down)
-        producer.join(timeout=60.0)
-        assert not producer.is_alive(), "the producer did not finish"
-    finally:
-        producer.stop.set()
-        producer.join(timeout=10.0)
-    assert producer.failure is None, producer.failure
-    accepted = set(producer.accepted)
-    assert len(accepted) == JOBS
-
-    def all_ran() -> bool:
-        return accepted <= set(cluster.ledger.count("ok"))
-
-    cluster.wait_until(all_ran, 60.0, "every accepted job to succeed")
+    outages = [
+        (mark, functools.partial(server.restart, immediate=immediate, down=down))
+        for mark, immediate, down in RESTARTS
+    ]
+    accepted = producer.run_through(outages, 60.0)
+    # unaccepted: committed by an enqueue whose reply was lost
+    oks, duplicates, unaccepted = producer.ledger(accepted, 60.0)
     for worker in workers:  # they reconnected (with backoff) rather than exiting
         assert worker.poll() is None, f"a worker exited:\n{cluster.log_tail()}"
     assert len(set(cluster.ledger.boots())) == WORKERS  # and none was restarted
 
-    oks = cluster.ledger.count("ok")
-    duplicates = sum(n - 1 for n in oks.values())
-    unaccepted = set(oks) - accepted  # committed by an enqueue whose reply was lost
     counts = cluster.wait_until(
         lambda: (c := cluster.counts()).keys() == {"succeeded"} and c, 30.0, "only ended jobs"
     )

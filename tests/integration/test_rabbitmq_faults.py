@@ -9,6 +9,7 @@ or running. The records live in the shared Redis under a prefix of the test's ow
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -66,35 +67,18 @@ def test_every_job_whose_enqueue_returned_runs_across_rabbitmq_restarts(
     cluster.task("noop").enqueue(-1).result(timeout=30)
     time.sleep(6.0)
     producer = Producer(cluster, JOBS, BATCH)
-    producer.start()
-    try:
-        for mark, outage in RESTARTS:
-            cluster.wait_until(
-                lambda mark=mark: len(producer.accepted) >= mark or producer.failure,
-                120.0,
-                f"{mark} accepted jobs",
-            )
-            node.stop(kill=True)
-            time.sleep(outage)
-            node.start()
-        producer.join(timeout=120.0)
-        assert not producer.is_alive(), "the producer did not finish"
-    finally:
-        producer.stop.set()
-        producer.join(timeout=10.0)
-    assert producer.failure is None, producer.failure
-    accepted = set(producer.accepted)
-    assert len(accepted) == JOBS
 
-    def all_ran() -> bool:
-        return accepted <= set(cluster.ledger.count("ok"))
+    def restart(outage: float) -> None:
+        node.stop(kill=True)
+        time.sleep(outage)
+        node.start()
 
-    cluster.wait_until(all_ran, 120.0, "every accepted job to succeed")
+    accepted = producer.run_through(
+        [(mark, functools.partial(restart, outage)) for mark, outage in RESTARTS], 120.0
+    )
+    # unaccepted: a withdraw that failed in the outage: allowed, reported
+    oks, duplicates, unaccepted = producer.ledger(accepted, 120.0)
     assert worker.poll() is None, f"the worker exited:\n{cluster.log_tail()}"
-
-    oks = cluster.ledger.count("ok")
-    duplicates = sum(n - 1 for n in oks.values())
-    unaccepted = set(oks) - accepted  # a withdraw that failed in the outage: allowed, reported
 
     def settled() -> dict[str, int] | None:
         c = cluster.counts()

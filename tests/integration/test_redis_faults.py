@@ -12,6 +12,7 @@ stops or the prefix is deleted.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import socket
@@ -70,35 +71,18 @@ def test_every_job_whose_enqueue_returned_runs_across_redis_restarts(
     worker = cluster.start("-c", str(CONCURRENCY), lease=3.0)
     cluster.wait_for_boots(1)
     producer = Producer(cluster, JOBS, BATCH, (dromos.BrokerError, redis.RedisError))
-    producer.start()
-    try:
-        for mark, outage in RESTARTS:  # the main thread restarts it (see redis_servers)
-            cluster.wait_until(
-                lambda mark=mark: len(producer.accepted) >= mark or producer.failure,
-                60.0,
-                f"{mark} accepted jobs",
-            )
-            durable.stop(kill=True)
-            time.sleep(outage)
-            durable.start()
-        producer.join(timeout=60.0)
-        assert not producer.is_alive(), "the producer did not finish"
-    finally:
-        producer.stop.set()
-        producer.join(timeout=10.0)
-    assert producer.failure is None, producer.failure
-    accepted = set(producer.accepted)
-    assert len(accepted) == JOBS
 
-    def all_ran() -> bool:
-        return accepted <= set(cluster.ledger.count("ok"))
+    def restart(outage: float) -> None:  # in the main thread (see redis_servers)
+        durable.stop(kill=True)
+        time.sleep(outage)
+        durable.start()
 
-    cluster.wait_until(all_ran, 60.0, "every accepted job to succeed")
+    accepted = producer.run_through(
+        [(mark, functools.partial(restart, outage)) for mark, outage in RESTARTS], 60.0
+    )
+    # unaccepted: stored by an enqueue that raised: allowed, reported
+    oks, duplicates, unaccepted = producer.ledger(accepted, 60.0)
     assert worker.poll() is None, f"the worker exited:\n{cluster.log_tail()}"
-
-    oks = cluster.ledger.count("ok")
-    duplicates = sum(n - 1 for n in oks.values())
-    unaccepted = set(oks) - accepted  # stored by an enqueue that raised: allowed, reported
     # No job stuck running (nor queued: a batch whose enqueue raised may have been stored).
     counts = cluster.wait_until(
         lambda: (c := cluster.counts()).keys() == {"succeeded"} and c, 30.0, "only ended jobs"
