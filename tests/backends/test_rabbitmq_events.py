@@ -8,6 +8,7 @@ itself, or put something on it that the broker did not.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -153,3 +154,28 @@ async def test_a_malformed_message_on_a_group_queue_is_dead_lettered_with_its_re
     assert reasons[1].startswith("specversion must be '1.0'")
     assert {d.payload for d in dead} == {b"\x00 not json", b'{"specversion": "0.3"}'}
     assert "foreign-1" in {d.key for d in dead}
+
+
+async def test_instances_joining_a_group_at_once_fill_it_from_the_log_once(
+    rabbit: RabbitMQBroker, make_broker: MakeBroker, channel: aio_pika.abc.AbstractChannel
+) -> None:
+    # Two replicas of one service deployed together: both join "earliest" at the same time.
+    events = [record(data=i) for i in range(20)]
+    await rabbit.publish(events)
+    other = await make_broker()
+    await asyncio.gather(
+        rabbit.join_group("g", ["#"], "earliest"), other.join_group("g", ["#"], "earliest")
+    )
+    assert await _ready(channel, rabbit.events.names.group("g")) == len(events)
+    got: list[bytes] = []
+
+    async def drained() -> bool:
+        for broker in (rabbit, other):
+            got.extend(d.payload for d in await broker.claim_events("g", 50, 30.0))
+        return len(got) >= len(events)
+
+    await eventually(drained, timeout=10, what="the log's events claimed")
+    await asyncio.sleep(0.3)
+    for broker in (rabbit, other):
+        got.extend(d.payload for d in await broker.claim_events("g", 50, 30.0))
+    assert sorted(got) == sorted(e.payload for e in events)  # each once

@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
@@ -74,6 +75,8 @@ _RELAY_LIMIT = 500  # parked retries per relay pass
 _RELAY_HOLD = 30.0  # seconds a relay pass holds what it took (another takes it after)
 _RELAY_POLL = 1.0  # seconds: the longest a process goes without looking for due retries
 _RPC_TIMEOUT = 30.0
+_JOIN_LEASE = 60.0  # seconds a join may hold its group's join lease (filling from the log)
+_JOIN_WAIT = 90.0  # seconds a join waits for another process's join of the same group
 _T = TypeVar("_T")
 
 
@@ -145,6 +148,26 @@ class RabbitMQEvents:
         return known
 
     async def join_group(self, group: str, patterns: Sequence[str], start: str | float) -> None:
+        # One process at a time joins a group: the first fills a new group's queue from the
+        # log, and registers the group only once that is done; a second process joining in
+        # between would not see it registered and fill the queue again (every event twice).
+        # A named lease in the store serializes them (given up at the end, or run out if
+        # its holder died).
+        name, holder = f"rabbitmq-join:{self.names.group(group)}", uuid.uuid4().hex
+        deadline = time.monotonic() + _JOIN_WAIT
+        while await self.store.hold_lease(name, holder, _JOIN_LEASE) is None:
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    f"group {group!r}: another process has been joining it for over "
+                    f"{_JOIN_WAIT:.0f} s (lease {name!r} in the state store)"
+                )
+            await asyncio.sleep(0.05)
+        try:
+            await self._join(group, patterns, start)
+        finally:
+            await self.store.drop_lease(name, holder)
+
+    async def _join(self, group: str, patterns: Sequence[str], start: str | float) -> None:
         registered = await self.store.names_list("group")
         state = await self._ready()
         await self.channels.declare(state)
