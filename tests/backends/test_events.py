@@ -247,8 +247,9 @@ async def test_a_batch_subscriber_takes_lists_and_its_failures_retry_together(
 
     workers.start(app, concurrency=10)
     await asyncio.sleep(0.3)
-    await app.apublish_many([("bulk.orders", {"id": i, "total": 1.0}) for i in range(25)])
-    await app.apublish("bulk.orders", {"id": "bad"})  # does not fit Order: dead-lettered alone
+    orders: list[tuple[str, Any]] = [("bulk.orders", {"id": i, "total": 1.0}) for i in range(25)]
+    orders.insert(5, ("bulk.orders", {"id": "bad"}))  # does not fit Order: dead-lettered alone
+    await app.apublish_many(orders)
 
     def all_in() -> bool:
         return {i for c in calls for i in c} >= set(range(25))

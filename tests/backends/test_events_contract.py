@@ -114,6 +114,34 @@ async def test_a_retry_comes_back_when_due_with_the_next_attempt(broker: Broker)
     assert (again.key, again.attempt, again.payload) == (d.key, 2, event.payload)
 
 
+async def test_settling_and_claiming_at_once_does_both_in_that_order(broker: Broker) -> None:
+    await broker.join_group("g", ["#"], "latest")
+    await broker.publish([record(data=i) for i in range(3)])
+    done, failed, dead = await broker.claim_events("g", 3, 30.0)
+    later = [record(data=i) for i in range(3, 6)]
+    await broker.publish(later)
+    outcomes = [
+        EventOutcome(done.key, done.attempt),
+        EventOutcome(failed.key, 1, failure(1), time.time() + 0.3),
+        EventOutcome(dead.key, 1, failure(1), None),
+    ]
+    got = await broker.settle_and_claim_events("g", outcomes, 2, 30.0)
+    assert [d.payload for d in got] == [e.payload for e in later[:2]]  # not the retry: not due
+    [stats] = await broker.event_groups()
+    assert (stats.running, stats.retrying, stats.dead) == (2, 1, 1)
+    [letter] = await broker.event_dead_letters("g")
+    assert letter.key == dead.key
+    await asyncio.sleep(0.4)
+    settled = [EventOutcome(d.key, d.attempt) for d in got]
+    again = await broker.settle_and_claim_events("g", settled, 10, 30.0)
+    # The retry, now due, and the last new one (in this order, but on RabbitMQ, whose relay
+    # puts the retry back on the queue behind it):
+    assert {(d.payload, d.attempt) for d in again} == {(failed.payload, 2), (later[2].payload, 1)}
+    assert await broker.settle_and_claim_events("g", [], 10, 30.0) == []
+    [stats] = await broker.event_groups()
+    assert (stats.running, stats.retrying, stats.dead) == (2, 0, 1)
+
+
 async def test_a_stale_attempt_cannot_settle(broker: Broker) -> None:
     await broker.join_group("g", ["#"], "latest")
     await broker.publish([record()])

@@ -765,6 +765,18 @@ class Broker(abc.ABC):
         ignore the others. Return how many applied."""
         raise NotImplementedError(f"{type(self).__name__} has no event bus yet")
 
+    async def settle_and_claim_events(
+        self, group: str, outcomes: Sequence[EventOutcome], limit: int, lease: float
+    ) -> list[EventDelivery]:
+        """:meth:`settle_events` then :meth:`claim_events`: what a consumer does when it has
+        finished some events and has room for more. Not abstract: a broker that can do both
+        in one round trip (Redis: one script) overrides it. If it raises, the outcomes may or
+        may not be applied; settling them again is harmless (a settled delivery is no longer
+        held, so its outcome is ignored)."""
+        if outcomes:
+            await self.settle_events(group, outcomes)
+        return await self.claim_events(group, limit, lease)
+
     async def wait_for_events(self, groups: Sequence[str], timeout: float) -> None:
         """Return when a claim of one of ``groups`` may find events (spurious returns
         allowed), or after ``timeout``; as :meth:`wait_for_work`, an idle consumer costs next

@@ -146,6 +146,156 @@ local function lag(group, last, added, length)
   if added and read then return math.max(0, math.min(added - tonumber(read), length)) end
   return count_after(last)
 end
+-- events_claim, as a function of its arguments (A: as ARGV), for events_settle_claim too.
+-- ARGV: E, group, limit, lease (ms), max recoveries, the poison error (JSON, with 1234567891
+--   for the recoveries and 1987654321 for the attempt), most entries to scan, retention (ms).
+-- Returns 4 values per delivery: id topic payload attempt. Redeliveries first (lease ran out,
+-- or retry due; in log order), then new entries that match the group's patterns.
+local function claim(A)
+  local group, limit = A[2], tonumber(A[3])
+  local listed = redis.call('HGET', GROUPS, group)
+  if not listed or limit <= 0 then return {} end
+  local k = gkeys(group)
+  local now, scan = clock(), tonumber(A[7])
+  local lease_end = now + tonumber(A[4])
+  -- Dead letters that failed longer ago than the retention: their events are past it too (the
+  -- log keeps nothing to replay), so the group lets go of them, a few per claim.
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', k.dead, '-inf', '(' .. (now - tonumber(A[8])),
+      'LIMIT', 0, 100)) do
+    forget(k, id)
+  end
+  local out, delivered = {}, 0
+  local function deliver(id, f, attempt)
+    redis.call('ZADD', k.running, lease_end, id)
+    redis.call('HSET', k.attempt, id, attempt)
+    out[#out + 1] = id
+    out[#out + 1] = f['t'] or ''
+    out[#out + 1] = f['p'] or ''
+    out[#out + 1] = attempt
+    delivered = delivered + 1
+  end
+  -- 1. Expired leases and due retries, in log order.
+  local expired = redis.call('ZRANGEBYSCORE', k.running, '-inf', '(' .. now, 'LIMIT', 0, scan)
+  local due = redis.call('ZRANGEBYSCORE', k.retrying, '-inf', now, 'LIMIT', 0, scan)
+  local lost = {}
+  for _, id in ipairs(expired) do lost[id] = true end
+  local again = {}
+  for _, id in ipairs(expired) do again[#again + 1] = id end
+  for _, id in ipairs(due) do again[#again + 1] = id end
+  table.sort(again, id_before)
+  for _, id in ipairs(again) do
+    if delivered >= limit then break end
+    local attempt = tonumber(redis.call('HGET', k.attempt, id) or '0')
+    local poisoned = false
+    if lost[id] then
+      local recoveries = redis.call('HINCRBY', k.recoveries, id, 1)
+      if recoveries > tonumber(A[5]) then
+        local err = string.gsub(A[6], '1234567891', tostring(recoveries))
+        err = string.gsub(err, '1987654321', tostring(attempt))
+        append_error(k, id, err)
+        redis.call('ZREM', k.running, id)
+        redis.call('ZADD', k.dead, now, id)
+        redis.call('XACK', LOG, group, id)
+        poisoned = true
+      end
+    end
+    if not poisoned then
+      local f = entry(id)
+      if f == nil then  -- past the bus's retention: nothing left to deliver
+        redis.call('XACK', LOG, group, id)
+        forget(k, id)
+      else
+        redis.call('ZREM', k.retrying, id)
+        deliver(id, f, attempt + 1)
+      end
+    end
+  end
+  -- 2. New entries: read after the group's position no more than can still be delivered, so
+  -- that the position stops right after the last one taken (as the reference does).
+  local patterns = cjson.decode(listed)
+  local scanned = 0
+  while delivered < limit and scanned < scan do
+    local want = math.min(limit - delivered, scan - scanned)
+    local read = redis.pcall('XREADGROUP', 'GROUP', group, 'dromos', 'COUNT', want,
+      'STREAMS', LOG, '>')
+    if type(read) == 'table' and read.err then
+      if not string.find(read.err, 'NOGROUP', 1, true) then return redis.error_reply(read.err) end
+      -- The log was deleted under the group: start it again on what is there now.
+      redis.call('XGROUP', 'CREATE', LOG, group, '0', 'MKSTREAM')
+      redis.call('HSET', READ, group, 0)
+      read = redis.call('XREADGROUP', 'GROUP', group, 'dromos', 'COUNT', want,
+        'STREAMS', LOG, '>')
+    end
+    if not read then break end
+    local entries = read[1][2]
+    local passed = {}
+    for _, e in ipairs(entries) do
+      local f = fields(e[2])
+      -- An entry without a topic cannot be routed: every group gets it, and dead-letters it.
+      if f['t'] == nil or matches_any(patterns, f['t']) then
+        deliver(e[1], f, 1)
+      else
+        passed[#passed + 1] = e[1]
+      end
+    end
+    if #passed > 0 then
+      for s = 1, #passed, 1000 do
+        redis.call('XACK', LOG, group, unpack(passed, s, math.min(s + 999, #passed)))
+      end
+    end
+    scanned = scanned + #entries
+    if #entries < want then break end
+  end
+  if scanned > 0 then
+    -- The position moved past `scanned` entries, after the trimmed ones it may have skipped.
+    local added, length = counters()
+    if added then
+      local read = tonumber(redis.call('HGET', READ, group) or '0')
+      redis.call('HSET', READ, group, math.max(read, added - length) + scanned)
+    end
+  end
+  return out
+end
+-- events_settle, as a function of its arguments (A: as ARGV).
+-- ARGV: E, group, channel, then one MessagePack array of outcomes, each an array: id
+--   attempt error(JSON; '' when handled) retry_at(ms; '' to dead-letter). Applies only to
+--   deliveries still held (running, same attempt). Returns how many applied. The handled
+--   ones (the common case) are acknowledged and forgotten with one variadic command each.
+local function settle(A)
+  local group = A[2]
+  local k = gkeys(group)
+  local now, applied, retried = clock(), 0, false
+  local handled = {}
+  for _, o in ipairs(cmsgpack.unpack(A[4])) do
+    local id, err, retry = o[1], o[3], o[4]
+    if redis.call('ZSCORE', k.running, id) and redis.call('HGET', k.attempt, id) == tostring(o[2]) then
+      applied = applied + 1
+      if err == '' then
+        handled[#handled + 1] = id
+      else
+        append_error(k, id, err)
+        redis.call('ZREM', k.running, id)
+        if retry ~= '' then
+          redis.call('ZADD', k.retrying, retry, id)
+          retried = true
+        else
+          redis.call('ZADD', k.dead, now, id)
+          redis.call('XACK', LOG, group, id)  -- it stays on the log, for a replay
+        end
+      end
+    end
+  end
+  for s = 1, #handled, 1000 do  -- unpack() is bounded: chunks
+    local ids = {unpack(handled, s, math.min(s + 999, #handled))}
+    redis.call('XACK', LOG, group, unpack(ids))
+    redis.call('ZREM', k.running, unpack(ids))
+    redis.call('HDEL', k.attempt, unpack(ids))
+    redis.call('HDEL', k.recoveries, unpack(ids))
+    redis.call('HDEL', k.errors, unpack(ids))
+  end
+  if retried then redis.call('PUBLISH', A[3], '1') end
+  return applied
+end
 
 --- events_publish
 -- ARGV: E, retention (ms), channel, then 2 values per event: topic payload. Appends them in
@@ -192,152 +342,19 @@ redis.call('DEL', k.running, k.retrying, k.dead, k.attempt, k.recoveries, k.erro
 return 0
 
 --- events_claim
--- ARGV: E, group, limit, lease (ms), max recoveries, the poison error (JSON, with 1234567891
---   for the recoveries and 1987654321 for the attempt), most entries to scan, retention (ms).
--- Returns 4 values per delivery: id topic payload attempt. Redeliveries first (lease ran out,
--- or retry due; in log order), then new entries that match the group's patterns.
-local group, limit = ARGV[2], tonumber(ARGV[3])
-local listed = redis.call('HGET', GROUPS, group)
-if not listed or limit <= 0 then return {} end
-local k = gkeys(group)
-local now, scan = clock(), tonumber(ARGV[7])
-local lease_end = now + tonumber(ARGV[4])
--- Dead letters that failed longer ago than the retention: their events are past it too (the
--- log keeps nothing to replay), so the group lets go of them, a few per claim.
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', k.dead, '-inf', '(' .. (now - tonumber(ARGV[8])),
-    'LIMIT', 0, 100)) do
-  forget(k, id)
-end
-local out, delivered = {}, 0
-local function deliver(id, f, attempt)
-  redis.call('ZADD', k.running, lease_end, id)
-  redis.call('HSET', k.attempt, id, attempt)
-  out[#out + 1] = id
-  out[#out + 1] = f['t'] or ''
-  out[#out + 1] = f['p'] or ''
-  out[#out + 1] = attempt
-  delivered = delivered + 1
-end
--- 1. Expired leases and due retries, in log order.
-local expired = redis.call('ZRANGEBYSCORE', k.running, '-inf', '(' .. now, 'LIMIT', 0, scan)
-local due = redis.call('ZRANGEBYSCORE', k.retrying, '-inf', now, 'LIMIT', 0, scan)
-local lost = {}
-for _, id in ipairs(expired) do lost[id] = true end
-local again = {}
-for _, id in ipairs(expired) do again[#again + 1] = id end
-for _, id in ipairs(due) do again[#again + 1] = id end
-table.sort(again, id_before)
-for _, id in ipairs(again) do
-  if delivered >= limit then break end
-  local attempt = tonumber(redis.call('HGET', k.attempt, id) or '0')
-  local poisoned = false
-  if lost[id] then
-    local recoveries = redis.call('HINCRBY', k.recoveries, id, 1)
-    if recoveries > tonumber(ARGV[5]) then
-      local err = string.gsub(ARGV[6], '1234567891', tostring(recoveries))
-      err = string.gsub(err, '1987654321', tostring(attempt))
-      append_error(k, id, err)
-      redis.call('ZREM', k.running, id)
-      redis.call('ZADD', k.dead, now, id)
-      redis.call('XACK', LOG, group, id)
-      poisoned = true
-    end
-  end
-  if not poisoned then
-    local f = entry(id)
-    if f == nil then  -- past the bus's retention: nothing left to deliver
-      redis.call('XACK', LOG, group, id)
-      forget(k, id)
-    else
-      redis.call('ZREM', k.retrying, id)
-      deliver(id, f, attempt + 1)
-    end
-  end
-end
--- 2. New entries: read after the group's position no more than can still be delivered, so
--- that the position stops right after the last one taken (as the reference does).
-local patterns = cjson.decode(listed)
-local scanned = 0
-while delivered < limit and scanned < scan do
-  local want = math.min(limit - delivered, scan - scanned)
-  local read = redis.pcall('XREADGROUP', 'GROUP', group, 'dromos', 'COUNT', want,
-    'STREAMS', LOG, '>')
-  if type(read) == 'table' and read.err then
-    if not string.find(read.err, 'NOGROUP', 1, true) then return redis.error_reply(read.err) end
-    -- The log was deleted under the group: start it again on what is there now.
-    redis.call('XGROUP', 'CREATE', LOG, group, '0', 'MKSTREAM')
-    redis.call('HSET', READ, group, 0)
-    read = redis.call('XREADGROUP', 'GROUP', group, 'dromos', 'COUNT', want,
-      'STREAMS', LOG, '>')
-  end
-  if not read then break end
-  local entries = read[1][2]
-  local passed = {}
-  for _, e in ipairs(entries) do
-    local f = fields(e[2])
-    -- An entry without a topic cannot be routed: every group gets it, and dead-letters it.
-    if f['t'] == nil or matches_any(patterns, f['t']) then
-      deliver(e[1], f, 1)
-    else
-      passed[#passed + 1] = e[1]
-    end
-  end
-  if #passed > 0 then
-    for s = 1, #passed, 1000 do
-      redis.call('XACK', LOG, group, unpack(passed, s, math.min(s + 999, #passed)))
-    end
-  end
-  scanned = scanned + #entries
-  if #entries < want then break end
-end
-if scanned > 0 then
-  -- The position moved past `scanned` entries, after the trimmed ones it may have skipped.
-  local added, length = counters()
-  if added then
-    local read = tonumber(redis.call('HGET', READ, group) or '0')
-    redis.call('HSET', READ, group, math.max(read, added - length) + scanned)
-  end
-end
-return out
+-- (the arguments: see claim above)
+return claim(ARGV)
 
 --- events_settle
--- ARGV: E, group, channel, then one MessagePack array of outcomes, each an array: id
---   attempt error(JSON; '' when handled) retry_at(ms; '' to dead-letter). Applies only to
---   deliveries still held (running, same attempt). Returns how many applied. The handled
---   ones (the common case) are acknowledged and forgotten with one variadic command each.
-local group = ARGV[2]
-local k = gkeys(group)
-local now, applied, retried = clock(), 0, false
-local handled = {}
-for _, o in ipairs(cmsgpack.unpack(ARGV[4])) do
-  local id, err, retry = o[1], o[3], o[4]
-  if redis.call('ZSCORE', k.running, id) and redis.call('HGET', k.attempt, id) == tostring(o[2]) then
-    applied = applied + 1
-    if err == '' then
-      handled[#handled + 1] = id
-    else
-      append_error(k, id, err)
-      redis.call('ZREM', k.running, id)
-      if retry ~= '' then
-        redis.call('ZADD', k.retrying, retry, id)
-        retried = true
-      else
-        redis.call('ZADD', k.dead, now, id)
-        redis.call('XACK', LOG, group, id)  -- it stays on the log, for a replay
-      end
-    end
-  end
-end
-for s = 1, #handled, 1000 do  -- unpack() is bounded: chunks
-  local ids = {unpack(handled, s, math.min(s + 999, #handled))}
-  redis.call('XACK', LOG, group, unpack(ids))
-  redis.call('ZREM', k.running, unpack(ids))
-  redis.call('HDEL', k.attempt, unpack(ids))
-  redis.call('HDEL', k.recoveries, unpack(ids))
-  redis.call('HDEL', k.errors, unpack(ids))
-end
-if retried then redis.call('PUBLISH', ARGV[3], '1') end
-return applied
+-- (the arguments: see settle above)
+return settle(ARGV)
+
+--- events_settle_claim
+-- A consumer that finished a batch and takes the next: events_settle, then events_claim,
+-- in one round trip. ARGV: those of events_claim, then the channel and the outcomes of
+-- events_settle. Returns what events_claim returns.
+settle({ARGV[1], ARGV[2], ARGV[9], ARGV[10]})
+return claim(ARGV)
 
 --- events_due
 -- ARGV: E, then the groups to look at (none: every group). Returns 0 when a claim of one of

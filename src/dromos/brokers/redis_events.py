@@ -60,6 +60,33 @@ def _due_ms(moment: float) -> int:
     return math.ceil(moment * 1000)
 
 
+def _outcomes(outcomes: Sequence[EventOutcome]) -> bytes:
+    """A settle's outcomes as the scripts take them: one MessagePack array for the batch (the
+    client encodes one argument instead of four per event)."""
+    return _pack(
+        [
+            (o.key, o.attempt, "", "") if o.error is None else (
+                o.key, o.attempt, _json.encode(o.error).decode(),
+                "" if o.retry_at is None else _due_ms(o.retry_at),
+            )
+            for o in outcomes
+        ]
+    )  # fmt: skip
+
+
+def _deliveries(flat: list[Any]) -> list[EventDelivery]:
+    """A claim script's reply (4 values per delivery) as deliveries."""
+    return [
+        EventDelivery(
+            key=flat[i].decode(),
+            topic=flat[i + 1].decode(errors="replace"),
+            payload=bytes(flat[i + 2]),
+            attempt=int(flat[i + 3]),
+        )
+        for i in range(0, len(flat), 4)
+    ]
+
+
 def _start_id(start: str | float) -> str:
     """Where a new group starts: the stream id it has "already read".
 
@@ -142,37 +169,37 @@ class RedisEventBus:
     async def claim_events(self, group: str, limit: int, lease: float) -> list[EventDelivery]:
         if limit <= 0:
             return []
+        return _deliveries(
+            await self._bus_call("events_claim", *self._claim_args(group, limit, lease))
+        )
+
+    def _claim_args(self, group: str, limit: int, lease: float) -> list[Any]:
         # At most this many new entries are read per claim, matching or not: a claim of a
         # group that matches little never runs long (a short claim is claimed again soon).
         scan = max(4 * limit, 256)
-        flat = await self._bus_call(
-            "events_claim", group, limit, _ms(lease), self.options.max_recoveries, _POISON,
-            scan, self._retention_ms(),
-        )  # fmt: skip
-        out = [
-            EventDelivery(
-                key=flat[i].decode(),
-                topic=flat[i + 1].decode(errors="replace"),
-                payload=bytes(flat[i + 2]),
-                attempt=int(flat[i + 3]),
-            )
-            for i in range(0, len(flat), 4)
-        ]
-        return out
+        return [group, limit, _ms(lease), self.options.max_recoveries, _POISON, scan,
+                self._retention_ms()]  # fmt: skip
 
     async def settle_events(self, group: str, outcomes: Sequence[EventOutcome]) -> int:
         if not outcomes:
             return 0
-        # One MessagePack array for the batch, as the job scripts take theirs: the client
-        # encodes one argument instead of four per event.
-        items = [
-            (o.key, o.attempt, "", "") if o.error is None else (
-                o.key, o.attempt, _json.encode(o.error).decode(),
-                "" if o.retry_at is None else _due_ms(o.retry_at),
-            )
-            for o in outcomes
-        ]  # fmt: skip
-        return int(await self._bus_call("events_settle", group, self._bus_channel, _pack(items)))
+        return int(
+            await self._bus_call("events_settle", group, self._bus_channel, _outcomes(outcomes))
+        )
+
+    async def settle_and_claim_events(
+        self, group: str, outcomes: Sequence[EventOutcome], limit: int, lease: float
+    ) -> list[EventDelivery]:
+        if not outcomes:
+            return await self.claim_events(group, limit, lease)
+        if limit <= 0:
+            await self.settle_events(group, outcomes)
+            return []
+        args = self._claim_args(group, limit, lease)
+        flat = await self._bus_call(
+            "events_settle_claim", *args, self._bus_channel, _outcomes(outcomes)
+        )
+        return _deliveries(flat)
 
     async def wait_for_events(self, groups: Sequence[str], timeout: float) -> None:
         """Return when a claim of one of ``groups`` may find events, or after ``timeout``."""

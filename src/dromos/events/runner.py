@@ -13,10 +13,11 @@ import logging
 import time
 import traceback
 from collections.abc import Sequence
+from typing import Any
 
 from dromos.brokers.base import Broker, EventDelivery, EventOutcome
 from dromos.errors import ValidationError
-from dromos.events.envelope import decode_event
+from dromos.events.envelope import decode_data, decode_event
 from dromos.events.subscriber import Subscriber
 from dromos.job import JobError
 from dromos.message import DecodeError
@@ -73,30 +74,47 @@ class _Group:
         self.outcomes: list[EventOutcome] = []
         self.flush_wanted = asyncio.Event()
         self.room = asyncio.Event()
+        self.awaiting_room = False  # the claim loop waits for room (see _finished)
+        self.claiming = False  # the claim loop waits for a claim's answer (see _finished)
         self._handlers: dict[str, list[Subscriber]] = {}  # topic -> the matching subscribers
 
     async def serve(self, stopping: asyncio.Event, grace: float) -> None:
         flusher = asyncio.create_task(self._flusher(stopping), name=f"dromos-events-{self.name}")
+        stopper = asyncio.create_task(_set_on(stopping, self.room))  # stopping wakes the loop
         backoff = 0.1
         try:
             while not stopping.is_set():
-                # Claim once half the slots are free, not at every free slot: batches stay
-                # large (one round trip for many events) while the other half keeps running.
-                free = self.slots + self.ahead - len(self.running)
-                if free <= 0 or len(self.running) > (self.slots + self.ahead) // 2:
+                free = self._free()
+                if not free:
+                    if self.outcomes:  # no claim to carry them soon: see _finished
+                        self.flush_wanted.set()
                     self.room.clear()
-                    await _first(self.room.wait(), stopping.wait())
+                    self.awaiting_room = True
+                    try:
+                        await self.room.wait()
+                    finally:
+                        self.awaiting_room = False
                     continue
                 per_call = self.batch or 1
                 room = free * per_call
+                # The outcomes waiting to be settled go with the claim (one round trip where
+                # the broker can): see _finished.
+                settle, self.outcomes = self.outcomes, []
+                self.claiming = True
                 try:
-                    got = await self.broker.claim_events(self.name, room, self.lease)
+                    got = await self.broker.settle_and_claim_events(
+                        self.name, settle, room, self.lease
+                    )
                     backoff = 0.1
                 except Exception as exc:
                     log.warning("claiming events of %s failed (%s)", self.name, exc)
+                    self.outcomes[:0] = settle  # settled again by the flusher: harmless
+                    self.flush_wanted.set()
                     await _first(asyncio.sleep(backoff), stopping.wait())
                     backoff = min(backoff * 2, 5.0)
                     continue
+                finally:
+                    self.claiming = False
                 for start in range(0, len(got), per_call):
                     chunk = got[start : start + per_call]
                     work = self._handle(chunk[0]) if self.batch is None else self._calls(chunk)
@@ -104,15 +122,33 @@ class _Group:
                     self.running[task] = chunk
                     task.add_done_callback(self._finished)
                 if len(got) < room:
+                    if self.outcomes:
+                        self.flush_wanted.set()
                     await _first(self.broker.wait_for_events([self.name], 1.0), stopping.wait())
             await self._wind_down(grace)
         finally:
+            stopper.cancel()
             self.flush_wanted.set()
-            await asyncio.gather(flusher, return_exceptions=True)
+            await asyncio.gather(flusher, stopper, return_exceptions=True)
+
+    def _free(self) -> int:
+        """How many calls to claim for now: the free slots once half of them are free, not
+        at every free slot (batches stay large, one round trip for many events, while the
+        other half keeps running); else 0."""
+        free = self.slots + self.ahead - len(self.running)
+        if free <= 0 or len(self.running) > (self.slots + self.ahead) // 2:
+            return 0
+        return free
 
     def _finished(self, task: asyncio.Task[None]) -> None:
+        # The task's outcomes are in self.outcomes. The claim loop takes them with its next
+        # claim if it is claiming now (it claims again at once if there is room, and has them
+        # flushed before it waits otherwise) or is about to (this frees the room it waits
+        # for); else the flusher settles them now.
         self.running.pop(task, None)
         self.room.set()
+        if not (self.claiming or (self.awaiting_room and self._free())):
+            self.flush_wanted.set()
 
     async def _wind_down(self, grace: float) -> None:
         if self.running and grace > 0:
@@ -133,24 +169,44 @@ class _Group:
         self.outcomes.append(outcome)
         kind = "handled" if outcome.error is None else "retried" if outcome.retry_at else "dead"
         self.runner.counts[kind] += 1
-        self.flush_wanted.set()
 
     async def _calls(self, deliveries: list[EventDelivery]) -> None:
         """One call of a batch subscriber with these events (those that cannot be read or do
         not fit its type are dead-lettered on their own and left out of the call)."""
         [sub] = self.subs
-        outcomes, keep, arguments = [], [], []
+        wants_event = sub.wants_event
+        outcomes: list[EventOutcome] = []
+        keep: list[EventDelivery] = []
+        topics: list[str] = []
+        items: list[Any] = []  # the events, or their data alone if that is what sub takes
         for d in deliveries:
             try:
-                event = decode_event(d.payload, d.attempt)
-                if not sub.handles(event.type):
-                    outcomes.append(EventOutcome(d.key, d.attempt))  # patterns changed
-                    continue
-                arguments.append(sub.argument(event))
-                keep.append(d)
-            except (DecodeError, ValidationError) as exc:
-                error = JobError(type=type(exc).__name__, message=str(exc), attempt=d.attempt)
+                if wants_event:
+                    item: Any = decode_event(d.payload, d.attempt)
+                    topic = item.type
+                else:
+                    topic, item = decode_data(d.payload)
+            except DecodeError as exc:
+                error = JobError(type="DecodeError", message=str(exc), attempt=d.attempt)
                 outcomes.append(EventOutcome(d.key, d.attempt, error, None))
+                continue
+            if not self._matching(topic):
+                outcomes.append(EventOutcome(d.key, d.attempt))  # patterns changed
+                continue
+            keep.append(d)
+            topics.append(topic)
+            items.append(item)
+        arguments = sub.batch_arguments(items) if items else []
+        if arguments is None:  # one or more do not fit the type: dead-letter those alone
+            arguments, fit = [], []
+            for d, topic, item in zip(keep, topics, items, strict=True):
+                try:
+                    arguments.append(sub.item_argument(topic, item))
+                    fit.append(d)
+                except ValidationError as exc:
+                    error = JobError(type="ValidationError", message=str(exc), attempt=d.attempt)
+                    outcomes.append(EventOutcome(d.key, d.attempt, error, None))
+            keep = fit
         if arguments:
             try:
                 async with self.gate:
@@ -174,7 +230,6 @@ class _Group:
             kind = "handled" if o.error is None else "retried" if o.retry_at else "dead"
             self.runner.counts[kind] += 1
         self.outcomes += outcomes
-        self.flush_wanted.set()
 
     async def _outcome(self, delivery: EventDelivery) -> EventOutcome:
         key, attempt = delivery.key, delivery.attempt
@@ -185,12 +240,8 @@ class _Group:
             return EventOutcome(
                 key, attempt, JobError(type="DecodeError", message=str(exc), attempt=attempt)
             )
-        matching = self._handlers.get(event.type)
-        if matching is None:
-            if len(self._handlers) > 4096:  # topics come and go: keep the cache bounded
-                self._handlers.clear()
-            matching = self._handlers[event.type] = [s for s in self.subs if s.handles(event.type)]
-        for sub in matching:  # every matching handler of the group, in the order registered
+        # Every matching handler of the group, in the order registered:
+        for sub in self._matching(event.type):
             try:
                 await sub.run(event)
             except asyncio.CancelledError:
@@ -211,6 +262,15 @@ class _Group:
                 return EventOutcome(key, attempt, error, time.time() + sub.retry_delay(attempt))
         return EventOutcome(key, attempt)
 
+    def _matching(self, topic: str) -> list[Subscriber]:
+        """The subscribers of this group that handle ``topic`` (cached per topic)."""
+        matching = self._handlers.get(topic)
+        if matching is None:
+            if len(self._handlers) > 4096:  # topics come and go: keep the cache bounded
+                self._handlers.clear()
+            matching = self._handlers[topic] = [s for s in self.subs if s.handles(topic)]
+        return matching
+
     async def _flusher(self, stopping: asyncio.Event) -> None:
         while True:
             await self.flush_wanted.wait()
@@ -223,6 +283,12 @@ class _Group:
                     log.warning("settling %d event(s) of %s failed: %s", len(batch), self.name, exc)
             if stopping.is_set() and not self.running and not self.outcomes:
                 return
+
+
+async def _set_on(event: asyncio.Event, then: asyncio.Event) -> None:
+    """Set ``then`` once ``event`` is set."""
+    await event.wait()
+    then.set()
 
 
 async def _first(*awaitables: object) -> None:

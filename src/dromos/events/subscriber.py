@@ -71,6 +71,7 @@ class Subscriber:
         self.batch = batch  # None: one event per call; else a list of up to this many
         self._wants, self._data_type = _wanted(func, listed=batch is not None)
         self._adapter: pydantic.TypeAdapter[Any] | None = None
+        self._list_adapter: pydantic.TypeAdapter[list[Any]] | None = None  # batch_arguments
 
     def __repr__(self) -> str:
         return f"<Subscriber {self.name} group={self.group} patterns={list(self.patterns)}>"
@@ -92,14 +93,47 @@ class Subscriber:
         ceiling = min(self.max_backoff, self.backoff * 2.0 ** min(max(0, failures - 1), 1000))
         return ceiling * random.uniform(0.5, 1.0)
 
+    @property
+    def wants_event(self) -> bool:
+        """True if the handler takes ``Event``s, False if it takes the data alone."""
+        return self._wants == "event"
+
     def argument(self, event: Event[Any]) -> Any:
         """What the handler is called with (raises ``ValidationError`` if the data do not fit)."""
         if self._data_type is None:
             return event if self._wants == "event" else event.data
-        data = self._convert(event)
+        data = self._convert(event.type, event.data)
         return replace(event, data=data) if self._wants == "event" else data
 
-    def _convert(self, event: Event[Any]) -> Any:
+    def item_argument(self, topic: str, item: Any) -> Any:
+        """One event's place in a batch call: ``item`` is the ``Event`` if the handler takes
+        events, else the event's data (raises ``ValidationError`` if the data do not fit)."""
+        if self._wants == "event":
+            return self.argument(item)
+        return item if self._data_type is None else self._convert(topic, item)
+
+    def batch_arguments(self, items: list[Any]) -> list[Any] | None:
+        """``item_argument`` of several events with one conversion for all (a pydantic call
+        per batch instead of one per event); None if one of them does not fit, which the
+        caller then finds with ``item_argument``, to dead-letter it alone."""
+        if self._data_type is None:
+            return items
+        import pydantic
+
+        if self._list_adapter is None:
+            self._list_adapter = pydantic.TypeAdapter(list[self._data_type])  # type: ignore[name-defined]
+        if self._wants != "event":
+            try:
+                return self._list_adapter.validate_python(items)
+            except pydantic.ValidationError:
+                return None
+        try:
+            converted = self._list_adapter.validate_python([e.data for e in items])
+        except pydantic.ValidationError:
+            return None
+        return [replace(e, data=x) for e, x in zip(items, converted, strict=True)]
+
+    def _convert(self, topic: str, data: Any) -> Any:
         import pydantic
 
         from dromos.errors import ValidationError
@@ -107,13 +141,13 @@ class Subscriber:
         if self._adapter is None:
             self._adapter = pydantic.TypeAdapter(self._data_type)
         try:
-            return self._adapter.validate_python(event.data)
+            return self._adapter.validate_python(data)
         except pydantic.ValidationError as exc:
             problems = [
                 {"loc": ("data", *e["loc"]), "msg": e["msg"], "type": e["type"]}
                 for e in exc.errors(include_url=False, include_input=False)
             ]
-            raise ValidationError(event.type, problems) from None
+            raise ValidationError(topic, problems) from None
 
     async def run_batch(self, arguments: list[Any]) -> None:
         """Call a batch handler with the arguments of several events, within its time limit."""
