@@ -13,6 +13,7 @@ The worker's settings come from the environment (``DROMOS_BROKER``, ``LEDGER_LEA
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 from typing import Any
@@ -60,6 +61,11 @@ def create_app(
         """Succeed at once."""
         _record("ok")
         return n
+
+    @app.task(retries=0)
+    async def gc_settings() -> list[int]:
+        """The worker process's young-collection threshold and how many objects it froze."""
+        return [gc.get_threshold()[0], gc.get_freeze_count()]
 
     @app.task(retries=0)
     async def nap(first: float, later: float = 0.0) -> int:

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from dromos import JobState
+from dromos._loop import GC_YOUNG
 from tests.integration.conftest import Cluster, alive, children
 
 pytestmark = pytest.mark.slow
@@ -35,6 +36,10 @@ def test_supervisor_restarts_a_killed_worker_process_and_jobs_keep_flowing(
     cluster.wait_until(lambda: cluster.counts()["succeeded"] == 200, 30.0, "200 jobs")
     assert cluster.ledger.count("ok") == dict.fromkeys(ids, 1)
     assert supervisor.poll() is None
+    # Each worker process set its collector once started (dromos._loop.tune_gc).
+    young, frozen = cluster.task("gc_settings").enqueue().result(timeout=10)
+    assert young == GC_YOUNG
+    assert frozen > 10_000  # modules, the app, the broker's client
 
 
 def test_poison_job_is_dead_lettered_after_its_recoveries_and_other_jobs_flow(

@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from dromos._loop import loop_factory
+from dromos._loop import loop_factory, tune_gc
 from dromos.cli._load import load_app
 from dromos.worker.runtime import Worker
 from dromos.worker.supervisor import SUPERVISOR_ENV, Supervisor
@@ -80,6 +80,10 @@ def worker(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
         watch = asyncio.create_task(_watch_supervisor(runner))
+        # Once the broker is open (its client imported, connected), the process has started
+        # up: what it holds now lives as long as it does.
+        await app.abroker()
+        tune_gc()
         await runner.run()
         watch.cancel()
         await app.aclose()
