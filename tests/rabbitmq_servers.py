@@ -106,6 +106,13 @@ class PrivateRabbitMQ:
             except OSError:
                 return
 
+    def restart(self, *, kill: bool = True, down: float = 0.0) -> None:
+        """Stop (a crash, by default), stay down ``down`` seconds, start again (as
+        ``PrivatePostgres.restart``)."""
+        self.stop(kill=kill)
+        time.sleep(down)
+        self.start()
+
 
 @pytest.fixture
 def private_rabbitmq(tmp_path: Path) -> Iterator[Callable[[], PrivateRabbitMQ]]:

@@ -219,6 +219,13 @@ class RedisProcess:
             os.kill(process.pid, signal.SIGKILL)
             process.wait(_STOP_TIMEOUT)
 
+    def restart(self, *, kill: bool = True, down: float = 0.0) -> None:
+        """Stop (a crash, by default), stay down ``down`` seconds, start again (as
+        ``PrivatePostgres.restart``)."""
+        self.stop(kill=kill)
+        time.sleep(down)
+        self.start()
+
     def log_tail(self, lines: int = 20) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

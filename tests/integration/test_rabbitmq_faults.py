@@ -68,13 +68,9 @@ def test_every_job_whose_enqueue_returned_runs_across_rabbitmq_restarts(
     time.sleep(6.0)
     producer = Producer(cluster, JOBS, BATCH)
 
-    def restart(outage: float) -> None:
-        node.stop(kill=True)
-        time.sleep(outage)
-        node.start()
-
     accepted = producer.run_through(
-        [(mark, functools.partial(restart, outage)) for mark, outage in RESTARTS], 120.0
+        [(mark, functools.partial(node.restart, down=outage)) for mark, outage in RESTARTS],
+        120.0,
     )
     # unaccepted: a withdraw that failed in the outage: allowed, reported
     oks, duplicates, unaccepted = producer.ledger(accepted, 120.0)

@@ -72,13 +72,10 @@ def test_every_job_whose_enqueue_returned_runs_across_redis_restarts(
     cluster.wait_for_boots(1)
     producer = Producer(cluster, JOBS, BATCH, (dromos.BrokerError, redis.RedisError))
 
-    def restart(outage: float) -> None:  # in the main thread (see redis_servers)
-        durable.stop(kill=True)
-        time.sleep(outage)
-        durable.start()
-
+    # Restarts from the main thread (see redis_servers):
     accepted = producer.run_through(
-        [(mark, functools.partial(restart, outage)) for mark, outage in RESTARTS], 60.0
+        [(mark, functools.partial(durable.restart, down=outage)) for mark, outage in RESTARTS],
+        60.0,
     )
     # unaccepted: stored by an enqueue that raised: allowed, reported
     oks, duplicates, unaccepted = producer.ledger(accepted, 60.0)
