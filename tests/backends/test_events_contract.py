@@ -231,6 +231,28 @@ async def test_a_waiting_consumer_wakes_when_an_event_is_published(
     assert time.monotonic() - t0 < 4.0
 
 
+async def test_instances_joining_a_new_group_at_once_get_each_event_once(
+    make_broker: MakeBroker, backend: Target
+) -> None:
+    # Two replicas of one service deployed together: both join "earliest" at the same time.
+    one = await make_broker()
+    other = one if backend.broker.startswith("memory") else await make_broker()
+    events = [record(data=i) for i in range(20)]
+    await one.publish(events)
+    await asyncio.gather(
+        one.join_group("g", ["#"], "earliest"), other.join_group("g", ["#"], "earliest")
+    )
+    got: list[bytes] = []
+    deadline = time.monotonic() + 10
+    while len(got) < len(events) and time.monotonic() < deadline:
+        for broker in (one, other):
+            got.extend(d.payload for d in await broker.claim_events("g", 50, 30.0))
+    await asyncio.sleep(0.3)  # a second copy, if any, has had time to arrive
+    for broker in (one, other):
+        got.extend(d.payload for d in await broker.claim_events("g", 50, 30.0))
+    assert sorted(got) == sorted(e.payload for e in events)  # each once
+
+
 async def test_an_unknown_group_claims_nothing(broker: Broker) -> None:
     await broker.publish([record()])
     assert await broker.claim_events("nobody", 10, 30.0) == []

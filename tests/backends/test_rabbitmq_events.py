@@ -166,16 +166,6 @@ async def test_instances_joining_a_group_at_once_fill_it_from_the_log_once(
     await asyncio.gather(
         rabbit.join_group("g", ["#"], "earliest"), other.join_group("g", ["#"], "earliest")
     )
+    # Filled once: each event on the queue once (the conformance suite checks that each is
+    # then claimed once, on every backend).
     assert await _ready(channel, rabbit.events.names.group("g")) == len(events)
-    got: list[bytes] = []
-
-    async def drained() -> bool:
-        for broker in (rabbit, other):
-            got.extend(d.payload for d in await broker.claim_events("g", 50, 30.0))
-        return len(got) >= len(events)
-
-    await eventually(drained, timeout=10, what="the log's events claimed")
-    await asyncio.sleep(0.3)
-    for broker in (rabbit, other):
-        got.extend(d.payload for d in await broker.claim_events("g", 50, 30.0))
-    assert sorted(got) == sorted(e.payload for e in events)  # each once
