@@ -122,16 +122,18 @@ class Subscriber:
 
         if self._list_adapter is None:
             self._list_adapter = pydantic.TypeAdapter(list[self._data_type])  # type: ignore[name-defined]
-        if self._wants != "event":
-            try:
-                return self._list_adapter.validate_python(items)
-            except pydantic.ValidationError:
-                return None
+        events = self._wants == "event"
         try:
-            converted = self._list_adapter.validate_python([e.data for e in items])
+            converted = self._list_adapter.validate_python(
+                [e.data for e in items] if events else items
+            )
         except pydantic.ValidationError:
             return None
-        return [replace(e, data=x) for e, x in zip(items, converted, strict=True)]
+        return (
+            [replace(e, data=x) for e, x in zip(items, converted, strict=True)]
+            if events
+            else converted
+        )
 
     def _convert(self, topic: str, data: Any) -> Any:
         import pydantic
