@@ -151,30 +151,28 @@ def test_an_error_while_the_worker_waits_for_work_does_not_stop_it(
 
 def test_enqueue_to_an_unreachable_redis_raises_a_broker_error_naming_it() -> None:
     port = _closed_port()
-    app = dromos.App("unreachable", f"redis://127.0.0.1:{port}/0?prefix={new_prefix()}")
+    # retries=1: the default 8 retries wait about 9 s for a server that never comes.
+    url = f"redis://127.0.0.1:{port}/0?prefix={new_prefix()}&retries=1"
+    app = dromos.App("unreachable", url)
 
     @app.task()
     async def noop(n: int) -> int:
         return n
 
     try:
-        began = time.monotonic()
         with pytest.raises(
             dromos.BrokerError, match=rf"cannot reach Redis at redis://127\.0\.0\.1:{port}/0: "
         ):
             noop.enqueue(1)
-        took = time.monotonic() - began
     finally:
         app.close()
-    print(f"\nBrokerError after {took:.2f}s")
-    assert took < 30.0  # redis-py's retries (8, backoff 0.1 s doubling to 2 s) end it
 
 
 def test_worker_against_an_unreachable_redis_exits_with_one_error_line(tmp_path: Path) -> None:
     port = _closed_port()
     env = {
         **os.environ,
-        "DROMOS_BROKER": f"redis://127.0.0.1:{port}/0?prefix={new_prefix()}",
+        "DROMOS_BROKER": f"redis://127.0.0.1:{port}/0?prefix={new_prefix()}&retries=1",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
     }
     began = time.monotonic()

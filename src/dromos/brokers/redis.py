@@ -67,7 +67,7 @@ from dromos.brokers.base import (
 )
 from dromos.brokers.redis_events import RedisEventBus
 from dromos.brokers.redis_parking import RedisParking
-from dromos.brokers.redis_retry import async_retry, sync_retry
+from dromos.brokers.redis_retry import RETRIES, async_retry, sync_retry
 from dromos.errors import BrokerError, ConfigurationError, DependencyNotFound
 from dromos.job import JobError, JobState, JobStatus, WebhookAttempt
 from dromos.task import MAX_PRIORITY
@@ -144,6 +144,16 @@ def _due_ms(moment: float) -> int:
     return math.ceil(moment * 1000)
 
 
+def _retries(value: str | None) -> int:
+    """The URL's ``retries=``: how often a lost connection or a timeout is retried (with
+    backoff) before the call fails; 0 fails at once, as a health check may want."""
+    if value is None:
+        return RETRIES
+    if not (value.isascii() and value.isdigit()):
+        raise ConfigurationError(f"retries= must be a whole number >= 0, not {value!r}")
+    return int(value)
+
+
 def _seconds(value: bytes | None) -> float | None:
     """A stored time in ms as Unix seconds."""
     return None if value is None else int(value) / 1000
@@ -207,10 +217,12 @@ class _SyncClient:
     redis-py's Script loads it again after a server restart).
     """
 
-    def __init__(self, url: str, cluster: bool | None, sources: dict[str, str]) -> None:
+    def __init__(
+        self, url: str, cluster: bool | None, sources: dict[str, str], retries: int
+    ) -> None:
         import redis
 
-        retry = sync_retry()
+        retry = sync_retry(retries)
         self.client: Any = (
             redis.RedisCluster.from_url(url, retry=retry)
             if cluster
@@ -234,6 +246,7 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
         self.prefix = query.pop("prefix", "dromos")
         if not self.prefix or any(c in self.prefix for c in "{}"):
             raise ConfigurationError("prefix= must be a non-empty name without { or }")
+        self._retries = _retries(query.pop("retries", None))
         self.url = urlunsplit(parts._replace(query=urlencode(query)))
         host = parts.netloc.rpartition("@")[2]  # host:port, without the credentials
         self._safe_url = urlunsplit(parts._replace(netloc=host, query=""))
@@ -279,7 +292,7 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
             return self._loops.get(loop) or await self._new_state(loop)
 
     async def _new_state(self, loop: asyncio.AbstractEventLoop) -> _LoopState:
-        retry = async_retry()
+        retry = async_retry(self._retries)
         errors = [RedisConnectionError, RedisTimeoutError, ConnectionResetError]
         subscriber = aioredis.Redis.from_url(
             self.url, retry=retry, retry_on_error=errors, health_check_interval=10
@@ -312,7 +325,7 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
             await client.script_load(source)
         self._loops[loop] = state
         if self._sync is None:
-            self._sync = _SyncClient(self.url, self._cluster, self._sources)
+            self._sync = _SyncClient(self.url, self._cluster, self._sources, self._retries)
         return state
 
     async def _call(self, script: str, queue: str, *args: Any) -> Any:
