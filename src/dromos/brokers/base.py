@@ -627,6 +627,14 @@ class Broker(abc.ABC):
         nothing. Backends without a push channel poll something cheap.
         """
 
+    async def stop_claiming(self, queues: Sequence[str], worker: str) -> None:  # noqa: B027
+        """``worker`` claims no more from ``queues``: called once when it starts to stop.
+
+        A broker that hands new jobs straight to idle workers (Redis) stops handing them to
+        this one here, and releases what it handed that no claim took yet. The default does
+        nothing: every job a worker holds came from a claim it made.
+        """
+
     @abc.abstractmethod
     async def settle(self, outcomes: Sequence[Outcome]) -> int:
         """Record how runs ended, fenced by ``(job_id, attempt)``; return how many applied.

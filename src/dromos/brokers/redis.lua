@@ -17,6 +17,9 @@
 --                withdrawn; so every member is queued
 --   T:succeeded  zset / T:failed / T:cancelled: ended jobs, score expiry (ms)
 --   T:all        zset: every job id with score 0, for listing newest first (ids sort by time)
+--   T:idle       hash: the workers waiting for this queue's work, each "room lease expires"
+--                (jobs it can take, its lease in ms, when this entry lapses, ms); written by
+--                their claim, used by enqueue to hand new jobs over leased (see hand_over)
 --   T:idem:<key> string: the job id an idempotency key names, expiring with its window
 --   {<prefix>:__rate__:<key>}:rate  zset: one rate limit's window (dromos.rate), the starts
 --                handed out by time, expiring a period after its newest (script throttle)
@@ -278,6 +281,64 @@ local function next_due(due)
   return due
 end
 
+-- An idle worker's entry in T:idle lapses this long after its last claim wrote it (a worker
+-- waits at most 1 s between claims): a worker killed while idle gets jobs for this long.
+local IDLE_TTL = 2000
+-- Hand new ready jobs (score, id pairs; payloads by id) to the workers waiting in T:idle:
+-- each is leased to a worker as its claim would lease it, and the worker learns of it from
+-- one message on the work channel, {worker, then id attempt failures payload per job}, in
+-- place of a wake-up followed by a claim (a round trip less before an idle worker starts a
+-- job). Only when nothing else is ready, so that no job overtakes an older or better one.
+-- Returns the pairs left for T:ready.
+local function hand_over(ready, payloads, now, channel)
+  if #ready == 0 or RELAY or redis.call('ZCARD', T .. ':ready') > 0 then return ready end
+  local idle = redis.call('HGETALL', T .. ':idle')
+  if #idle == 0 then return ready end
+  local order = {}
+  for k = 1, #ready, 2 do order[#order + 1] = {ready[k], ready[k + 1]} end
+  table.sort(order, function(a, b) return a[1] < b[1] end)
+  local taken = 0
+  for k = 1, #idle, 2 do
+    if taken == #order then break end
+    local worker = idle[k]
+    local room, lease, lapses = string.match(idle[k + 1], '^(%d+) (%d+) (%d+)$')
+    room, lease, lapses = tonumber(room), tonumber(lease), tonumber(lapses)
+    if not lapses or lapses <= now then
+      redis.call('HDEL', T .. ':idle', worker)
+    else
+      local msg, running = {worker}, {}
+      while room > 0 and taken < #order do
+        taken = taken + 1
+        local id = order[taken][2]
+        redis.call('HSET', jkey(id), 'state', 'running', 'attempt', 1, 'started_at', now,
+          'worker', worker)
+        running[#running + 1] = now + lease
+        running[#running + 1] = id
+        msg[#msg + 1] = id
+        msg[#msg + 1] = 1
+        msg[#msg + 1] = 0
+        msg[#msg + 1] = payloads[id]
+        room = room - 1
+      end
+      if room > 0 then
+        redis.call('HSET', T .. ':idle', worker, room .. ' ' .. lease .. ' ' .. lapses)
+      else
+        redis.call('HDEL', T .. ':idle', worker)
+      end
+      if #running > 0 then
+        redis.call('ZADD', T .. ':running', unpack(running))
+        redis.call('PUBLISH', channel, cmsgpack.pack(msg))
+      end
+    end
+  end
+  local left = {}
+  for k = taken + 1, #order do
+    left[#left + 1] = order[k][1]
+    left[#left + 1] = order[k][2]
+  end
+  return left
+end
+
 --- enqueue
 -- ARGV: T, work channel, queue, then one MessagePack array of jobs, each an array:
 --   id task priority eta(ms or '') payload created_at(ms) idem_key('' for none) idem_window(ms)
@@ -318,7 +379,7 @@ if ARGV[6] and ARGV[6] ~= '' and redis.call('EXISTS', bk) == 0 then
     if b[12] ~= '' then redis.call('HSET', bk, 'cb_url', b[12]) end
   end
 end
-local out, ready, scheduled, all, waiting = {}, {}, {}, {}, {}
+local out, ready, scheduled, all, waiting, payloads = {}, {}, {}, {}, {}, {}
 local hold, unsent, held = ARGV[7], {}, 0
 if hold then held = now + tonumber(hold) end
 -- enqueue_unsent's answer for an id not inserted by this call: held again if it is the same
@@ -404,6 +465,7 @@ for _, job in ipairs(jobs) do
       elseif state == 'queued' then
         ready[#ready + 1] = ready_score(prio, seq)
         ready[#ready + 1] = id
+        payloads[id] = job[5]
         if RELAY then
           unsent[#unsent + 1] = held
           unsent[#unsent + 1] = id
@@ -422,6 +484,7 @@ for _, job in ipairs(jobs) do
     end
   end
 end
+ready = hand_over(ready, payloads, now, ARGV[2])
 variadic('ZADD', T .. ':ready', ready)
 variadic('ZADD', T .. ':scheduled', scheduled)
 variadic('ZADD', T .. ':all', all)
@@ -433,7 +496,9 @@ return out
 
 --- claim
 -- ARGV: T, limit, lease (ms), worker, max recoveries, dead-letter ttl, done channel,
---   highest ready score to take ('+inf' for any: a priority floor when several queues compete)
+--   highest ready score to take ('+inf' for any: a priority floor when several queues compete),
+--   idle ('1': a worker that listens on the work channel and serves this queue only; a short
+--   claim then enters it in T:idle with the room it has left, and a full one takes it out)
 -- Returns {due, then 4 values per job: id attempt failures payload}: due is when a claim may
 -- next find work without a push (0: ready jobs may be left; else the earliest delayed job,
 -- retry or lease end, in ms; -1: none), so an idle worker needs no round trip to learn it.
@@ -470,7 +535,22 @@ if #out > 1 and #out == 1 + 4 * limit or redis.call('ZCARD', T .. ':ready') > 0 
 else
   out[1] = next_due(out[1])
 end
+if ARGV[9] == '1' then
+  local room = limit - (#out - 1) / 4
+  if out[1] ~= 0 and room > 0 then
+    redis.call('HSET', T .. ':idle', ARGV[4], room .. ' ' .. ARGV[3] .. ' ' .. (now + IDLE_TTL))
+  else
+    redis.call('HDEL', T .. ':idle', ARGV[4])
+  end
+end
 return out
+
+--- stop_claiming
+-- ARGV: T, worker, work channel. Takes the worker out of T:idle, then publishes {worker}
+-- alone on the work channel: once the worker reads it, every job handed to it has arrived.
+redis.call('HDEL', T .. ':idle', ARGV[2])
+redis.call('PUBLISH', ARGV[3], cmsgpack.pack({ARGV[2]}))
+return 1
 
 --- settle
 -- ARGV: T, result ttl, dead-letter ttl, done channel, work channel, then one MessagePack

@@ -165,6 +165,10 @@ _STATUS_FIELDS = (
     "errors", "created_at", "eta", "started_at", "finished_at", "cancel",
 )  # fmt: skip
 _done_message = msgspec.msgpack.Decoder(list[str | list[str | bool] | bool])
+# A work channel's message other than "1": jobs handed to an idle worker ({worker, then id
+# attempt failures payload per job}), or {worker} alone (stop_claiming's fence).
+_handed_message = msgspec.msgpack.Decoder(list[str | int])
+_FENCE_WAIT = 2.0  # seconds stop_claiming waits for its fence (else the leases run out)
 
 
 def _carried(values: list[str | bool]) -> dict[str, bytes]:
@@ -270,6 +274,11 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
         self._hooks: dict[str, str] = {}  # job id -> queue of the webhook deliveries leased
         self._batch_homes: dict[str, str] = {}  # batch id -> the queue whose tag its key has
         self._relayed: dict[str, str] = {}  # job id -> queue of the jobs relay_due handed out
+        # Idle workers (redis.lua's hand_over): the names this instance claims for while
+        # listening, and the jobs handed to them not yet taken by their next claim.
+        self._claimers: set[str] = set()
+        self._handed: dict[tuple[str, str], list[Delivery]] = {}  # (queue, worker) -> jobs
+        self._fenced = Notifier()  # keyed by worker: its stop_claiming fence arrived
         self._init_bus()
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -467,9 +476,31 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
                 self._ended(message["data"])
             elif channel == self._bus_channel:
                 self._bus.notify((channel,))
-            else:
+            elif message["data"] == b"1":
                 state.pushes[channel] = state.pushes.get(channel, 0) + 1
                 self._work.notify((channel[len(f"{self.prefix}:work:") :],))
+            else:
+                self._handed_over(channel[len(f"{self.prefix}:work:") :], message["data"])
+
+    def _handed_over(self, queue: str, data: bytes) -> None:
+        """Jobs handed to an idle worker: kept for its next claim if it is one of ours (the
+        other workers on the channel ignore them: nothing was left ready for them)."""
+        try:
+            items = _handed_message.decode(data)
+        except msgspec.DecodeError:
+            return  # not ours (another version?)
+        worker = items[0]
+        if not isinstance(worker, str) or worker not in self._claimers:
+            return
+        if len(items) == 1:
+            self._fenced.notify((worker,))
+            return
+        handed = self._handed.setdefault((queue, worker), [])
+        for i in range(1, len(items) - 3, 4):
+            job_id, attempt, failures, payload = (str(v) for v in items[i : i + 4])
+            self._held[job_id] = queue
+            handed.append(Delivery(job_id, int(attempt), int(failures), payload.encode()))
+        self._work.notify((queue,))
 
     def _ended(self, data: bytes) -> None:
         """A done message: keep the statuses it carries for their waiters, then wake them."""
@@ -694,7 +725,12 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
         self, queues: Sequence[str], limit: int, lease: float, worker: str = ""
     ) -> list[Delivery]:
         if len(queues) == 1:
-            return await self._claim_one(queues[0], limit, lease, worker, None)
+            handed = self._handed.pop((queues[0], worker), None)
+            if handed:  # handed over while this worker waited: leased already
+                if len(handed) > limit:
+                    self._handed[(queues[0], worker)] = handed[limit:]
+                return handed[:limit]
+            return await self._claim_one(queues[0], limit, lease, worker, None, idle=True)
         # Several queues: priorities compare across them. Ready each queue, then take from the
         # queue with the best head down to the next queue's head priority, and repeat.
         for queue in queues:
@@ -719,19 +755,34 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
         return out
 
     async def _claim_one(
-        self, queue: str, limit: int, lease: float, worker: str, floor: int | None
+        self,
+        queue: str,
+        limit: int,
+        lease: float,
+        worker: str,
+        floor: int | None,
+        *,
+        idle: bool = False,
     ) -> list[Delivery]:
-        """Lease up to ``limit`` jobs of one queue (only of priority >= ``floor``, if given)."""
+        """Lease up to ``limit`` jobs of one queue (only of priority >= ``floor``, if given).
+
+        ``idle``: the worker serves this queue alone; if it listens on the work channel, a
+        short claim enters it in the queue's idle workers, to whom enqueue hands new jobs.
+        """
         opts = self.options
         top = "+inf" if floor is None else repr(-floor * _PRIORITY_UNIT + _PRIORITY_UNIT - 1)
         # Pushes seen on the queue's work channel before this claim ran: if none arrives
         # before the worker waits, the claim's own report of what comes due is still true.
         state = await self._state()
         channel = self._work_channel(queue)
-        snapshot = state.pushes.get(channel, 0) if channel in state.listening else None
+        listening = channel in state.listening
+        snapshot = state.pushes.get(channel, 0) if listening else None
+        idle = idle and listening and bool(worker) and not opts.relay
+        if idle:
+            self._claimers.add(worker)
         flat = await self._call(
             "claim", queue, limit, _ms(lease), worker, opts.max_recoveries,
-            _ms(opts.dead_letter_ttl), self._done_channel(queue), top,
+            _ms(opts.dead_letter_ttl), self._done_channel(queue), top, "1" if idle else "",
         )  # fmt: skip
         if floor is None and snapshot is not None:
             due = int(flat[0])
@@ -755,8 +806,10 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
                 raise BrokerError(f"Redis at {self._safe_url} did not confirm SUBSCRIBE {new}")
             state.listening.update(new)
         with self._work.listen(queues) as listener:  # before the checks: no lost wake-up
+            if any(key[0] in queues for key, jobs in self._handed.items() if jobs):
+                return  # jobs handed over: the next claim takes them
             now = time.time()
-            hints = [state.due.pop(q, None) for q in queues]
+            hints = [state.due.get(q) for q in queues]  # kept: a handed-over claim asks no server
             if all(
                 h is not None and h[0] == state.pushes.get(self._work_channel(q), 0)
                 for q, h in zip(queues, hints, strict=True)
@@ -784,6 +837,28 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
                 if first:
                     due = min(due, first[0][1] / 1000)
         return due
+
+    async def stop_claiming(self, queues: Sequence[str], worker: str) -> None:
+        """Take the worker out of the idle workers, and hand back what was handed to it.
+
+        After the script no enqueue hands it a job; its fence message, published after every
+        job handed to it, tells when the last of them has arrived. Without the fence (the
+        subscriber is down), jobs still on their way wait for their lease to run out.
+        """
+        if worker not in self._claimers:
+            return
+        with self._fenced.listen((worker,)) as fenced:
+            for queue in queues:
+                await self._call("stop_claiming", queue, worker, self._work_channel(queue))
+            await fenced.wait(_FENCE_WAIT)
+        self._claimers.discard(worker)
+        leases = [
+            Lease(d.job_id, d.attempt)
+            for queue in queues
+            for d in self._handed.pop((queue, worker), [])
+        ]
+        if leases:
+            await self.release(leases)
 
     async def settle(self, outcomes: Sequence[Outcome]) -> int:
         if not outcomes:

@@ -234,6 +234,10 @@ class Worker:
         ]
         try:
             await self._fetch()
+            try:
+                await broker.stop_claiming(self.queues, self.name)
+            except Exception as exc:  # what it held comes back when the leases run out
+                log.warning("stopping claims failed (%s)", exc)
             await self._drain()
         finally:
             self._closing = True

@@ -1,0 +1,167 @@
+"""Redis hands a new job straight to an idle worker (redis.lua's ``hand_over``): leased at
+enqueue, announced on the work channel, taken by the worker's next claim without a round
+trip. These tests pin what that must not change: leases, priorities, stopping, lapsed
+entries, and workers serving several queues.
+
+On the shared server and on the session's Redis Cluster, under a prefix of each test's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import dromos
+from dromos.brokers.base import Broker, Delivery, EnqueueRequest, Lease, Outcome
+from dromos.brokers.redis import RedisBroker
+from dromos.job import JobState
+from dromos.message import Message, new_job_id, utcnow
+from tests.backends.conftest import BACKENDS, MakeBroker, Target, Workers
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+    with BACKENDS[request.param](tmp_path, "hand_over") as target:
+        yield target
+
+
+def _request(queue: str = "default", priority: int = 0) -> EnqueueRequest:
+    msg = Message(id=new_job_id(), task="t", queue=queue, priority=priority, created_at=utcnow())
+    return EnqueueRequest(msg, b'{"args":[],"kwargs":{}}')
+
+
+async def _idle(broker: Broker, worker: str, room: int, queues: list[str] | None = None) -> None:
+    """What a worker does before it waits: listen on the work channel, then claim short."""
+    queues = queues or ["default"]
+    await broker.wait_for_work(queues, 0.01)  # subscribes
+    assert await broker.claim(queues, room, 30.0, worker) == []
+
+
+async def _state(broker: Broker, job_id: str) -> JobState | None:
+    status = await broker.status(job_id)
+    return None if status is None else status.state
+
+
+async def _handed(broker: Broker, worker: str, queue: str = "default") -> list[Delivery]:
+    """The jobs handed to ``worker``, taken as its next claim takes them: the wait returns
+    once their message arrived (published before the enqueue's wake-up, if any)."""
+    await broker.wait_for_work([queue], 5.0)
+    return await broker.claim([queue], 10, 30.0, worker)
+
+
+async def test_a_job_enqueued_while_a_worker_waits_is_leased_to_it_at_once(
+    make_broker: MakeBroker,
+) -> None:
+    worker_side, producer = await make_broker(), await make_broker()
+    await _idle(worker_side, "w1", room=4)
+    [job_id] = await producer.enqueue([_request()])
+    status = await producer.status(job_id)
+    assert status is not None
+    assert status.state is JobState.RUNNING  # leased in the enqueue itself
+    assert status.attempts == 1
+    assert [d.job_id for d in await _handed(worker_side, "w1")] == [job_id]
+    [stats] = await producer.queues()
+    assert stats.counts.get("queued", 0) == 0
+
+
+async def test_a_handed_job_settles_like_a_claimed_one(make_broker: MakeBroker) -> None:
+    worker_side, producer = await make_broker(), await make_broker()
+    await _idle(worker_side, "w1", room=1)
+    [job_id] = await producer.enqueue([_request()])
+    [delivery] = await _handed(worker_side, "w1")
+    assert (delivery.job_id, delivery.attempt, delivery.failures) == (job_id, 1, 0)
+    assert delivery.payload == b'{"args":[],"kwargs":{}}'
+    outcome = Outcome(job_id, delivery.attempt, JobState.SUCCEEDED, b"7")
+    assert await worker_side.settle([outcome]) == 1
+    status = await producer.status(job_id)
+    assert status is not None
+    assert status.state is JobState.SUCCEEDED
+    assert status.result == 7
+
+
+async def test_a_worker_gets_no_more_than_the_room_it_claimed_with_and_the_best_first(
+    make_broker: MakeBroker,
+) -> None:
+    worker_side, producer = await make_broker(), await make_broker()
+    await _idle(worker_side, "w1", room=2)
+    requests = [_request(priority=0), _request(priority=5), _request(priority=0)]
+    ids = await producer.enqueue(requests)
+    handed = [d.job_id for d in await _handed(worker_side, "w1")]
+    assert sorted(handed) == sorted([ids[1], ids[0]])  # the priority-5 job and the older one
+    [stats] = await producer.queues()
+    assert stats.counts.get("queued", 0) == 1
+    # Its room used up, the worker is no longer idle: the next job stays ready for a claim.
+    [later] = await producer.enqueue([_request()])
+    assert await _state(producer, later) is JobState.QUEUED
+
+
+async def test_nothing_is_handed_over_while_older_jobs_are_ready(make_broker: MakeBroker) -> None:
+    worker_side, producer = await make_broker(), await make_broker()
+    await _idle(worker_side, "w1", room=1)
+    [first] = await producer.enqueue([_request()])
+    [delivery] = await _handed(worker_side, "w1")
+    await _idle(worker_side, "w2", room=4)
+    # The older job becomes ready again without a hand-over (its worker gave it back) ...
+    await worker_side.release([Lease(first, delivery.attempt)])
+    # ... so a new one waits behind it, though w2 is idle, for w2's claim to take both.
+    [second] = await producer.enqueue([_request()])
+    assert await _state(producer, second) is JobState.QUEUED
+    taken = await worker_side.claim(["default"], 4, 30.0, "w2")
+    assert [d.job_id for d in taken] == [first, second]
+
+
+async def test_a_stopping_worker_hands_back_what_was_handed_to_it(
+    make_broker: MakeBroker,
+) -> None:
+    worker_side, producer, other = await make_broker(), await make_broker(), await make_broker()
+    await _idle(worker_side, "w1", room=4)
+    ids = await producer.enqueue([_request(), _request()])
+    await worker_side.stop_claiming(["default"], "w1")
+    for job_id in ids:
+        assert await _state(producer, job_id) is JobState.QUEUED
+    assert sorted(d.job_id for d in await other.claim(["default"], 10, 30.0, "w2")) == sorted(ids)
+    # and nothing more is handed to the stopped worker
+    [later] = await producer.enqueue([_request()])
+    assert await _state(producer, later) is JobState.QUEUED
+
+
+async def test_the_entry_of_a_worker_killed_while_idle_lapses(make_broker: MakeBroker) -> None:
+    producer = await make_broker()
+    assert isinstance(producer, RedisBroker)
+    client = (await producer._state()).client
+    idle = f"{producer._tag('default')}:idle"
+    await client.hset(idle, "dead", "4 30000 1")  # its entry lapsed at 1 ms past the epoch
+    [job_id] = await producer.enqueue([_request()])
+    assert not await client.hexists(idle, "dead")
+    assert await _state(producer, job_id) is JobState.QUEUED
+
+
+async def test_a_worker_of_several_queues_is_never_idle_for_one(make_broker: MakeBroker) -> None:
+    worker_side, producer = await make_broker(), await make_broker()
+    await _idle(worker_side, "w1", room=4, queues=["a", "b"])
+    [job_id] = await producer.enqueue([_request("a")])
+    assert await _state(producer, job_id) is JobState.QUEUED
+
+
+async def test_jobs_reach_an_idle_worker_and_a_stopped_one_hands_back(
+    make_app: Callable[..., dromos.App], workers: Workers
+) -> None:
+    app = make_app()
+    ran: list[int] = []
+
+    @app.task
+    async def note(n: int) -> int:
+        ran.append(n)
+        return n
+
+    worker = workers.start(app, concurrency=2)
+    assert (await (await note.aenqueue(0)).aresult(timeout=10)) == 0
+    for n in range(1, 6):
+        assert await (await note.aenqueue(n)).aresult(timeout=10) == n
+    await workers.stop(worker)
+    job = await note.aenqueue(99)
+    status = await job.astatus()
+    assert status.state is JobState.QUEUED  # the stopped worker took itself out
+    assert ran == [0, 1, 2, 3, 4, 5]
