@@ -8,6 +8,7 @@ On the shared server and on the session's Redis Cluster, under a prefix of each 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -32,11 +33,13 @@ def _request(queue: str = "default", priority: int = 0) -> EnqueueRequest:
     return EnqueueRequest(msg, b'{"args":[],"kwargs":{}}')
 
 
-async def _idle(broker: Broker, worker: str, room: int, queues: list[str] | None = None) -> None:
+async def _idle(
+    broker: Broker, worker: str, room: int, queues: list[str] | None = None, lease: float = 30.0
+) -> None:
     """What a worker does before it waits: listen on the work channel, then claim short."""
     queues = queues or ["default"]
     await broker.wait_for_work(queues, 0.01)  # subscribes
-    assert await broker.claim(queues, room, 30.0, worker) == []
+    assert await broker.claim(queues, room, lease, worker) == []
 
 
 async def _state(broker: Broker, job_id: str) -> JobState | None:
@@ -110,6 +113,37 @@ async def test_nothing_is_handed_over_while_older_jobs_are_ready(make_broker: Ma
     assert await _state(producer, second) is JobState.QUEUED
     taken = await worker_side.claim(["default"], 4, 30.0, "w2")
     assert [d.job_id for d in taken] == [first, second]
+
+
+async def test_jobs_handed_but_not_taken_yet_are_kept_leased_by_heartbeats(
+    make_broker: MakeBroker,
+) -> None:
+    # A busy worker takes what was handed to it when a slot frees: meanwhile its heartbeats
+    # keep those jobs leased, as they keep its running ones.
+    worker_side, producer, other = await make_broker(), await make_broker(), await make_broker()
+    await _idle(worker_side, "w1", room=2, lease=1.0)
+    ids = await producer.enqueue([_request(), _request()])
+    await worker_side.wait_for_work(["default"], 5.0)  # they arrived
+    await worker_side.extend([], 30.0)  # a heartbeat with no job taken
+    await asyncio.sleep(1.5)  # past the lease they were handed with
+    assert await other.claim(["default"], 10, 30.0, "w2") == []  # nothing to recover
+    taken = await worker_side.claim(["default"], 10, 30.0, "w1")
+    assert sorted(d.job_id for d in taken) == sorted(ids)
+
+
+async def test_a_job_handed_over_whose_lease_ran_out_is_dropped_not_run_twice(
+    make_broker: MakeBroker,
+) -> None:
+    worker_side, producer, other = await make_broker(), await make_broker(), await make_broker()
+    await _idle(worker_side, "w1", room=1, lease=0.5)
+    [job_id] = await producer.enqueue([_request()])
+    await worker_side.wait_for_work(["default"], 5.0)
+    await asyncio.sleep(1.0)  # no heartbeat came: the lease ran out ...
+    [recovered] = await other.claim(["default"], 10, 30.0, "w2")  # ... and w2 has it now
+    assert (recovered.job_id, recovered.attempt) == (job_id, 2)
+    reply = await worker_side.extend([], 30.0)
+    assert job_id in reply.lost
+    assert await worker_side.claim(["default"], 10, 30.0, "w1") == []
 
 
 async def test_a_stopping_worker_hands_back_what_was_handed_to_it(

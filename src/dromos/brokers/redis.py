@@ -884,6 +884,12 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
         return applied
 
     async def extend(self, leases: Sequence[Lease], lease: float) -> HeartbeatReply:
+        # Jobs handed over but not taken yet (their worker is busy up to its concurrency and
+        # takes them when a slot frees) are leased to it too: their leases are kept with the
+        # others', and one lost meanwhile is dropped rather than run a second time.
+        waiting = {d.job_id: d.attempt for jobs in self._handed.values() for d in jobs}
+        if waiting:
+            leases = [*leases, *(Lease(i, a) for i, a in waiting.items())]
         queues = await self._queue_of([h.job_id for h in leases])
         lost = {h.job_id for h in leases if h.job_id not in queues}
         cancel: set[str] = set()
@@ -894,6 +900,9 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
             gone, stop = await self._call("extend", queue, *args)
             lost |= {j.decode() for j in gone}
             cancel |= {j.decode() for j in stop}
+        if waiting and lost & waiting.keys():
+            for key, jobs in list(self._handed.items()):
+                self._handed[key] = [d for d in jobs if d.job_id not in lost]
         return HeartbeatReply(frozenset(lost), frozenset(cancel))
 
     async def release(self, leases: Sequence[Lease], eta: float | None = None) -> None:
