@@ -15,6 +15,7 @@ import contextlib
 import functools
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +27,7 @@ import pytest
 import redis
 
 import dromos
+from dromos import JobState
 from tests.integration.conftest import HERE, Cluster, Producer
 from tests.redis_servers import PrivateRedis, new_prefix
 
@@ -147,6 +149,30 @@ def test_an_error_while_the_worker_waits_for_work_does_not_stop_it(
     job = noop.enqueue(2)
     cluster.wait_until(lambda: cluster.ledger.runs("ok", job.id), 30.0, "the next job")
     assert worker.poll() is None
+
+
+def test_a_job_handed_to_a_worker_killed_while_idle_runs_once_its_lease_ends(
+    on_durable: Cluster, durable: PrivateRedis
+) -> None:
+    # An idle worker is entered in its queue's idle workers; killed, its entry stays until it
+    # lapses (2 s after its last claim), and an enqueue meanwhile hands the job to the dead.
+    cluster = on_durable
+    first = cluster.start("-c", "2", lease=2.0)
+    cluster.wait_for_boots(1)
+    with redis.Redis(host="127.0.0.1", port=durable.port) as admin:
+        cluster.wait_until(lambda: admin.keys("*:idle") or None, 30.0, "an idle worker's entry")
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        job = cluster.task("nap").enqueue(0.0)
+        assert cluster.status(job.id).state is JobState.RUNNING  # leased to the dead worker
+    cluster.start("-c", "2", lease=2.0)
+    assert job.result(timeout=30.0) == 2  # its second attempt: the first never started
+    status = cluster.status(job.id)
+    assert [e.type for e in status.errors] == ["WorkerLost"]
+    assert [(e.attempt, e.outcome) for e in cluster.ledger.entries() if e.job_id == job.id] == [
+        (2, "start"),
+        (2, "ok"),
+    ]
 
 
 def test_enqueue_to_an_unreachable_redis_raises_a_broker_error_naming_it() -> None:
