@@ -333,6 +333,32 @@ async def test_a_notify_wakes_a_waiting_worker_at_once(make_broker: MakeBroker) 
         assert len(await worker.claim(["default"], 10, 30.0)) == 1
 
 
+@pytest.mark.parametrize("pause", [0.0, 0.8])
+async def test_a_claim_after_a_wake_recovers_leases_and_readies_jobs_once_due(
+    make_broker: MakeBroker, pause: float
+) -> None:
+    # The claim that follows a notification skips recovering and readying while nothing is
+    # due by what the wait last saw; whatever has come due by the claim is still taken.
+    worker, producer = await make_broker(), await make_broker()
+    [lost_id] = await producer.enqueue([request()])
+    [lost] = await worker.claim(["default"], 1, 0.6, "dead")  # its worker dies
+    [later_id] = await producer.enqueue([request(delay=0.6)])
+    waiting = asyncio.create_task(worker.wait_for_work(["default"], 10.0))
+    await asyncio.sleep(0.1)  # parked: the lease and the delay end in about 0.5 s
+    [new_id] = await producer.enqueue([request()])
+    await asyncio.wait_for(waiting, 5.0)
+    await asyncio.sleep(pause)
+    taken = {d.job_id: d.attempt for d in await worker.claim(["default"], 10, 30.0, "w")}
+    if pause:  # the lease and the delay ended before this claim
+        assert taken == {new_id: 1, lost_id: lost.attempt + 1, later_id: 1}
+        return
+    assert taken == {new_id: 1}
+    await asyncio.sleep(0.8)
+    await worker.wait_for_work(["default"], 5.0)  # returns at once: something is due
+    taken = {d.job_id: d.attempt for d in await worker.claim(["default"], 10, 30.0, "w")}
+    assert taken == {lost_id: lost.attempt + 1, later_id: 1}
+
+
 async def test_a_waiter_for_another_queue_is_not_woken(make_broker: MakeBroker) -> None:
     worker, producer = await make_broker(), await make_broker()
     waiting = asyncio.create_task(worker.wait_for_work(["mail"], 0.5))

@@ -162,7 +162,7 @@ class PostgresEventBus:
     _fetch: Callable[..., Coroutine[Any, Any, list[tuple[Any, ...]]]]
     _fetchone: Callable[..., Coroutine[Any, Any, tuple[Any, ...] | None]]
     _execute: Callable[..., Coroutine[Any, Any, int]]
-    _wait_for_change: Callable[..., Coroutine[Any, Any, None]]
+    _wait_for_change: Callable[..., Coroutine[Any, Any, float | None]]
     _published = 0
 
     async def publish(self, events: Sequence[EventRecord]) -> None:
