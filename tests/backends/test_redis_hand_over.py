@@ -84,6 +84,19 @@ async def test_a_handed_job_settles_like_a_claimed_one(make_broker: MakeBroker) 
     assert status.result == 7
 
 
+async def test_a_job_goes_to_one_worker_when_workers_of_two_processes_share_a_name(
+    make_broker: MakeBroker,
+) -> None:
+    # Worker(app, name="worker") in every replica of a service: two entries, one job, one run.
+    first, second, producer = await make_broker(), await make_broker(), await make_broker()
+    await _idle(first, "worker", room=1)
+    await _idle(second, "worker", room=1)
+    [job_id] = await producer.enqueue([_request()])
+    await asyncio.sleep(0.2)  # the hand-over message reached both
+    got = [d.job_id for b in (first, second) for d in await b.claim(["default"], 1, 30.0, "worker")]
+    assert got == [job_id]
+
+
 async def test_a_worker_gets_no_more_than_the_room_it_claimed_with_and_the_best_first(
     make_broker: MakeBroker,
 ) -> None:

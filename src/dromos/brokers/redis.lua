@@ -17,9 +17,11 @@
 --                withdrawn; so every member is queued
 --   T:succeeded  zset / T:failed / T:cancelled: ended jobs, score expiry (ms)
 --   T:all        zset: every job id with score 0, for listing newest first (ids sort by time)
---   T:idle       hash: the workers waiting for this queue's work, each "room lease expires"
---                (jobs it can take, its lease in ms, when this entry lapses, ms); written by
---                their claim, used by enqueue to hand new jobs over leased (see hand_over)
+--   T:idle       hash: the workers waiting for this queue's work, each under "<worker
+--                name>#<its broker instance>" (a name given twice stays two entries) with
+--                "room lease lapses" (jobs it can take, its lease in ms, when this entry
+--                lapses, ms); written by their claim, used by enqueue to hand new jobs over
+--                leased (see hand_over)
 --   T:idem:<key> string: the job id an idempotency key names, expiring with its window
 --   {<prefix>:__rate__:<key>}:rate  zset: one rate limit's window (dromos.rate), the starts
 --                handed out by time, expiring a period after its newest (script throttle)
@@ -286,7 +288,7 @@ end
 local IDLE_TTL = 2000
 -- Hand new ready jobs (score, id pairs; payloads by id) to the workers waiting in T:idle:
 -- each is leased to a worker as its claim would lease it, and the worker learns of it from
--- one message on the work channel, {worker, then id attempt failures payload per job}, in
+-- one message on the work channel, {its entry, then id attempt failures payload per job}, in
 -- place of a wake-up followed by a claim (a round trip less before an idle worker starts a
 -- job). Only when nothing else is ready, so that no job overtakes an older or better one.
 -- Returns the pairs left for T:ready.
@@ -300,13 +302,14 @@ local function hand_over(ready, payloads, now, channel)
   local taken = 0
   for k = 1, #idle, 2 do
     if taken == #order then break end
-    local worker = idle[k]
+    local entry = idle[k]
+    local worker = string.match(entry, '^(.*)#[^#]*$') or entry
     local room, lease, lapses = string.match(idle[k + 1], '^(%d+) (%d+) (%d+)$')
     room, lease, lapses = tonumber(room), tonumber(lease), tonumber(lapses)
     if not lapses or lapses <= now then
-      redis.call('HDEL', T .. ':idle', worker)
+      redis.call('HDEL', T .. ':idle', entry)
     else
-      local msg, running = {worker}, {}
+      local msg, running = {entry}, {}
       while room > 0 and taken < #order do
         taken = taken + 1
         local id = order[taken][2]
@@ -321,9 +324,9 @@ local function hand_over(ready, payloads, now, channel)
         room = room - 1
       end
       if room > 0 then
-        redis.call('HSET', T .. ':idle', worker, room .. ' ' .. lease .. ' ' .. lapses)
+        redis.call('HSET', T .. ':idle', entry, room .. ' ' .. lease .. ' ' .. lapses)
       else
-        redis.call('HDEL', T .. ':idle', worker)
+        redis.call('HDEL', T .. ':idle', entry)
       end
       if #running > 0 then
         redis.call('ZADD', T .. ':running', unpack(running))
@@ -497,8 +500,9 @@ return out
 --- claim
 -- ARGV: T, limit, lease (ms), worker, max recoveries, dead-letter ttl, done channel,
 --   highest ready score to take ('+inf' for any: a priority floor when several queues compete),
---   idle ('1': a worker that listens on the work channel and serves this queue only; a short
---   claim then enters it in T:idle with the room it has left, and a full one takes it out)
+--   idle entry ('' for none: a worker that listens on the work channel and serves this queue
+--   only; a short claim then enters it in T:idle with the room it has left, a full one takes
+--   it out)
 -- Returns {due, then 4 values per job: id attempt failures payload}: due is when a claim may
 -- next find work without a push (0: ready jobs may be left; else the earliest delayed job,
 -- retry or lease end, in ms; -1: none), so an idle worker needs no round trip to learn it.
@@ -535,18 +539,18 @@ if #out > 1 and #out == 1 + 4 * limit or redis.call('ZCARD', T .. ':ready') > 0 
 else
   out[1] = next_due(out[1])
 end
-if ARGV[9] == '1' then
+if ARGV[9] and ARGV[9] ~= '' then
   local room = limit - (#out - 1) / 4
   if out[1] ~= 0 and room > 0 then
-    redis.call('HSET', T .. ':idle', ARGV[4], room .. ' ' .. ARGV[3] .. ' ' .. (now + IDLE_TTL))
+    redis.call('HSET', T .. ':idle', ARGV[9], room .. ' ' .. ARGV[3] .. ' ' .. (now + IDLE_TTL))
   else
-    redis.call('HDEL', T .. ':idle', ARGV[4])
+    redis.call('HDEL', T .. ':idle', ARGV[9])
   end
 end
 return out
 
 --- stop_claiming
--- ARGV: T, worker, work channel. Takes the worker out of T:idle, then publishes {worker}
+-- ARGV: T, idle entry, work channel. Takes the entry out of T:idle, then publishes {entry}
 -- alone on the work channel: once the worker reads it, every job handed to it has arrived.
 redis.call('HDEL', T .. ':idle', ARGV[2])
 redis.call('PUBLISH', ARGV[3], cmsgpack.pack({ARGV[2]}))

@@ -26,6 +26,7 @@ import heapq
 import math
 import re
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from importlib import resources
@@ -274,11 +275,14 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
         self._hooks: dict[str, str] = {}  # job id -> queue of the webhook deliveries leased
         self._batch_homes: dict[str, str] = {}  # batch id -> the queue whose tag its key has
         self._relayed: dict[str, str] = {}  # job id -> queue of the jobs relay_due handed out
-        # Idle workers (redis.lua's hand_over): the names this instance claims for while
-        # listening, and the jobs handed to them not yet taken by their next claim.
+        # Idle workers (redis.lua's hand_over): the entries this instance made for the
+        # workers that claim through it while listening ("<worker>#<instance>": a name given
+        # to workers in two processes is two entries, so a job handed to one runs in one),
+        # and the jobs handed to them not yet taken by their next claim.
+        self._instance = uuid.uuid4().hex[:12]
         self._claimers: set[str] = set()
         self._handed: dict[tuple[str, str], list[Delivery]] = {}  # (queue, worker) -> jobs
-        self._fenced = Notifier()  # keyed by worker: its stop_claiming fence arrived
+        self._fenced = Notifier()  # keyed by entry: its stop_claiming fence arrived
         self._init_bus()
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -489,13 +493,13 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
             items = _handed_message.decode(data)
         except msgspec.DecodeError:
             return  # not ours (another version?)
-        worker = items[0]
-        if not isinstance(worker, str) or worker not in self._claimers:
+        entry = items[0]
+        if not isinstance(entry, str) or entry not in self._claimers:
             return
         if len(items) == 1:
-            self._fenced.notify((worker,))
+            self._fenced.notify((entry,))
             return
-        handed = self._handed.setdefault((queue, worker), [])
+        handed = self._handed.setdefault((queue, entry.rpartition("#")[0]), [])
         for i in range(1, len(items) - 3, 4):
             job_id, attempt, failures, payload = (str(v) for v in items[i : i + 4])
             self._held[job_id] = queue
@@ -777,12 +781,13 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
         channel = self._work_channel(queue)
         listening = channel in state.listening
         snapshot = state.pushes.get(channel, 0) if listening else None
-        idle = idle and listening and bool(worker) and not opts.relay
-        if idle:
-            self._claimers.add(worker)
+        entry = ""
+        if idle and listening and worker and not opts.relay:
+            entry = self._idle_entry(worker)
+            self._claimers.add(entry)
         flat = await self._call(
             "claim", queue, limit, _ms(lease), worker, opts.max_recoveries,
-            _ms(opts.dead_letter_ttl), self._done_channel(queue), top, "1" if idle else "",
+            _ms(opts.dead_letter_ttl), self._done_channel(queue), top, entry,
         )  # fmt: skip
         if floor is None and snapshot is not None:
             due = int(flat[0])
@@ -838,6 +843,9 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
                     due = min(due, first[0][1] / 1000)
         return due
 
+    def _idle_entry(self, worker: str) -> str:
+        return f"{worker}#{self._instance}"
+
     async def stop_claiming(self, queues: Sequence[str], worker: str) -> None:
         """Take the worker out of the idle workers, and hand back what was handed to it.
 
@@ -845,13 +853,14 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
         job handed to it, tells when the last of them has arrived. Without the fence (the
         subscriber is down), jobs still on their way wait for their lease to run out.
         """
-        if worker not in self._claimers:
+        entry = self._idle_entry(worker)
+        if entry not in self._claimers:
             return
-        with self._fenced.listen((worker,)) as fenced:
+        with self._fenced.listen((entry,)) as fenced:
             for queue in queues:
-                await self._call("stop_claiming", queue, worker, self._work_channel(queue))
+                await self._call("stop_claiming", queue, entry, self._work_channel(queue))
             await fenced.wait(_FENCE_WAIT)
-        self._claimers.discard(worker)
+        self._claimers.discard(entry)
         leases = [
             Lease(d.job_id, d.attempt)
             for queue in queues
