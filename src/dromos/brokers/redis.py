@@ -166,8 +166,8 @@ _STATUS_FIELDS = (
     "errors", "created_at", "eta", "started_at", "finished_at", "cancel",
 )  # fmt: skip
 _done_message = msgspec.msgpack.Decoder(list[str | list[str | bool] | bool])
-# A work channel's message other than "1": jobs handed to an idle worker ({worker, then id
-# attempt failures payload per job}), or {worker} alone (stop_claiming's fence).
+# A work channel's message other than "1": jobs handed to an idle worker ({its idle entry,
+# then id attempt failures payload per job}), or {entry} alone (stop_claiming's fence).
 _handed_message = msgspec.msgpack.Decoder(list[str | int])
 _FENCE_WAIT = 2.0  # seconds stop_claiming waits for its fence (else the leases run out)
 
@@ -280,9 +280,9 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
         # to workers in two processes is two entries, so a job handed to one runs in one),
         # and the jobs handed to them not yet taken by their next claim.
         self._instance = uuid.uuid4().hex[:12]
-        self._claimers: set[str] = set()
+        self._claimers: set[tuple[str, str]] = set()  # (queue, entry)
         self._handed: dict[tuple[str, str], list[Delivery]] = {}  # (queue, worker) -> jobs
-        self._fenced = Notifier()  # keyed by entry: its stop_claiming fence arrived
+        self._fenced = Notifier()  # keyed by (queue, entry): its stop_claiming fence arrived
         self._init_bus()
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -494,10 +494,10 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
         except msgspec.DecodeError:
             return  # not ours (another version?)
         entry = items[0]
-        if not isinstance(entry, str) or entry not in self._claimers:
+        if not isinstance(entry, str) or (queue, entry) not in self._claimers:
             return
         if len(items) == 1:
-            self._fenced.notify((entry,))
+            self._fenced.notify(((queue, entry),))
             return
         handed = self._handed.setdefault((queue, entry.rpartition("#")[0]), [])
         for i in range(1, len(items) - 3, 4):
@@ -784,7 +784,7 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
         entry = ""
         if idle and listening and worker and not opts.relay:
             entry = self._idle_entry(worker)
-            self._claimers.add(entry)
+            self._claimers.add((queue, entry))
         flat = await self._call(
             "claim", queue, limit, _ms(lease), worker, opts.max_recoveries,
             _ms(opts.dead_letter_ttl), self._done_channel(queue), top, entry,
@@ -854,18 +854,15 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
         subscriber is down), jobs still on their way wait for their lease to run out.
         """
         entry = self._idle_entry(worker)
-        if entry not in self._claimers:
-            return
-        with self._fenced.listen((entry,)) as fenced:
-            for queue in queues:
+        leases = []
+        for queue in queues:
+            if (queue, entry) not in self._claimers:
+                continue
+            with self._fenced.listen(((queue, entry),)) as fenced:
                 await self._call("stop_claiming", queue, entry, self._work_channel(queue))
-            await fenced.wait(_FENCE_WAIT)
-        self._claimers.discard(entry)
-        leases = [
-            Lease(d.job_id, d.attempt)
-            for queue in queues
-            for d in self._handed.pop((queue, worker), [])
-        ]
+                await fenced.wait(_FENCE_WAIT)
+            self._claimers.discard((queue, entry))
+            leases += [Lease(d.job_id, d.attempt) for d in self._handed.pop((queue, worker), [])]
         if leases:
             await self.release(leases)
 
