@@ -1,12 +1,13 @@
-"""Real worker processes on Redis under faults, judged by the ledger (RELIABILITY #3, #4).
+"""Real worker processes on Redis under faults, judged by the ledger (RELIABILITY #1, #3, #4).
 
 Scenarios 1 and 2 (kill -9, SIGTERM) run on every broker, Redis included, in
-test_crash_recovery.py and test_graceful_shutdown.py (``any_cluster``). Here, scenario 3 kills
-and restarts a private ``redis-server --appendonly yes --appendfsync always`` while jobs are
-enqueued and run; the connection tests cut the
-clients' connections of a private server, refuse a command the idle worker sends, and point
-at a closed port. Every worker is killed at teardown (``Cluster.close``), before the server
-stops or the prefix is deleted.
+test_crash_recovery.py and test_graceful_shutdown.py (``any_cluster``); here, scenario 1 once
+more for what only Redis does: an enqueue hands a job to an idle worker just killed (its entry
+among the idle workers has not lapsed yet). Scenario 3 kills and restarts a private
+``redis-server --appendonly yes --appendfsync always`` while jobs are enqueued and run; the
+connection tests cut the clients' connections of a private server, refuse a command the idle
+worker sends, and point at a closed port. Every worker is killed at teardown
+(``Cluster.close``), before the server stops or the prefix is deleted.
 """
 
 from __future__ import annotations
@@ -54,6 +55,31 @@ def _closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# -- 1. a worker killed while idle, a job on its way to it ---------------------------------
+def test_a_job_handed_to_a_worker_killed_while_idle_runs_once_its_lease_ends(
+    on_durable: Cluster, durable: PrivateRedis
+) -> None:
+    # An idle worker is entered in its queue's idle workers; killed, its entry stays until it
+    # lapses (2 s after its last claim), and an enqueue meanwhile hands the job to the dead.
+    cluster = on_durable
+    first = cluster.start("-c", "2", lease=2.0)
+    cluster.wait_for_boots(1)
+    with redis.Redis(host="127.0.0.1", port=durable.port) as admin:
+        cluster.wait_until(lambda: admin.keys("*:idle") or None, 30.0, "an idle worker's entry")
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        job = cluster.task("nap").enqueue(0.0)
+        assert cluster.status(job.id).state is JobState.RUNNING  # leased to the dead worker
+    cluster.start("-c", "2", lease=2.0)
+    assert job.result(timeout=30.0) == 2  # its second attempt: the first never started
+    status = cluster.status(job.id)
+    assert [e.type for e in status.errors] == ["WorkerLost"]
+    assert [(e.attempt, e.outcome) for e in cluster.ledger.entries() if e.job_id == job.id] == [
+        (2, "start"),
+        (2, "ok"),
+    ]
 
 
 # -- 3. the server killed and restarted under load -------------------------------------------
@@ -149,30 +175,6 @@ def test_an_error_while_the_worker_waits_for_work_does_not_stop_it(
     job = noop.enqueue(2)
     cluster.wait_until(lambda: cluster.ledger.runs("ok", job.id), 30.0, "the next job")
     assert worker.poll() is None
-
-
-def test_a_job_handed_to_a_worker_killed_while_idle_runs_once_its_lease_ends(
-    on_durable: Cluster, durable: PrivateRedis
-) -> None:
-    # An idle worker is entered in its queue's idle workers; killed, its entry stays until it
-    # lapses (2 s after its last claim), and an enqueue meanwhile hands the job to the dead.
-    cluster = on_durable
-    first = cluster.start("-c", "2", lease=2.0)
-    cluster.wait_for_boots(1)
-    with redis.Redis(host="127.0.0.1", port=durable.port) as admin:
-        cluster.wait_until(lambda: admin.keys("*:idle") or None, 30.0, "an idle worker's entry")
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=10)
-        job = cluster.task("nap").enqueue(0.0)
-        assert cluster.status(job.id).state is JobState.RUNNING  # leased to the dead worker
-    cluster.start("-c", "2", lease=2.0)
-    assert job.result(timeout=30.0) == 2  # its second attempt: the first never started
-    status = cluster.status(job.id)
-    assert [e.type for e in status.errors] == ["WorkerLost"]
-    assert [(e.attempt, e.outcome) for e in cluster.ledger.entries() if e.job_id == job.id] == [
-        (2, "start"),
-        (2, "ok"),
-    ]
 
 
 def test_enqueue_to_an_unreachable_redis_raises_a_broker_error_naming_it() -> None:
