@@ -240,6 +240,30 @@ async def test_two_workers_on_one_broker_run_each_job_exactly_once(
     assert first.counts["succeeded"] + second.counts["succeeded"] == 200
 
 
+async def test_a_job_enqueued_after_the_only_worker_stopped_waits_queued(
+    app: dromos.App, workers: Workers
+) -> None:
+    # An idle worker may be handed new jobs by the broker (Redis: leased at enqueue); once
+    # it has stopped, nothing more is leased to it: a later job waits for the next worker.
+    ran: list[int] = []
+
+    @app.task
+    async def note(n: int) -> int:
+        ran.append(n)
+        return n
+
+    worker = workers.start(app, concurrency=2)
+    for n in range(6):
+        assert await (await note.aenqueue(n)).aresult(timeout=10) == n
+    await workers.stop(worker)
+    job = await note.aenqueue(99)
+    status = await job.astatus()
+    assert status.state is JobState.QUEUED
+    assert ran == [0, 1, 2, 3, 4, 5]
+    workers.start(app, concurrency=2)
+    assert await job.aresult(timeout=10) == 99
+
+
 async def test_stop_hands_back_jobs_not_started_and_finishes_running_ones(
     app: dromos.App, workers: Workers
 ) -> None:

@@ -9,17 +9,16 @@ On the shared server and on the session's Redis Cluster, under a prefix of each 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-import dromos
 from dromos.brokers.base import Broker, Delivery, EnqueueRequest, Lease, Outcome
 from dromos.brokers.redis import RedisBroker
 from dromos.job import JobState
 from dromos.message import Message, new_job_id, utcnow
-from tests.backends.conftest import BACKENDS, MakeBroker, Target, Workers
+from tests.backends.conftest import BACKENDS, MakeBroker, Target
 
 
 @pytest.fixture(params=["redis", "redis-cluster"])
@@ -190,25 +189,3 @@ async def test_a_worker_of_several_queues_is_never_idle_for_one(make_broker: Mak
     await _idle(worker_side, "w1", room=4, queues=["a", "b"])
     [job_id] = await producer.enqueue([_request("a")])
     assert await _state(producer, job_id) is JobState.QUEUED
-
-
-async def test_jobs_reach_an_idle_worker_and_a_stopped_one_hands_back(
-    make_app: Callable[..., dromos.App], workers: Workers
-) -> None:
-    app = make_app()
-    ran: list[int] = []
-
-    @app.task
-    async def note(n: int) -> int:
-        ran.append(n)
-        return n
-
-    worker = workers.start(app, concurrency=2)
-    assert (await (await note.aenqueue(0)).aresult(timeout=10)) == 0
-    for n in range(1, 6):
-        assert await (await note.aenqueue(n)).aresult(timeout=10) == n
-    await workers.stop(worker)
-    job = await note.aenqueue(99)
-    status = await job.astatus()
-    assert status.state is JobState.QUEUED  # the stopped worker took itself out
-    assert ran == [0, 1, 2, 3, 4, 5]
