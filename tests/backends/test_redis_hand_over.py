@@ -108,6 +108,18 @@ async def test_a_worker_gets_no_more_than_the_room_it_claimed_with_and_the_best_
     assert await _state(producer, later) is JobState.QUEUED
 
 
+async def test_a_large_enqueue_is_handed_in_full_to_a_worker_with_room_for_it(
+    make_broker: MakeBroker,
+) -> None:
+    # More values than one Lua call can unpack: the running set is written in chunks.
+    worker_side, producer = await make_broker(), await make_broker()
+    await _idle(worker_side, "w1", room=10_000)
+    ids = await producer.enqueue([request() for _ in range(10_000)])
+    await worker_side.wait_for_work(["default"], 5.0)
+    taken = await worker_side.claim(["default"], 10_000, 30.0, "w1")
+    assert sorted(d.job_id for d in taken) == sorted(ids)
+
+
 async def test_nothing_is_handed_over_while_older_jobs_are_ready(make_broker: MakeBroker) -> None:
     worker_side, producer = await make_broker(), await make_broker()
     await _idle(worker_side, "w1", room=1)

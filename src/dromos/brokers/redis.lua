@@ -329,7 +329,7 @@ local function hand_over(ready, payloads, now, channel)
         redis.call('HDEL', T .. ':idle', entry)
       end
       if #running > 0 then
-        redis.call('ZADD', T .. ':running', unpack(running))
+        variadic('ZADD', T .. ':running', running)
         redis.call('PUBLISH', channel, cmsgpack.pack(msg))
       end
     end
