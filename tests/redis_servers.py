@@ -59,7 +59,8 @@ HOST = "127.0.0.1"
 _SETPRIV = shutil.which("setpriv")
 _STOP_TIMEOUT = 5.0
 _READY_TIMEOUT = 5.0
-_CLUSTER_TIMEOUT = 10.0
+_CLUSTER_TIMEOUT = 20.0
+_CLUSTER_ATTEMPTS = 3  # fresh nodes on fresh ports each time
 
 
 def _in_ci() -> bool:
@@ -286,26 +287,42 @@ class RedisCluster:
 
     def start(self, masters: int = 3) -> None:
         """Start the nodes, join them with ``redis-cli --cluster create`` and wait for
-        ``cluster_state:ok`` on every node. Stops whatever it started if that fails."""
+        ``cluster_state:ok`` on every node. A try that fails (a loaded machine can keep the
+        join waiting past its bound) is stopped, and the next starts new nodes on fresh
+        ports; what the last try started is stopped too before its error is raised."""
+        for attempt in range(1, _CLUSTER_ATTEMPTS + 1):
+            try:
+                self._start_once(masters)
+                return
+            except BaseException as exc:  # a node that would not start, a join timed out
+                self.stop()
+                self.nodes.clear()
+                if attempt == _CLUSTER_ATTEMPTS or not isinstance(exc, Exception):
+                    raise
+
+    def _start_once(self, masters: int) -> None:
         cli = require_binary("redis-cli")
+        for _ in range(masters):
+            self._start_node()
+        addresses = [f"{HOST}:{port}" for port in self.ports]
+        options = ["--cluster-replicas", "0", "--cluster-yes"]
         try:
-            for _ in range(masters):
-                self._start_node()
-            addresses = [f"{HOST}:{port}" for port in self.ports]
-            options = ["--cluster-replicas", "0", "--cluster-yes"]
             created = subprocess.run(
                 [cli, "--cluster", "create", *addresses, *options],
                 capture_output=True,
                 timeout=_CLUSTER_TIMEOUT,
                 stdin=subprocess.DEVNULL,
             )
-            if created.returncode != 0:
-                out = (created.stdout + created.stderr).decode(errors="replace")
-                raise RuntimeError(f"redis-cli --cluster create failed:\n{out}")
-            self._wait_ok()
-        except BaseException:
-            self.stop()
-            raise
+        except subprocess.TimeoutExpired as exc:
+            said = (exc.stdout or b"").decode(errors="replace")[-500:]
+            logs = "\n".join(f"node {n.port}:\n{n.log_tail(5)}" for n in self.nodes)
+            raise RuntimeError(
+                f"redis-cli --cluster create timed out; it said:\n{said}\n{logs}"
+            ) from exc
+        if created.returncode != 0:
+            out = (created.stdout + created.stderr).decode(errors="replace")
+            raise RuntimeError(f"redis-cli --cluster create failed:\n{out}")
+        self._wait_ok()
 
     def _start_node(self) -> None:
         for attempt in range(3):  # a port can be taken between choosing and binding it

@@ -20,6 +20,7 @@ from tests.redis_servers import (
     SHARED_PORT,
     PrivateRedis,
     RedisCluster,
+    RedisProcess,
     delete_prefix,
     new_prefix,
 )
@@ -55,6 +56,34 @@ def test_cluster_covers_all_16384_slots_with_three_masters(redis_cluster: RedisC
     owners = {tuple(entry[2][:2]) for entry in slots}
     assert sum(end - start + 1 for start, end, *_ in slots) == 16384
     assert {port for _host, port in owners} == set(redis_cluster.ports)
+
+
+def test_a_cluster_whose_first_join_fails_starts_on_fresh_nodes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A join that times out (a loaded machine) costs one more try, not the session's
+    cluster tests: the first try's nodes are stopped, the second starts new ones."""
+    real = RedisCluster._start_once
+    tried: list[list[RedisProcess]] = []
+
+    def first_fails(self: RedisCluster, masters: int) -> None:
+        if not tried:
+            self._start_node()
+            tried.append(list(self.nodes))
+            raise RuntimeError("redis-cli --cluster create timed out")
+        real(self, masters)
+
+    monkeypatch.setattr(RedisCluster, "_start_once", first_fails)
+    cluster = RedisCluster(tmp_path)
+    try:
+        cluster.start()
+        assert len(cluster.nodes) == 3
+        assert not any(node in cluster.nodes for node in tried[0])
+        assert not tried[0][0].running
+        with redis.Redis(host="127.0.0.1", port=cluster.ports[0]) as client:
+            assert client.cluster("INFO")["cluster_state"] == "ok"
+    finally:
+        cluster.stop()
 
 
 async def test_cluster_accepts_keys_across_slots(redis_cluster: RedisCluster) -> None:
