@@ -1,7 +1,8 @@
-"""SIGTERM with 20 jobs in flight: none lost, none run twice (RELIABILITY #2)."""
+"""SIGTERM with jobs in flight or arriving: none lost, none run twice (RELIABILITY #2)."""
 
 from __future__ import annotations
 
+import random
 import signal
 import time
 
@@ -93,3 +94,35 @@ def test_sigterm_while_claiming_a_stream_of_jobs_leaves_none_running(cluster: Cl
         assert counts["running"] == 0, (cycle, counts)
         assert counts["succeeded"] == len(cluster.ledger.runs("ok")), (cycle, counts)
     assert set(cluster.ledger.count("ok").values()) == {1}
+
+
+def test_workers_replaced_one_by_one_while_jobs_trickle_in_run_each_job_once(
+    any_cluster: Cluster,
+) -> None:
+    # Jobs come one at a time with pauses, so the workers are mostly idle between them: on
+    # Redis each new job is handed straight to an idle worker, on PostgreSQL a worker woken
+    # by NOTIFY claims without its recovery pass, on RabbitMQ it takes what the delivery
+    # brought. Meanwhile the oldest worker is stopped with SIGTERM and a new one started,
+    # three times, so jobs keep arriving while a worker stops claiming.
+    cluster = any_cluster
+    noop = cluster.task("noop")
+    pace = random.Random(7)
+    workers = [cluster.start("-c", "4") for _ in range(2)]
+    cluster.wait_for_boots(2)
+    accepted: list[str] = []
+    stopped = []
+    for n in range(240):
+        accepted.append(noop.enqueue(n).id)
+        time.sleep(pace.random() * 0.008)
+        if n % 60 == 59 and len(stopped) < 3:
+            oldest = workers.pop(0)
+            oldest.send_signal(signal.SIGTERM)
+            stopped.append(oldest)
+            workers.append(cluster.start("-c", "4"))
+            cluster.wait_for_boots(len(stopped) + 2)  # the next one stops a running worker
+    assert [w.wait(timeout=30.0) for w in stopped] == [0, 0, 0]
+    # Well within the 30 s lease: a job left with a stopped worker would wait for it to end.
+    cluster.wait_until(lambda: cluster.counts()["succeeded"] == 240, 15.0, "all 240 jobs")
+    oks = cluster.ledger.count("ok")
+    assert set(oks) == set(accepted)
+    assert set(oks.values()) == {1}
