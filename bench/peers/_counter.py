@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 COUNTER = "bench:count"
+_MAX_CONNECTIONS = 1024  # one per job a worker runs at once, at most
 SHARED_PORT = 6379  # the shared server: never used here
 
 
@@ -43,5 +44,10 @@ async def aincr_counter() -> None:
     if pid not in _async:
         import redis.asyncio as aioredis
 
-        _async[pid] = aioredis.Redis(host="127.0.0.1", port=private_port())
+        # redis-py's asyncio pool refuses a connection past 100 by default (redis-py 8:
+        # MaxConnectionsError); a worker running more jobs at once than that would fail
+        # some of them on the counter, not on its own work.
+        _async[pid] = aioredis.Redis(
+            host="127.0.0.1", port=private_port(), max_connections=_MAX_CONNECTIONS
+        )
     await _async[pid].incr(COUNTER)
