@@ -94,6 +94,21 @@ async def test_wait_returns_none_for_an_unknown_job(broker: Broker) -> None:
     assert await broker.wait("no-such-job", 0.05) is None
 
 
+async def test_thousands_of_calls_at_once_each_get_their_answer(broker: Broker) -> None:
+    # A gateway under load: more status reads and waits at once than a client has
+    # connections. Each waits its turn; none fails for want of a connection (on Redis,
+    # two thirds of them did: redis-py refuses a connection past its pool's size).
+    done, queued = await _succeed(broker), request()
+    await broker.enqueue([queued])
+    calls = [broker.status(done) for _ in range(2_000)]
+    calls += [broker.wait(queued.message.id, 0.2) for _ in range(1_000)]
+    answers = await asyncio.gather(*calls, return_exceptions=True)
+    failed = [a for a in answers if isinstance(a, BaseException)]
+    assert failed == [], f"{len(failed)} of 3,000 failed, the first: {failed[0]!r}"
+    assert {a.state for a in answers[:2_000]} == {JobState.SUCCEEDED}  # type: ignore[union-attr]
+    assert answers[2_000:] == [None] * 1_000  # still queued when each wait timed out
+
+
 async def test_an_undecodable_payload_is_stored_as_it_is(broker: Broker) -> None:
     req = request(payload=b"\x00garbage")
     assert await broker.enqueue([req]) == [req.message.id]

@@ -35,7 +35,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -66,6 +65,7 @@ from dromos.brokers.base import (
     webhook_attempt_json,
     webhook_attempts,
 )
+from dromos.brokers.redis_clients import MAX_CONNECTIONS, TurnTakingCluster, TurnTakingRedis
 from dromos.brokers.redis_events import RedisEventBus
 from dromos.brokers.redis_parking import RedisParking
 from dromos.brokers.redis_retry import RETRIES, async_retry, sync_retry
@@ -111,8 +111,6 @@ _STATE_SETS = {
     "cancelled": _S.CANCELLED,
 }
 _RECHECK = 1.0  # seconds between re-checks while waiting for a push
-# Connections per client (per loop): many callers waiting at once each borrow one briefly.
-_MAX_CONNECTIONS = 1024
 _REMEMBERED = 100_000  # job ids whose queue an instance remembers (see RedisBroker._enqueued)
 _LEASES = "__leases__"  # the "queue" whose hash tag the named leases share
 _PRIORITY_UNIT = 2**40  # ready score = -priority * _PRIORITY_UNIT + seq (see redis.lua)
@@ -324,10 +322,10 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
             **_scripts(cluster, "redis_parking.lua"),  # event parking (RedisParking)
         }
         client: Any = (
-            RedisCluster.from_url(self.url, retry=retry, max_connections=_MAX_CONNECTIONS)
+            TurnTakingCluster.from_url(self.url, retry=retry, max_connections=MAX_CONNECTIONS)
             if self._cluster
-            else aioredis.Redis.from_url(
-                self.url, retry=retry, retry_on_error=errors, max_connections=_MAX_CONNECTIONS
+            else TurnTakingRedis.from_url(
+                self.url, retry=retry, retry_on_error=errors, max_connections=MAX_CONNECTIONS
             )
         )
         state = _LoopState(client, subscriber)
