@@ -21,6 +21,18 @@ class Order:
     total: float
 
 
+async def _joined(app: dromos.App, group: str) -> None:
+    """Until the worker has joined ``group``: an event published before its group exists is
+    not the group's (a new group starts at the latest event). A fixed pause lost that race
+    on a loaded machine."""
+    broker = await app.abroker()
+
+    async def joined() -> bool:
+        return group in {s.group for s in await broker.event_groups()}
+
+    await eventually(joined, timeout=20, what=f"group {group!r} joined")
+
+
 async def test_two_groups_of_two_instances_each_see_every_event_once(
     app: dromos.App, workers: Workers
 ) -> None:
@@ -71,7 +83,7 @@ async def test_a_failing_handler_retries_then_dead_letters_and_the_rest_go_on(
             raise RuntimeError("cannot handle this one")
 
     workers.start(app)
-    await asyncio.sleep(0.3)
+    await _joined(app, "flaky")
     await app.apublish_many([("jobs.a", "good"), ("jobs.b", "bad"), ("jobs.c", "also good")])
     broker = await app.abroker()
 
@@ -98,7 +110,7 @@ async def test_a_malformed_event_is_dead_lettered_with_its_reason(
         got.append(event.data)
 
     workers.start(app)
-    await asyncio.sleep(0.3)
+    await _joined(app, "strict")
     broker = await app.abroker()
     await broker.publish([EventRecord("raw.bytes", "x1", b"\xff not json")])
     await broker.publish([EventRecord("raw.envelope", "x2", b'{"specversion": "0.3"}')])
@@ -122,7 +134,7 @@ async def test_data_that_does_not_fit_the_handler_is_dead_lettered_at_once(
     async def handle(order: Order) -> None: ...
 
     workers.start(app)
-    await asyncio.sleep(0.3)
+    await _joined(app, "typed")
     await app.apublish("orders.created", {"id": "not a number"})
     broker = await app.abroker()
 
@@ -145,7 +157,7 @@ async def test_replayed_dead_letters_are_handled_again(app: dromos.App, workers:
         handled.append(event.data)
 
     workers.start(app)
-    await asyncio.sleep(0.3)
+    await _joined(app, "payments")
     await app.apublish("pay.card", 42)
     broker = await app.abroker()
 
@@ -246,7 +258,7 @@ async def test_a_batch_subscriber_takes_lists_and_its_failures_retry_together(
             raise RuntimeError("database busy")
 
     workers.start(app, concurrency=10)
-    await asyncio.sleep(0.3)
+    await _joined(app, "bulk")
     orders: list[tuple[str, Any]] = [("bulk.orders", {"id": i, "total": 1.0}) for i in range(25)]
     orders.insert(5, ("bulk.orders", {"id": "bad"}))  # does not fit Order: dead-lettered alone
     await app.apublish_many(orders)
