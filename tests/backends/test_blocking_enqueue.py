@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -59,6 +61,31 @@ def test_blocking_enqueue_many_stores_a_large_batch_in_order(
     stored = app.portal.call(app.broker.jobs, limit=1000)
     assert [s.id for s in reversed(stored)][1:] == [j.id for j in jobs]
     assert {s.state for s in stored} == {JobState.QUEUED}
+
+
+def test_blocking_enqueues_from_hundreds_of_threads_at_once_are_all_queued(
+    make_app: Callable[..., dromos.App],
+) -> None:
+    # A threaded web server with more threads than a client has connections: every thread's
+    # enqueue waits its turn; none fails (on Redis redis-py's plain pool refused the 101st).
+    app = make_app()
+
+    @app.task
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    add.enqueue(0, 0)  # the first call connects; the others take the blocking path
+    start = threading.Barrier(300)
+
+    def enqueue_some(n: int) -> list[str]:
+        start.wait(timeout=30)
+        return [add.enqueue(n, i).id for i in range(3)]
+
+    with concurrent.futures.ThreadPoolExecutor(300) as pool:
+        ids = [i for some in pool.map(enqueue_some, range(300)) for i in some]
+    stored = app.portal.call(app.broker.jobs, limit=2000)
+    assert len(ids) == len(set(ids)) == 900
+    assert set(ids) <= {s.id for s in stored}
 
 
 def test_blocking_enqueue_many_returns_the_existing_job_for_a_known_key(

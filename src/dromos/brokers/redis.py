@@ -65,7 +65,12 @@ from dromos.brokers.base import (
     webhook_attempt_json,
     webhook_attempts,
 )
-from dromos.brokers.redis_clients import MAX_CONNECTIONS, TurnTakingCluster, TurnTakingRedis
+from dromos.brokers.redis_clients import (
+    IN_FLIGHT,
+    MAX_CONNECTIONS,
+    TurnTakingCluster,
+    TurnTakingRedis,
+)
 from dromos.brokers.redis_events import RedisEventBus
 from dromos.brokers.redis_parking import RedisParking
 from dromos.brokers.redis_retry import RETRIES, async_retry, sync_retry
@@ -226,13 +231,20 @@ class _SyncClient:
         import redis
 
         retry = sync_retry(retries)
-        self.client: Any = (
-            redis.RedisCluster.from_url(url, retry=retry)
-            if cluster
-            else redis.Redis.from_url(
-                url, retry=retry, retry_on_error=[RedisConnectionError, RedisTimeoutError]
+        # Threads beyond the pool's size wait for a connection (redis-py's plain pool
+        # refuses the 101st: a threaded web server's enqueues failed).
+        blocking = redis.BlockingConnectionPool
+        if cluster:
+            self.client: Any = redis.RedisCluster.from_url(
+                url, retry=retry, max_connections=IN_FLIGHT, connection_pool_class=blocking
             )
-        )
+        else:
+            errors = [RedisConnectionError, RedisTimeoutError]
+            pool = blocking.from_url(
+                url, max_connections=IN_FLIGHT, retry=retry, retry_on_error=errors
+            )
+            self.client = redis.Redis(connection_pool=pool)
+            self.client.auto_close_connection_pool = True  # close() closes the pool too
         self.enqueue = self.client.register_script(sources["enqueue"])
         self.publish = self.client.register_script(sources["events_publish"])
 
@@ -603,12 +615,16 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
                 req = requests[index]
                 msg = req.message
                 job: tuple[Any, ...] = (
-                    msg.id, msg.task, max(-MAX_PRIORITY, min(MAX_PRIORITY, msg.priority)),
+                    msg.id,
+                    msg.task,
+                    max(-MAX_PRIORITY, min(MAX_PRIORITY, msg.priority)),
                     _due_ms(msg.eta.timestamp()) if msg.eta is not None else "",
-                    _text(req.payload), _ms(msg.created_at.timestamp()),
-                    msg.headers.get("idempotency_key", ""), max(1, _ms(req.idempotency_window)),
+                    _text(req.payload),
+                    _ms(msg.created_at.timestamp()),
+                    msg.headers.get("idempotency_key", ""),
+                    max(1, _ms(req.idempotency_window)),
                     msg.headers.get("callback_url", ""),
-                )  # fmt: skip
+                )
                 if deps and index in deps:
                     job += (deps[index],)
                 jobs.append(job)
