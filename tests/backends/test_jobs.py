@@ -342,3 +342,24 @@ async def test_concurrent_enqueues_sharing_sends_each_get_their_own_jobs(
     workers.start(app, concurrency=16)
     for i, job in made:
         assert await job.aresult(timeout=30) == i
+
+
+async def test_two_thousand_callers_enqueue_and_wait_at_once_each_get_their_result(
+    app: dromos.App, workers: Workers
+) -> None:
+    # A gateway under load: every request enqueues a job and waits for its result
+    # (``Prefer: wait``), all at once, more of them than the broker client has connections.
+    @app.task
+    async def echo(i: int) -> int:
+        return i
+
+    workers.start(app, concurrency=64)
+
+    async def request(i: int) -> int:
+        job = await echo.aenqueue(i)
+        return await job.aresult(timeout=60)
+
+    answers = await asyncio.gather(*(request(i) for i in range(2_000)), return_exceptions=True)
+    failed = [a for a in answers if isinstance(a, BaseException)]
+    assert failed == [], f"{len(failed)} of 2,000 failed, the first: {failed[0]!r}"
+    assert answers == list(range(2_000))

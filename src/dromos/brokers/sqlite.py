@@ -61,6 +61,7 @@ from dromos.brokers.base import (
 )
 from dromos.brokers.sqlite_events import SQLiteEventBus
 from dromos.brokers.sqlite_parking import SQLiteParking
+from dromos.brokers.sqlite_waiting import EndWatch
 from dromos.errors import BrokerError, ConfigurationError, DependencyNotFound
 from dromos.job import JobError, JobState, JobStatus, WebhookAttempt
 
@@ -201,6 +202,8 @@ _BATCH_TRIGGERS = (
 # trigger fires again for their dependents: the connection sets PRAGMA recursive_triggers
 # (the batch triggers do not need it and are not affected: they set no state).
 _ENDED = "('succeeded', 'failed', 'cancelled')"
+_ENDED_STATES = frozenset({"succeeded", "failed", "cancelled"})
+_RECHECK = 1.0  # seconds: the longest a waiter goes without reading its job's status
 _WAITING_FOR = (
     "state = 'scheduled' AND waiting > 0 AND id IN "
     "(SELECT dependent FROM dromos_dependencies WHERE dependency = NEW.id)"
@@ -298,6 +301,7 @@ class SQLiteBroker(SQLiteEventBus, SQLiteParking, Broker):
         self._thread: ThreadPoolExecutor | None = None
         self._work = Notifier()
         self._done = Notifier()
+        self._ends = EndWatch(self._data_version, self._ended_among, self._done.notify)
         self._open_lock = threading.Lock()
         self._probe: sqlite3.Connection | None = None
         self._io_lock = threading.Lock()
@@ -782,25 +786,36 @@ class SQLiteBroker(SQLiteEventBus, SQLiteParking, Broker):
     async def wait(self, job_id: str, timeout: float | None) -> JobStatus | None:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        poll = _FIRST_POLL
-        with self._done.listen((job_id,)) as listener:  # before the first read of the status
+        # Woken by a settle in this process, or by the loop's watcher after another
+        # process's commit ended the job (sqlite_waiting); the status is read on each wake,
+        # and at least every _RECHECK seconds.
+        with self._done.listen((job_id,)) as listener, self._ends.watching(job_id):
             while True:
-                version = self._data_version()
                 status = await self.status(job_id)
                 if status is None or status.state.terminal:
                     return status
-                # Woken at once by a settle in this process. Other processes' commits show in
-                # the data version, which is cheap to read: the status is read again after one.
-                while self._data_version() == version:
-                    left = None if deadline is None else deadline - loop.time()
-                    if left is not None and left <= 0:
-                        return None
-                    if await listener.wait(poll if left is None else min(poll, left)):
-                        break
-                    poll = min(poll * 2, _IDLE_POLL)
-                # A commit came (the job's claim, say, or its progress): work is going on and
-                # the job's end is likely soon, so polls start short again.
-                poll = _FIRST_POLL
+                left = None if deadline is None else deadline - loop.time()
+                if left is not None and left <= 0:
+                    return None
+                await listener.wait(_RECHECK if left is None else min(left, _RECHECK))
+
+    async def _ended_among(self, job_ids: list[str]) -> set[str]:
+        return await self._run(self._ended_now, job_ids)
+
+    def _ended_now(self, job_ids: list[str]) -> set[str]:
+        """Those of ``job_ids`` that ended, or are gone (purged, never stored)."""
+        found: set[str] = set()
+        ended: set[str] = set()
+        for start in range(0, len(job_ids), 500):
+            chunk = job_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for job_id, state in self._conn.execute(
+                f"SELECT id, state FROM dromos_jobs WHERE id IN ({marks})", chunk
+            ):
+                found.add(job_id)
+                if state in _ENDED_STATES:
+                    ended.add(job_id)
+        return ended | (set(job_ids) - found)
 
     async def cancel(self, job_id: str) -> JobState | None:
         state = await self._run(self._cancel, job_id)
