@@ -47,16 +47,24 @@ async def test_enqueue_blocking_wakes_a_waiting_worker(broker: Broker) -> None:
     assert len(await broker.claim(["default"], 10, 30.0)) == 1
 
 
-def test_blocking_enqueue_many_stores_a_large_batch_in_order(
+def _connected_adder(
     make_app: Callable[..., dromos.App],
-) -> None:
+) -> tuple[dromos.App, dromos.Task[..., int], dromos.Job[int]]:
+    """An app with a plain ``add`` task, connected by a first job (returned): the calls after
+    it take the blocking path."""
     app = make_app()
 
     @app.task
     def add(a: int, b: int) -> int:
         return a + b
 
-    add.enqueue(0, 0)  # the first call connects; the batch takes the blocking path
+    return app, add, add.enqueue(0, 0)
+
+
+def test_blocking_enqueue_many_stores_a_large_batch_in_order(
+    make_app: Callable[..., dromos.App],
+) -> None:
+    app, add, _ = _connected_adder(make_app)
     jobs = add.enqueue_many([(i, 1) for i in range(250)])  # more rows than one statement
     stored = app.portal.call(app.broker.jobs, limit=1000)
     assert [s.id for s in reversed(stored)][1:] == [j.id for j in jobs]
@@ -68,13 +76,7 @@ def test_blocking_enqueues_from_hundreds_of_threads_at_once_are_all_queued(
 ) -> None:
     # A threaded web server with more threads than a client has connections: every thread's
     # enqueue waits its turn; none fails (on Redis redis-py's plain pool refused the 101st).
-    app = make_app()
-
-    @app.task
-    def add(a: int, b: int) -> int:
-        return a + b
-
-    add.enqueue(0, 0)  # the first call connects; the others take the blocking path
+    app, add, _ = _connected_adder(make_app)
     start = threading.Barrier(300)
 
     def enqueue_some(n: int) -> list[str]:
@@ -107,13 +109,7 @@ def test_blocking_enqueue_many_returns_the_existing_job_for_a_known_key(
 def test_blocking_enqueue_many_queues_nothing_when_one_call_is_invalid(
     make_app: Callable[..., dromos.App],
 ) -> None:
-    app = make_app()
-
-    @app.task
-    def add(a: int, b: int) -> int:
-        return a + b
-
-    first = add.enqueue(0, 0)
+    app, add, first = _connected_adder(make_app)
     with pytest.raises(dromos.ValidationError):
         add.enqueue_many([(1, 2), (3, 4), ("three", 4)])
     assert [s.id for s in app.portal.call(app.broker.jobs)] == [first.id]
