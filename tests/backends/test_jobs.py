@@ -363,3 +363,18 @@ async def test_two_thousand_callers_enqueue_and_wait_at_once_each_get_their_resu
     failed = [a for a in answers if isinstance(a, BaseException)]
     assert failed == [], f"{len(failed)} of 2,000 failed, the first: {failed[0]!r}"
     assert answers == list(range(2_000))
+
+
+async def test_a_job_with_megabytes_of_arguments_and_result_round_trips(
+    app: dromos.App, workers: Workers
+) -> None:
+    # A few MiB each way (a document, an image as base64): stored, delivered, run and
+    # returned whole on every broker, not truncated or refused on the way.
+    @app.task
+    async def reverse(text: str) -> str:
+        return text[::-1]
+
+    text = "".join(chr(0x41 + i % 26) for i in range(4_000_000)) + "é"
+    workers.start(app)
+    job = await reverse.aenqueue(text)
+    assert await job.aresult(timeout=60) == text[::-1]
