@@ -378,3 +378,20 @@ async def test_a_job_with_megabytes_of_arguments_and_result_round_trips(
     workers.start(app)
     job = await reverse.aenqueue(text)
     assert await job.aresult(timeout=60) == text[::-1]
+
+
+async def test_queues_with_any_name_carry_their_jobs(app: dromos.App, workers: Workers) -> None:
+    # A queue name is the user's text: spaces, punctuation and non-ASCII work on every broker
+    # (RabbitMQ's client refused '*', '+' and 'é' in a queue's name until they were escaped).
+    names = ["exports *", "émails", "a+b", "a+2B", "x:y#z", "reports/daily, eu"]
+    jobs = []
+    for name in names:
+
+        @app.task(name=f"echo {name}", queue=name)
+        async def echo(i: int) -> int:
+            return i
+
+        jobs.append(await echo.aenqueue(len(jobs)))
+    workers.start(app, queues=names)
+    assert [await job.aresult(timeout=30) for job in jobs] == list(range(len(names)))
+    assert {s.queue for s in await (await app.abroker()).jobs(limit=100)} == set(names)

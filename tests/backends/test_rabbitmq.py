@@ -158,3 +158,14 @@ def test_the_inspection_commands_find_the_state_store_in_backend_or_dromos_backe
     assert dromos_cli("queues", "--broker", backend.broker) != 0
     assert "state store" in capsys.readouterr().err
     assert dromos_cli("queues", "--broker", backend.broker, "--backend", backend.backend) == 0
+
+
+async def test_a_queue_whose_name_is_too_long_for_rabbitmq_is_refused_storing_nothing(
+    app: dromos.App,
+) -> None:
+    @app.task(queue="q" * 240)
+    async def noop() -> None: ...
+
+    with pytest.raises(dromos.ConfigurationError, match="too long for RabbitMQ"):
+        await asyncio.wait_for(noop.aenqueue(), 3.0)  # at once, not after publish_timeout
+    assert await (await app.abroker()).jobs() == []

@@ -169,6 +169,7 @@ class RabbitMQBroker(Broker):
     async def enqueue(self, requests: Sequence[EnqueueRequest]) -> list[str]:
         if not requests:
             return []
+        self.transport.check_names({r.message.queue for r in requests})  # before any write
         recorded = await self.store.enqueue_unsent(requests, self.hold)
         outgoing = [
             Outgoing(r.job_id, req.message.queue, req.message.priority, req.payload)
@@ -227,6 +228,10 @@ class RabbitMQBroker(Broker):
         self, batch: BatchRecord, requests: Sequence[EnqueueRequest]
     ) -> list[str]:
         # The batch's jobs are stored unsent; the relay pass publishes them before this returns.
+        queues = {r.message.queue for r in requests}
+        self.transport.check_names(
+            queues | ({batch.callback.message.queue} if batch.callback else set())
+        )
         ids = await self.store.enqueue_batch(batch, requests)
         try:
             while await self.relay() >= _RELAY_LIMIT:

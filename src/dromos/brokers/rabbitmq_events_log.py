@@ -30,7 +30,7 @@ from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
 from dromos.brokers.rabbitmq_event_messages import ATTEMPT, BACKFILLED, PUBLISHED, TOPIC
-from dromos.brokers.rabbitmq_url import AmqpSettings
+from dromos.brokers.rabbitmq_url import AmqpSettings, amqp_name
 from dromos.errors import BrokerError, ConfigurationError
 from dromos.events.topics import matches_any
 from dromos.message import new_job_id
@@ -60,9 +60,11 @@ class LogNames:
         return f"{self.prefix}.events.log"
 
     def group(self, group: str) -> str:  # quorum queue of one consumer group
-        name = f"{self.prefix}.g.{group}"
+        name = f"{self.prefix}.g.{amqp_name(group)}"
         if len(name.encode()) > _MAX_NAME:
-            raise ConfigurationError(f"group name too long for RabbitMQ (255 bytes): {name!r}")
+            raise ConfigurationError(
+                f"group {group!r} is too long for RabbitMQ: {name!r} is over 255 bytes"
+            )
         return name
 
 

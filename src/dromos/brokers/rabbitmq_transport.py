@@ -201,9 +201,19 @@ class AmqpTransport:
         if prefetch is not None:
             self.settings = replace(self.settings, prefetch=checked_prefetch(prefetch))
         self.names = AmqpNames(self.settings.prefix)
+        self._named: set[str] = set()  # dromos queues whose names were checked (check_names)
         # Everything declared under this prefix by any transport of this process, for teardown.
         self.declared: set[Name] = _DECLARED.setdefault(self.settings.prefix, set())
         self._loops: dict[asyncio.AbstractEventLoop, _LoopState] = {}
+
+    def check_names(self, queues: Iterable[str]) -> None:
+        """Raise ConfigurationError now for a queue whose names cannot exist on the server
+        (over 255 bytes), before anything is stored or sent: a failed declaration would
+        otherwise end the background connection and leave callers waiting it out."""
+        for queue in queues:
+            if queue not in self._named:
+                self.names.check(queue)
+                self._named.add(queue)
 
     # -- errors and state -------------------------------------------------------------------
     def _error(self, doing: str, exc: BaseException | None) -> BrokerError:
@@ -437,6 +447,7 @@ class AmqpTransport:
         """
         if not messages:
             return
+        self.check_names({m.queue for m in messages})
         state = self._state()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.publish_timeout
@@ -512,8 +523,9 @@ class AmqpTransport:
 
         Waits for a connection up to ``timeout`` (default: ``publish_timeout``).
         """
-        state = self._state()
         wanted = set(queues)
+        self.check_names(wanted)
+        state = self._state()
         state.consuming |= wanted
         wait = self.settings.publish_timeout if timeout is None else timeout
         deadline = asyncio.get_running_loop().time() + wait

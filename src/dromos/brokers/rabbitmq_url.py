@@ -23,6 +23,7 @@ __all__ = [
     "AmqpSettings",
     "Band",
     "Name",
+    "amqp_name",
     "band_of",
     "checked_prefetch",
     "parse_url",
@@ -33,6 +34,9 @@ Band = Literal["high", "normal", "low"]
 _HEARTBEAT = 15  # seconds: a dead TCP path is found in <= 30 s
 _MAX_NAME = 255  # bytes: AMQP short strings
 _PREFIX = re.compile(r"[A-Za-z0-9_-]{1,100}")
+# What the AMQP client (pamqp) lets through in a queue name, but '+', the escape below.
+_NAME_SAFE = re.compile(r"[A-Za-z0-9_.:@#,/ -]*")
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.:@#,/ -]")
 # Options of the URL's query passed on to the client as they are; any other is refused.
 _CLIENT_OPTIONS = {"heartbeat", "name", "cafile", "capath", "keyfile", "certfile", "no_verify_ssl"}
 _OWN_OPTIONS = ("prefix", "publish_timeout", "prefetch")
@@ -122,6 +126,20 @@ def checked_prefetch(value: str | int) -> int:
 
 
 # -- names -----------------------------------------------------------------------
+def amqp_name(text: str) -> str:
+    """A dromos queue or group name as it appears in a RabbitMQ queue's name.
+
+    The server takes any UTF-8, but the client refuses a queue name outside letters, digits
+    and ``_.:@#,/ -`` (pamqp: "Invalid value for queue"): a queue named ``exports*`` or
+    ``émails`` could not be declared. Each other character, and ``+`` itself, is written as
+    ``+`` and the hex of its UTF-8 bytes (``é`` -> ``+C3+A9``), so two names never meet.
+    Routing keys are not queue names: they keep the name as it is.
+    """
+    if _NAME_SAFE.fullmatch(text):
+        return text
+    return _NAME_UNSAFE.sub(lambda m: "".join(f"+{b:02X}" for b in m[0].encode()), text)
+
+
 class Name(NamedTuple):
     """A queue or exchange declared on the server (recorded for teardown)."""
 
@@ -153,10 +171,17 @@ class AmqpNames:
         return f"{self.prefix}.dead"
 
     def queue(self, queue: str, band: str) -> str:
-        name = f"{self.prefix}.q.{queue}.{band}"
+        name = f"{self.prefix}.q.{amqp_name(queue)}.{band}"
         if len(name.encode()) > _MAX_NAME:
-            raise ConfigurationError(f"queue name too long for RabbitMQ (255 bytes): {name!r}")
+            raise ConfigurationError(
+                f"queue {queue!r} is too long for RabbitMQ: {name!r} is over 255 bytes"
+            )
         return name
+
+    def check(self, queue: str) -> None:
+        """Raise ConfigurationError now if ``queue``'s names cannot exist on the server."""
+        for band in BANDS:
+            self.queue(queue, band)
 
     def routing_key(self, queue: str, band: str) -> str:
         return f"{queue}.{band}"
