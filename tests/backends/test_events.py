@@ -290,3 +290,17 @@ def test_a_batch_subscriber_is_alone_in_its_group(app: dromos.App) -> None:
 
         @app.subscriber("c", group="h", batch=5)
         async def wrong(event: dromos.Event[Any]) -> None: ...
+
+
+async def test_a_group_with_any_name_gets_its_events(app: dromos.App, workers: Workers) -> None:
+    # Group names are the user's text, as queue names are (escaped in RabbitMQ's names).
+    got: list[str] = []
+
+    @app.subscriber("mail.#", group="émails + reports*")
+    async def handle(event: dromos.Event[Any]) -> None:
+        got.append(event.data)
+
+    workers.start(app)
+    await _joined(app, "émails + reports*")
+    await app.apublish("mail.sent", "hello")
+    await eventually(lambda: got == ["hello"], timeout=20, what="the event handled")
