@@ -1,6 +1,7 @@
 """Failure handling through a worker: retries with backoff, retry_on, Retry, time limits."""
 
 import asyncio
+import os
 import threading
 import time
 
@@ -242,3 +243,30 @@ async def test_a_plain_task_past_its_time_limit_fails_while_the_worker_keeps_ser
         release.set()
     await eventually(lambda: bool(saw_cancelled), what="the abandoned thread finished")
     assert saw_cancelled == [True]
+
+
+async def test_text_that_is_not_utf8_in_an_error_or_progress_is_escaped_not_fatal(
+    app: dromos.App, workers: Workers
+) -> None:
+    # os.fsdecode() of a file name that is not UTF-8 leaves a lone surrogate in the text:
+    # raw, it made every write of the worker's outcomes fail, and no later job ended either.
+    @app.task(retries=0)
+    async def read() -> None:
+        path = os.fsdecode(b"report-\xff.csv")
+        await dromos.current_job().progress(0.5, f"reading {path}")
+        raise FileNotFoundError(2, "No such file or directory", path)
+
+    @app.task
+    async def add(a: int, b: int) -> int:
+        return a + b
+
+    workers.start(app)
+    job = await read.aenqueue()
+    with pytest.raises(dromos.JobFailed):
+        await job.aresult(timeout=30)
+    status = await job.astatus()
+    assert status is not None
+    assert status.state is JobState.FAILED
+    assert "report-\\udcff.csv" in status.errors[-1].message
+    assert status.message == "reading report-\\udcff.csv"
+    assert await (await add.aenqueue(2, 3)).aresult(timeout=30) == 5  # the worker goes on

@@ -92,6 +92,17 @@ class _TimeLimit(Exception):  # reported as the job's TimeoutError
     """An attempt ran past its time limit."""
 
 
+def _utf8(text: str) -> str:
+    """``text`` as valid UTF-8: a lone surrogate (``os.fsdecode`` of a file name that is not
+    UTF-8, say, in an exception's message) is written as its escape, ``\\udcff``. Raw, it
+    made every write of the worker's outcomes fail, so that no job of that worker ended."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
 def _limit_message(timeout: float | None) -> str:
     return f"the attempt exceeded its time limit of {timeout or 0:g}s"
 
@@ -675,9 +686,9 @@ class Worker:
         self, run: _Run, task: Task[Any, Any], max_attempts: int, exc: Exception
     ) -> Outcome:
         d = run.delivery
-        kind = "TimeoutError" if isinstance(exc, _TimeLimit) else type(exc).__name__
-        trace = "".join(traceback.format_exception(exc))[-_TRACEBACK_LIMIT:]
-        message = str(exc) or repr(exc)
+        kind = "TimeoutError" if isinstance(exc, _TimeLimit) else _utf8(type(exc).__name__)
+        trace = _utf8("".join(traceback.format_exception(exc))[-_TRACEBACK_LIMIT:])
+        message = _utf8(str(exc) or repr(exc))
         error = JobError(type=kind, message=message, traceback=trace, attempt=d.attempt)
         if run.reason == "cancel":
             return Outcome(d.job_id, d.attempt, _S.CANCELLED, error=error)
@@ -702,7 +713,7 @@ class Worker:
         return Outcome(d.job_id, d.attempt, state, error=error)
 
     def _report(self, ctx: JobContext, fraction: float, message: str | None) -> None:
-        update = ProgressUpdate(ctx.id, ctx.attempt, fraction, message)
+        update = ProgressUpdate(ctx.id, ctx.attempt, fraction, message and _utf8(message))
         if threading.get_ident() == self._thread_id:
             self._record(update)
         elif self._loop is not None:
