@@ -319,7 +319,7 @@ class Task(Generic[P, R]):
                 kwargs=kwargs, max_attempts=self.retries + 1, priority=self.priority,
                 created_at=now, headers={} if batch_id is None else {"batch_id": batch_id},
             )  # fmt: skip
-            return EnqueueRequest(message, encode(message), window)
+            return EnqueueRequest(message, self._encoded(message), window)
         headers = dict(o.headers or {})
         if batch_id is not None:
             headers["batch_id"] = batch_id
@@ -343,7 +343,21 @@ class Task(Generic[P, R]):
             priority=self.priority if o.priority is None else o.priority,
             timeout=o.timeout, created_at=now, headers=headers,
         )  # fmt: skip
-        return EnqueueRequest(message, encode(message), window)
+        return EnqueueRequest(message, self._encoded(message), window)
+
+    def _encoded(self, message: Message) -> bytes:
+        """The envelope's JSON; text that JSON cannot carry is the caller's error, refused
+        like any other bad argument (422 at the gateway), not a crash of the enqueue."""
+        try:
+            return encode(message)
+        except UnicodeEncodeError as exc:  # a lone surrogate: os.fsdecode of a non-UTF-8 name
+            problem = {
+                "loc": (),
+                "msg": f"text that is not valid UTF-8 cannot be queued ({exc.reason}: "
+                f"{exc.object[exc.start : exc.end]!r})",
+                "type": "string_unicode",
+            }
+            raise ValidationError(self.name, [problem]) from None
 
     def rate_key_of(self, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
         """The broker's name for the window a job of this task starts in."""

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 from typing import Any
 
 import pydantic
@@ -180,6 +181,18 @@ def test_a_bad_argument_is_refused_by_enqueue_without_queueing(app: dromos.App) 
 
     with pytest.raises(dromos.ValidationError):
         add.enqueue(1, "x")  # type: ignore[arg-type]
+    assert app.portal.call(app.broker.jobs) == []
+
+
+def test_text_that_is_not_utf8_is_refused_by_enqueue_without_queueing(app: dromos.App) -> None:
+    # os.fsdecode() of a file name that is not UTF-8 leaves a lone surrogate: JSON cannot
+    # carry it, so the call is refused like a bad argument (422 at the gateway).
+    @app.task
+    def read(path: str, tags: list[str]) -> None: ...
+
+    with pytest.raises(dromos.ValidationError, match="not valid UTF-8") as refused:
+        read.enqueue("ok.csv", [os.fsdecode(b"report-\xff.csv")])
+    assert refused.value.errors[0]["type"] == "string_unicode"
     assert app.portal.call(app.broker.jobs) == []
 
 
