@@ -4,11 +4,13 @@ import asyncio
 import os
 import threading
 import time
+from collections.abc import Sequence
 
 import pytest
 
 import dromos
 from dromos import JobState
+from dromos.brokers.base import Outcome
 from tests.backends._support import eventually
 from tests.backends.conftest import Workers
 
@@ -270,3 +272,31 @@ async def test_text_that_is_not_utf8_in_an_error_or_progress_is_escaped_not_fata
     assert "report-\\udcff.csv" in status.errors[-1].message
     assert status.message == "reading report-\\udcff.csv"
     assert await (await add.aenqueue(2, 3)).aresult(timeout=30) == 5  # the worker goes on
+
+
+async def test_an_outcome_the_broker_cannot_take_fails_its_job_and_holds_back_no_other(
+    app: dromos.App, workers: Workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Should any outcome be unwritable (a bug, a value no store takes), retrying its batch
+    # would fail forever and every later outcome of the worker with it.
+    @app.task
+    async def echo(text: str) -> str:
+        return text
+
+    broker = await app.abroker()
+    settle = broker.settle
+
+    async def refusing(outcomes: Sequence[Outcome]) -> int:
+        if any(o.result and b"poison" in o.result for o in outcomes):
+            raise TypeError("cannot store this result")
+        return await settle(outcomes)
+
+    monkeypatch.setattr(broker, "settle", refusing)
+    workers.start(app, concurrency=8)
+    jobs = await echo.aenqueue_many([echo.call(t) for t in ["a", "poison", "b", "c"]])
+    assert await jobs[0].aresult(timeout=30) == "a"
+    assert [await j.aresult(timeout=30) for j in jobs[2:]] == ["b", "c"]
+    with pytest.raises(dromos.JobFailed, match="OutcomeNotWritten"):
+        await jobs[1].aresult(timeout=30)
+    after = await echo.aenqueue("d")
+    assert await after.aresult(timeout=30) == "d"

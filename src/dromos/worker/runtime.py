@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import inspect
 import logging
 import os
@@ -30,6 +31,8 @@ import traceback
 import uuid
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from dromos.brokers.base import Broker, Delivery, EventRecord, Lease, Outcome, ProgressUpdate
 from dromos.chain import CHAIN_HEADER, next_step
@@ -90,6 +93,15 @@ async def _cancel_all(tasks: Sequence[asyncio.Task[None]]) -> None:
 
 class _TimeLimit(Exception):  # reported as the job's TimeoutError
     """An attempt ran past its time limit."""
+
+
+# Errors of a write that no retry can cure: something in it cannot be encoded or stored.
+_UNWRITABLE: tuple[type[Exception], ...] = (
+    UnicodeError,
+    TypeError,
+    OverflowError,
+    msgspec.EncodeError,
+)
 
 
 def _utf8(text: str) -> str:
@@ -764,14 +776,24 @@ class Worker:
                 announced = []
             if progress:
                 await self._broker.progress(list(progress.values()))
+                progress = {}
             if outcomes:
                 await self._broker.settle(outcomes)
         except Exception as exc:
-            log.warning("writing %d outcome(s) failed (%s); will retry", len(outcomes), exc)
-            self._outcomes[:0] = outcomes
-            self._progress = {**progress, **self._progress}
-            self._lifecycle[:0] = announced
-            return False
+            try:
+                if not isinstance(exc, _UNWRITABLE):
+                    raise
+                # Not the broker's trouble but something in the batch it cannot take: a retry
+                # of the batch would fail forever and hold back every later outcome. They are
+                # written one by one; what still cannot be written ends failed, saying why.
+                log.error("writing %d outcome(s) failed (%s); one by one", len(outcomes), exc)
+                outcomes = await self._settle_apart(outcomes, announced, progress)
+            except Exception as again:
+                log.warning("writing %d outcome(s) failed (%s); will retry", len(outcomes), again)
+                self._outcomes[:0] = outcomes
+                self._progress = {**progress, **self._progress}
+                self._lifecycle[:0] = announced
+                return False
         for outcome in outcomes:
             self._unsettled.pop(outcome.job_id, None)
         if self._hooked:
@@ -780,6 +802,38 @@ class Worker:
                 self._hooked -= ended
                 self._deliverer.poke()
         return True
+
+    async def _settle_apart(
+        self,
+        outcomes: list[Outcome],
+        announced: list[EventRecord],
+        progress: dict[str, ProgressUpdate],
+    ) -> list[Outcome]:
+        """After a batch the broker could not take: announcements and progress updates that
+        cannot be written are dropped; each outcome is settled alone, and one that
+        cannot be written is replaced by its failure (``OutcomeNotWritten``). Returns the
+        outcomes settled; a transient error on the way raises, and the caller keeps the rest."""
+        for record in announced:
+            with contextlib.suppress(*_UNWRITABLE):
+                await self._broker.publish([record])
+        for update in progress.values():
+            with contextlib.suppress(*_UNWRITABLE):
+                await self._broker.progress([update])
+        settled = []
+        for outcome in outcomes:
+            try:
+                await self._broker.settle([outcome])
+            except _UNWRITABLE as exc:
+                reason = _utf8(f"the worker could not write this outcome: {exc!r}")
+                error = JobError(type="OutcomeNotWritten", message=reason, attempt=outcome.attempt)
+                failed = Outcome(outcome.job_id, outcome.attempt, _S.FAILED, error=error)
+                log.error("job %s: %s; it fails", outcome.job_id, reason)
+                try:
+                    await self._broker.settle([failed])
+                except _UNWRITABLE:  # its lease ends, and another worker recovers it
+                    log.error("job %s: its failure could not be written either", outcome.job_id)
+            settled.append(outcome)
+        return settled
 
     async def _heartbeat(self) -> None:
         while True:
