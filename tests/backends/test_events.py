@@ -304,3 +304,25 @@ async def test_a_group_with_any_name_gets_its_events(app: dromos.App, workers: W
     await _joined(app, "émails + reports*")
     await app.apublish("mail.sent", "hello")
     await eventually(lambda: got == ["hello"], timeout=20, what="the event handled")
+
+
+async def test_a_handler_error_with_text_that_is_not_utf8_is_dead_lettered_escaped(
+    app: dromos.App, workers: Workers
+) -> None:
+    import os
+
+    @app.subscriber("files.#", group="indexer", retries=0)
+    async def handle(event: dromos.Event[Any]) -> None:
+        raise FileNotFoundError(2, "No such file", os.fsdecode(b"report-\xff.csv"))
+
+    workers.start(app)
+    await _joined(app, "indexer")
+    await app.apublish("files.new", "x")
+    broker = await app.abroker()
+
+    async def dead() -> bool:
+        return len(await broker.event_dead_letters("indexer")) == 1
+
+    await eventually(dead, timeout=20, what="the event dead-lettered")
+    [letter] = await broker.event_dead_letters("indexer")
+    assert "report-\\udcff.csv" in letter.errors[-1].message

@@ -300,3 +300,28 @@ async def test_an_outcome_the_broker_cannot_take_fails_its_job_and_holds_back_no
         await jobs[1].aresult(timeout=30)
     after = await echo.aenqueue("d")
     assert await after.aresult(timeout=30) == "d"
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no words for this")
+
+
+async def test_an_exception_whose_str_raises_fails_its_job_at_once(
+    app: dromos.App, workers: Workers
+) -> None:
+    # Its str() crashed the run's bookkeeping: the job stayed running until its lease ended,
+    # then again at every attempt, until dead-lettered as Poison.
+    @app.task(retries=0)
+    async def odd() -> None:
+        raise _Unprintable
+
+    workers.start(app)
+    job = await odd.aenqueue()
+    with pytest.raises(dromos.JobFailed):
+        await job.aresult(timeout=30)
+    status = await job.astatus()
+    assert status is not None
+    assert [(e.type, e.message) for e in status.errors] == [
+        ("_Unprintable", "<_Unprintable: its str() raised RuntimeError>")
+    ]

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import traceback
 from collections.abc import Sequence
 from typing import Any
 
+from dromos._failures import error_of, words
 from dromos.brokers.base import Broker, EventDelivery, EventOutcome
 from dromos.errors import ValidationError
 from dromos.events.envelope import decode_data, decode_event
@@ -187,7 +187,7 @@ class _Group:
                 else:
                     topic, item = decode_data(d.payload)
             except DecodeError as exc:
-                error = JobError(type="DecodeError", message=str(exc), attempt=d.attempt)
+                error = JobError(type="DecodeError", message=words(exc), attempt=d.attempt)
                 outcomes.append(EventOutcome(d.key, d.attempt, error, None))
                 continue
             if not self._matching(topic):
@@ -204,7 +204,7 @@ class _Group:
                     arguments.append(sub.item_argument(topic, item))
                     fit.append(d)
                 except ValidationError as exc:
-                    error = JobError(type="ValidationError", message=str(exc), attempt=d.attempt)
+                    error = JobError(type="ValidationError", message=words(exc), attempt=d.attempt)
                     outcomes.append(EventOutcome(d.key, d.attempt, error, None))
             keep = fit
         if arguments:
@@ -218,12 +218,7 @@ class _Group:
                 log.info("a batch of %d event(s) failed in %s: %r", len(keep), sub.name, exc)
                 now = time.time()
                 for d in keep:
-                    error = JobError(
-                        type=type(exc).__name__,
-                        message=str(exc) or repr(exc),
-                        traceback=traceback.format_exc(),
-                        attempt=d.attempt,
-                    )
+                    error = error_of(exc, d.attempt)
                     retry = None if d.attempt > sub.retries else now + sub.retry_delay(d.attempt)
                     outcomes.append(EventOutcome(d.key, d.attempt, error, retry))
         for o in outcomes:
@@ -238,7 +233,7 @@ class _Group:
         except DecodeError as exc:
             log.warning("event %s of %s dead-lettered: %s", key, self.name, exc)
             return EventOutcome(
-                key, attempt, JobError(type="DecodeError", message=str(exc), attempt=attempt)
+                key, attempt, JobError(type="DecodeError", message=words(exc), attempt=attempt)
             )
         # Every matching handler of the group, in the order registered:
         for sub in self._matching(event.type):
@@ -247,12 +242,7 @@ class _Group:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                error = JobError(
-                    type=type(exc).__name__,
-                    message=str(exc) or repr(exc),
-                    traceback=traceback.format_exc(),
-                    attempt=attempt,
-                )
+                error = error_of(exc, attempt)
                 if isinstance(exc, ValidationError) or attempt > sub.retries:
                     log.warning("event %s (%s) dead-lettered by %s: %r", event.id, event.type,
                                 self.name, exc)  # fmt: skip

@@ -27,13 +27,13 @@ import random
 import socket
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from dromos._failures import error_of, utf8, words
 from dromos.brokers.base import Broker, Delivery, EventRecord, Lease, Outcome, ProgressUpdate
 from dromos.chain import CHAIN_HEADER, next_step
 from dromos.context import JobContext, reset_current, set_current
@@ -65,7 +65,6 @@ _DEFERRED = _Deferred()
 #: A job of a batch task waiting for its batch's call, and where its outcome will be set.
 _Entry = tuple["_Run", _Ready, "asyncio.Future[Outcome]"]
 _S = JobState
-_TRACEBACK_LIMIT = 16_000
 # Rate limits: a job starts at most this long after the start the broker reserved for it
 # (later, it reserves again), and the broker counts each start for its period plus this: so
 # no window of one period holds more starts than the limit, measured at the starts, also
@@ -102,17 +101,6 @@ _UNWRITABLE: tuple[type[Exception], ...] = (
     OverflowError,
     msgspec.EncodeError,
 )
-
-
-def _utf8(text: str) -> str:
-    """``text`` as valid UTF-8: a lone surrogate (``os.fsdecode`` of a file name that is not
-    UTF-8, say, in an exception's message) is written as its escape, ``\\udcff``. Raw, it
-    made every write of the worker's outcomes fail, so that no job of that worker ended."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode()
-    return text
 
 
 def _limit_message(timeout: float | None) -> str:
@@ -698,10 +686,8 @@ class Worker:
         self, run: _Run, task: Task[Any, Any], max_attempts: int, exc: Exception
     ) -> Outcome:
         d = run.delivery
-        kind = "TimeoutError" if isinstance(exc, _TimeLimit) else _utf8(type(exc).__name__)
-        trace = _utf8("".join(traceback.format_exception(exc))[-_TRACEBACK_LIMIT:])
-        message = _utf8(str(exc) or repr(exc))
-        error = JobError(type=kind, message=message, traceback=trace, attempt=d.attempt)
+        error = error_of(exc, d.attempt, "TimeoutError" if isinstance(exc, _TimeLimit) else None)
+        kind = error.type
         if run.reason == "cancel":
             return Outcome(d.job_id, d.attempt, _S.CANCELLED, error=error)
         failures = d.failures + 1
@@ -715,7 +701,7 @@ class Worker:
                 delay = task.retry_delay(failures)
             log.info("job %s (%s) failed with %s; retry in %.2fs", d.job_id, task.name, kind, delay)
             return Outcome(d.job_id, d.attempt, _S.RETRYING, error=error, eta=time.time() + delay)
-        log.warning("job %s (%s) failed for good: %s: %s", d.job_id, task.name, kind, exc)
+        log.warning("job %s (%s) failed for good: %s: %s", d.job_id, task.name, kind, error.message)
         return Outcome(d.job_id, d.attempt, _S.FAILED, error=error)
 
     def _ended(self, d: Delivery, state: JobState, kind: str, message: str) -> Outcome:
@@ -725,7 +711,7 @@ class Worker:
         return Outcome(d.job_id, d.attempt, state, error=error)
 
     def _report(self, ctx: JobContext, fraction: float, message: str | None) -> None:
-        update = ProgressUpdate(ctx.id, ctx.attempt, fraction, message and _utf8(message))
+        update = ProgressUpdate(ctx.id, ctx.attempt, fraction, message and utf8(message))
         if threading.get_ident() == self._thread_id:
             self._record(update)
         elif self._loop is not None:
@@ -824,7 +810,7 @@ class Worker:
             try:
                 await self._broker.settle([outcome])
             except _UNWRITABLE as exc:
-                reason = _utf8(f"the worker could not write this outcome: {exc!r}")
+                reason = utf8(f"the worker could not write this outcome: {words(exc)}")
                 error = JobError(type="OutcomeNotWritten", message=reason, attempt=outcome.attempt)
                 failed = Outcome(outcome.job_id, outcome.attempt, _S.FAILED, error=error)
                 log.error("job %s: %s; it fails", outcome.job_id, reason)
