@@ -326,3 +326,29 @@ async def test_a_handler_error_with_text_that_is_not_utf8_is_dead_lettered_escap
     await eventually(dead, timeout=20, what="the event dead-lettered")
     [letter] = await broker.event_dead_letters("indexer")
     assert "report-\\udcff.csv" in letter.errors[-1].message
+
+
+async def test_a_handler_calling_sys_exit_fails_its_event_and_the_group_goes_on(
+    app: dromos.App, workers: Workers
+) -> None:
+    import sys
+
+    got: list[str] = []
+
+    @app.subscriber("jobs.#", group="scripts", retries=0)
+    async def handle(event: dromos.Event[Any]) -> None:
+        if event.data == "exit":
+            sys.exit(2)
+        got.append(event.data)
+
+    workers.start(app)
+    await _joined(app, "scripts")
+    await app.apublish_many([("jobs.a", "exit"), ("jobs.b", "after")])
+    broker = await app.abroker()
+
+    async def settled() -> bool:
+        return got == ["after"] and len(await broker.event_dead_letters("scripts")) == 1
+
+    await eventually(settled, timeout=20, what="the exit dead-lettered and the next handled")
+    [letter] = await broker.event_dead_letters("scripts")
+    assert [e.type for e in letter.errors] == ["SystemExit"]

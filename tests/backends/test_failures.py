@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -325,3 +326,31 @@ async def test_an_exception_whose_str_raises_fails_its_job_at_once(
     assert [(e.type, e.message) for e in status.errors] == [
         ("_Unprintable", "<_Unprintable: its str() raised RuntimeError>")
     ]
+
+
+async def test_a_task_calling_sys_exit_fails_its_job_and_the_worker_goes_on(
+    app: dromos.App, workers: Workers
+) -> None:
+    # A script turned into a task keeps its sys.exit(): raised through the event loop, it
+    # ended the worker's process, with every job it held, at every attempt of that job.
+    @app.task(retries=0)
+    async def script_async() -> None:
+        sys.exit(3)
+
+    @app.task(retries=0)
+    def script_plain() -> None:  # in a worker thread
+        sys.exit("no input file")
+
+    @app.task
+    async def add(a: int, b: int) -> int:
+        return a + b
+
+    workers.start(app)
+    for job, message in [(await script_async.aenqueue(), "3"),
+                         (await script_plain.aenqueue(), "no input file")]:  # fmt: skip
+        with pytest.raises(dromos.JobFailed, match="SystemExit"):
+            await job.aresult(timeout=30)
+        status = await job.astatus()
+        assert status is not None
+        assert [(e.type, e.message) for e in status.errors] == [("SystemExit", message)]
+    assert await (await add.aenqueue(2, 3)).aresult(timeout=30) == 5

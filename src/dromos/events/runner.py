@@ -25,6 +25,9 @@ from dromos.message import DecodeError
 __all__ = ["EventRunner"]
 
 log = logging.getLogger("dromos.events")
+# What a handler's failure is: any exception, and sys.exit() or KeyboardInterrupt raised by
+# its own code, which would otherwise end the worker's event loop and its whole process.
+_HANDLER_FAILURES = (Exception, SystemExit, KeyboardInterrupt)
 
 
 class EventRunner:
@@ -214,7 +217,7 @@ class _Group:
                 outcomes += [EventOutcome(d.key, d.attempt) for d in keep]
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except _HANDLER_FAILURES as exc:
                 log.info("a batch of %d event(s) failed in %s: %r", len(keep), sub.name, exc)
                 now = time.time()
                 for d in keep:
@@ -241,7 +244,7 @@ class _Group:
                 await sub.run(event)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except _HANDLER_FAILURES as exc:
                 error = error_of(exc, attempt)
                 if isinstance(exc, ValidationError) or attempt > sub.retries:
                     log.warning("event %s (%s) dead-lettered by %s: %r", event.id, event.type,

@@ -90,6 +90,16 @@ async def _cancel_all(tasks: Sequence[asyncio.Task[None]]) -> None:
         pending = list(still)
 
 
+class _Exited(Exception):
+    """``sys.exit()`` (or a ``KeyboardInterrupt``) raised by a task's own code: a failure of its
+    job, reported as what was raised. Let through, it ended the worker's event loop and so the
+    whole process, with every job it held, and again on each attempt of that job."""
+
+    def __init__(self, exit: SystemExit | KeyboardInterrupt) -> None:
+        super().__init__(repr(exit))
+        self.exit = exit
+
+
 class _TimeLimit(Exception):  # reported as the job's TimeoutError
     """An attempt ran past its time limit."""
 
@@ -663,6 +673,8 @@ class Worker:
                     ctx._cancel()
                     raise _TimeLimit(_limit_message(timeout)) from None
                 raise
+            except (SystemExit, KeyboardInterrupt) as exc:
+                raise _Exited(exc) from exc
             finally:
                 reset_current(token)
         future = self.executors.submit(task, ctx, args, kwargs)
@@ -681,12 +693,19 @@ class Worker:
             if task.executor == "thread":
                 self.executors.abandon_thread()
             raise
+        except (SystemExit, KeyboardInterrupt) as exc:
+            raise _Exited(exc) from exc
 
     def _failure(
         self, run: _Run, task: Task[Any, Any], max_attempts: int, exc: Exception
     ) -> Outcome:
         d = run.delivery
-        error = error_of(exc, d.attempt, "TimeoutError" if isinstance(exc, _TimeLimit) else None)
+        if isinstance(exc, _Exited):
+            error = error_of(exc.exit, d.attempt)
+        else:
+            error = error_of(
+                exc, d.attempt, "TimeoutError" if isinstance(exc, _TimeLimit) else None
+            )
         kind = error.type
         if run.reason == "cancel":
             return Outcome(d.job_id, d.attempt, _S.CANCELLED, error=error)
