@@ -211,11 +211,19 @@ async def test_a_timeout_error_raised_by_the_task_itself_is_reported_as_such(
     async def calls_out() -> None:
         raise TimeoutError("upstream took too long")
 
+    @app.task(retries=0)  # no time limit of its own: reported alike (not UnboundLocalError)
+    async def waits_for_upstream() -> None:
+        await asyncio.wait_for(asyncio.sleep(10), 0.01)
+
     workers.start(app)
     with pytest.raises(dromos.JobFailed) as failed:
         await (await calls_out.aenqueue()).aresult(timeout=10)
     assert failed.value.status.error is not None
     assert failed.value.status.error.message == "upstream took too long"
+    with pytest.raises(dromos.JobFailed) as failed:
+        await (await waits_for_upstream.aenqueue()).aresult(timeout=10)
+    assert failed.value.status.error is not None
+    assert failed.value.status.error.type == "TimeoutError"
 
 
 async def test_a_plain_task_past_its_time_limit_fails_while_the_worker_keeps_serving(

@@ -663,13 +663,14 @@ class Worker:
         assert self.executors is not None
         if task.is_async:
             token = set_current(ctx)
+            limit = None
             try:
                 if timeout is None:  # the common case: no timer to arm and disarm
                     return await task.func(*args, **kwargs)
                 async with asyncio.timeout(timeout) as limit:
                     return await task.func(*args, **kwargs)
             except TimeoutError:
-                if limit.expired():
+                if limit is not None and limit.expired():
                     ctx._cancel()
                     raise _TimeLimit(_limit_message(timeout)) from None
                 raise
