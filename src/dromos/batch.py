@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 import msgspec
 
+from dromos.context import refuse_blocking_wait
 from dromos.errors import JobFailed, JobNotFound
 
 if TYPE_CHECKING:
@@ -144,6 +145,7 @@ class Batch(Generic[R]):
         self, timeout: float | None = None, *, return_exceptions: bool = False
     ) -> list[R] | list[R | JobFailed]:
         """Blocking twin of :meth:`aresults`; a ``timeout`` is strongly advised."""
+        refuse_blocking_wait("batch.results()", "await batch.aresults()")
         return self._app.portal.call(self._aresults, timeout, return_exceptions)
 
     async def _aresults(self, timeout: float | None, return_exceptions: bool) -> list[Any]:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from dromos.context import refuse_blocking_wait
 from dromos.errors import ConfigurationError, JobFailed, ResultTimeout
 from dromos.message import Message, encode, new_job_ids, utcnow
 
@@ -179,6 +180,7 @@ class ChainHandle:
         return result
 
     def result(self, timeout: float | None = None) -> Any:
+        refuse_blocking_wait("chain.result()", "await chain.aresult()")
         return self._app.portal.call(self.aresult, timeout)
 
 

@@ -6,6 +6,7 @@ tasks and worker threads each get their own), and ``current_job()`` reads it.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 from collections.abc import Callable, Generator
 from typing import Any
@@ -96,6 +97,25 @@ def current_job() -> JobContext:
             "current_job() was called outside a running task; call it from inside a function "
             "decorated with @app.task"
         ) from None
+
+
+def refuse_blocking_wait(call: str, instead: str) -> None:
+    """Raise if a blocking wait for other jobs is made from an async task on its worker's
+    event loop: the loop, and with it every job and heartbeat of that worker, would stop for
+    the whole wait, and the job waited for may need that very worker. (Plain tasks run in
+    threads of their own, where waiting is fine; so is any other code with a running loop,
+    such as a notebook.)"""
+    if _current.get(None) is None:
+        return
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return  # a plain task's thread
+    raise DromosError(
+        f"{call} was called inside an async task: it would block the worker's event loop "
+        f"(every job of that worker, and the job waited for if it needs this worker); "
+        f"use {instead}"
+    )
 
 
 def run_as(ctx: JobContext, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:

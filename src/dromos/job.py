@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
 
+from dromos.context import refuse_blocking_wait
 from dromos.errors import JobCancelled, JobFailed, JobNotFound, ResultTimeout
 
 if TYPE_CHECKING:
@@ -193,6 +194,7 @@ class Job(Generic[R]):
 
     def result(self, timeout: float | None = None) -> R:
         """Blocking twin of :meth:`aresult`; a ``timeout`` is strongly advised."""
+        refuse_blocking_wait("job.result()", "await job.aresult()")
         return self._app.portal.call(self.aresult, timeout)
 
     def cancel(self) -> JobState:

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pydantic
+import pytest
 
 import dromos
 from dromos import JobState
@@ -395,3 +396,26 @@ async def test_queues_with_any_name_carry_their_jobs(app: dromos.App, workers: W
     workers.start(app, queues=names)
     assert [await job.aresult(timeout=30) for job in jobs] == list(range(len(names)))
     assert {s.queue for s in await (await app.abroker()).jobs(limit=100)} == set(names)
+
+
+async def test_a_blocking_wait_inside_an_async_task_is_refused_with_the_async_way(
+    app: dromos.App, workers: Workers
+) -> None:
+    # job.result() in an async task would stop the worker's event loop for the whole wait,
+    # and the job waited for may need that very worker. await job.aresult() is the way.
+    @app.task
+    async def double(i: int) -> int:
+        return 2 * i
+
+    @app.task(retries=0)
+    async def blocking(i: int) -> int:
+        return double.enqueue(i).result(timeout=5)
+
+    @app.task(retries=0)
+    async def awaiting(i: int) -> int:
+        return await (await double.aenqueue(i)).aresult(timeout=30)
+
+    workers.start(app, concurrency=4)  # a slot for the job waited for
+    with pytest.raises(dromos.JobFailed, match=r"await job\.aresult\(\)"):
+        await (await blocking.aenqueue(1)).aresult(timeout=30)
+    assert await (await awaiting.aenqueue(4)).aresult(timeout=30) == 8
