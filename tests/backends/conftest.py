@@ -273,6 +273,15 @@ class Workers:
         task = self._running.pop(worker)
         await asyncio.wait_for(task, timeout)
 
+    async def ended(self, worker: dromos.Worker, timeout: float = 10) -> None:
+        """Wait until ``worker``'s ``run()`` returns by itself (re-raising its error)."""
+        task = self._running[worker]
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+        finally:
+            if task.done():
+                del self._running[worker]
+
     async def stop_all(self) -> None:
         for worker in list(self._running):
             await self.stop(worker, now=True)

@@ -169,3 +169,13 @@ async def test_a_queue_whose_name_is_too_long_for_rabbitmq_is_refused_storing_no
     with pytest.raises(dromos.ConfigurationError, match="too long for RabbitMQ"):
         await asyncio.wait_for(noop.aenqueue(), 3.0)  # at once, not after publish_timeout
     assert await (await app.abroker()).jobs() == []
+
+
+async def test_a_worker_for_a_queue_too_long_for_rabbitmq_stops_with_the_reason(
+    app: dromos.App, workers: Workers
+) -> None:
+    # No retry can mend it: the worker stops (the CLI prints the reason and exits non-zero)
+    # rather than retrying its claim for ever.
+    worker = workers.start(app, queues=["q" * 240])
+    with pytest.raises(dromos.ConfigurationError, match="too long for RabbitMQ"):
+        await workers.ended(worker, timeout=20)

@@ -335,6 +335,8 @@ class Worker:
                 room = self.capacity - len(self._running)
                 deliveries = await broker.claim(self.queues, room, self.lease, self.name)
                 backoff = 0.1
+            except ConfigurationError:
+                raise  # no retry mends it (a queue whose name RabbitMQ cannot hold): stop
             except Exception as exc:
                 log.warning("claim failed (%s); retrying in %.1fs", exc, backoff)
                 await self._until_stopped(asyncio.sleep(backoff), self._stopping)
