@@ -6,6 +6,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -256,6 +257,15 @@ async def test_a_plain_task_past_its_time_limit_fails_while_the_worker_keeps_ser
     assert saw_cancelled == [True]
 
 
+async def _failed(job: dromos.Job[Any]) -> dromos.JobStatus:
+    """The status of ``job``, whose result must raise JobFailed."""
+    with pytest.raises(dromos.JobFailed):
+        await job.aresult(timeout=30)
+    status = await job.astatus()
+    assert status is not None
+    return status
+
+
 async def test_text_that_is_not_utf8_in_an_error_or_progress_is_escaped_not_fatal(
     app: dromos.App, workers: Workers
 ) -> None:
@@ -272,11 +282,7 @@ async def test_text_that_is_not_utf8_in_an_error_or_progress_is_escaped_not_fata
         return a + b
 
     workers.start(app)
-    job = await read.aenqueue()
-    with pytest.raises(dromos.JobFailed):
-        await job.aresult(timeout=30)
-    status = await job.astatus()
-    assert status is not None
+    status = await _failed(await read.aenqueue())
     assert status.state is JobState.FAILED
     assert "report-\\udcff.csv" in status.errors[-1].message
     assert status.message == "reading report-\\udcff.csv"
@@ -326,11 +332,7 @@ async def test_an_exception_whose_str_raises_fails_its_job_at_once(
         raise _Unprintable
 
     workers.start(app)
-    job = await odd.aenqueue()
-    with pytest.raises(dromos.JobFailed):
-        await job.aresult(timeout=30)
-    status = await job.astatus()
-    assert status is not None
+    status = await _failed(await odd.aenqueue())
     assert [(e.type, e.message) for e in status.errors] == [
         ("_Unprintable", "<_Unprintable: its str() raised RuntimeError>")
     ]
@@ -356,9 +358,6 @@ async def test_a_task_calling_sys_exit_fails_its_job_and_the_worker_goes_on(
     workers.start(app)
     for job, message in [(await script_async.aenqueue(), "3"),
                          (await script_plain.aenqueue(), "no input file")]:  # fmt: skip
-        with pytest.raises(dromos.JobFailed, match="SystemExit"):
-            await job.aresult(timeout=30)
-        status = await job.astatus()
-        assert status is not None
+        status = await _failed(job)
         assert [(e.type, e.message) for e in status.errors] == [("SystemExit", message)]
     assert await (await add.aenqueue(2, 3)).aresult(timeout=30) == 5
