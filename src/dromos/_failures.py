@@ -18,6 +18,7 @@ from dromos.job import JobError
 __all__ = ["error_of", "utf8"]
 
 TRACEBACK_LIMIT = 16_000  # characters of a traceback kept (its end: where it was raised)
+MESSAGE_LIMIT = 16_000  # characters of a message kept (its start), the rest counted
 
 
 def utf8(text: str) -> str:
@@ -30,11 +31,16 @@ def utf8(text: str) -> str:
 
 
 def words(exc: BaseException) -> str:
-    """``str(exc)``, or its ``repr`` when that is empty, or a description when either raises."""
+    """``str(exc)``, or its ``repr`` when that is empty, or a description when either raises;
+    cut to :data:`MESSAGE_LIMIT` characters (an error is stored with every attempt, and a
+    message of megabytes, a response body say, would be written and carried each time)."""
     try:
-        return utf8(str(exc) or repr(exc))
+        text = str(exc) or repr(exc)
     except Exception as inner:
         return f"<{type(exc).__name__}: its str() raised {type(inner).__name__}>"
+    if len(text) > MESSAGE_LIMIT:
+        text = f"{text[:MESSAGE_LIMIT]}... ({len(text) - MESSAGE_LIMIT:,} more characters)"
+    return utf8(text)
 
 
 def error_of(exc: BaseException, attempt: int, kind: str | None = None) -> JobError:
