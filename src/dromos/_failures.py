@@ -15,7 +15,7 @@ import traceback
 
 from dromos.job import JobError
 
-__all__ = ["error_of", "utf8"]
+__all__ = ["error_of", "stored_text", "utf8", "words"]
 
 TRACEBACK_LIMIT = 16_000  # characters of a traceback kept (its end: where it was raised)
 MESSAGE_LIMIT = 16_000  # characters of a message kept (its start), the rest counted
@@ -38,6 +38,12 @@ def words(exc: BaseException) -> str:
         text = str(exc) or repr(exc)
     except Exception as inner:
         return f"<{type(exc).__name__}: its str() raised {type(inner).__name__}>"
+    return stored_text(text)
+
+
+def stored_text(text: str) -> str:
+    """``text`` as a message is stored: valid UTF-8, cut to :data:`MESSAGE_LIMIT` characters
+    (the rest counted)."""
     if len(text) > MESSAGE_LIMIT:
         text = f"{text[:MESSAGE_LIMIT]}... ({len(text) - MESSAGE_LIMIT:,} more characters)"
     return utf8(text)

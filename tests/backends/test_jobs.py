@@ -419,3 +419,20 @@ async def test_a_blocking_wait_inside_an_async_task_is_refused_with_the_async_wa
     with pytest.raises(dromos.JobFailed, match=r"await job\.aresult\(\)"):
         await (await blocking.aenqueue(1)).aresult(timeout=30)
     assert await (await awaiting.aenqueue(4)).aresult(timeout=30) == 8
+
+
+async def test_a_progress_message_of_megabytes_is_stored_cut(
+    app: dromos.App, workers: Workers
+) -> None:
+    @app.task
+    async def chatty() -> None:
+        await dromos.current_job().progress(1.0, "y" * 1_000_000)
+
+    workers.start(app)
+    job = await chatty.aenqueue()
+    await job.aresult(timeout=30)
+    status = await job.astatus()
+    assert status is not None
+    assert status.message is not None
+    assert status.message.startswith("y" * 16_000)
+    assert status.message.endswith("(984,000 more characters)")

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from dromos._failures import error_of, utf8, words
+from dromos._failures import error_of, stored_text, words
 from dromos.brokers.base import Broker, Delivery, EventRecord, Lease, Outcome, ProgressUpdate
 from dromos.chain import CHAIN_HEADER, next_step
 from dromos.context import JobContext, reset_current, set_current
@@ -733,7 +733,7 @@ class Worker:
         return Outcome(d.job_id, d.attempt, state, error=error)
 
     def _report(self, ctx: JobContext, fraction: float, message: str | None) -> None:
-        update = ProgressUpdate(ctx.id, ctx.attempt, fraction, message and utf8(message))
+        update = ProgressUpdate(ctx.id, ctx.attempt, fraction, message and stored_text(message))
         if threading.get_ident() == self._thread_id:
             self._record(update)
         elif self._loop is not None:
@@ -832,7 +832,7 @@ class Worker:
             try:
                 await self._broker.settle([outcome])
             except _UNWRITABLE as exc:
-                reason = utf8(f"the worker could not write this outcome: {words(exc)}")
+                reason = f"the worker could not write this outcome: {words(exc)}"
                 error = JobError(type="OutcomeNotWritten", message=reason, attempt=outcome.attempt)
                 failed = Outcome(outcome.job_id, outcome.attempt, _S.FAILED, error=error)
                 log.error("job %s: %s; it fails", outcome.job_id, reason)
