@@ -61,7 +61,7 @@ from dromos.brokers.base import (
 )
 from dromos.brokers.sqlite_events import SQLiteEventBus
 from dromos.brokers.sqlite_parking import SQLiteParking
-from dromos.brokers.sqlite_waiting import EndWatch
+from dromos.brokers.sqlite_waiting import EAGER, FIRST_POLL, IDLE_POLL, EndWatch
 from dromos.errors import BrokerError, ConfigurationError, DependencyNotFound
 from dromos.job import JobError, JobState, JobStatus, WebhookAttempt
 
@@ -72,9 +72,6 @@ _S = JobState
 _CHUNK = 500  # parameters per IN (...) list, well under SQLite's limit
 # How often an idle worker looks for other processes' commits: the pickup latency when idle,
 # against ~1% of a core spent looking.
-_IDLE_POLL = 0.025
-_FIRST_POLL = 0.001  # polls start this short after activity and double up to _IDLE_POLL
-_EAGER = 0.05  # seconds the polls stay _FIRST_POLL after a wait begins (about 50 reads)
 _errors_decoder = msgspec.json.Decoder(list[JobError])
 _json = msgspec.json.Encoder()
 
@@ -202,7 +199,6 @@ _BATCH_TRIGGERS = (
 # trigger fires again for their dependents: the connection sets PRAGMA recursive_triggers
 # (the batch triggers do not need it and are not affected: they set no state).
 _ENDED = "('succeeded', 'failed', 'cancelled')"
-_ENDED_STATES = frozenset({"succeeded", "failed", "cancelled"})
 _RECHECK = 1.0  # seconds: the longest a waiter goes without reading its job's status
 _WAITING_FOR = (
     "state = 'scheduled' AND waiting > 0 AND id IN "
@@ -647,7 +643,7 @@ class SQLiteBroker(SQLiteEventBus, SQLiteParking, Broker):
     ) -> None:
         """Until an in-process wake-up on ``keys``, a commit by another connection, the time
         ``next_due(names)`` names, or ``timeout``. Right after activity more is likely soon:
-        the poll stays short for ``_EAGER`` seconds, then doubles up to ``_IDLE_POLL``."""
+        the poll stays short for ``EAGER`` seconds, then doubles up to ``IDLE_POLL``."""
         loop = asyncio.get_running_loop()
         start = loop.time()
         deadline = start + timeout
@@ -655,14 +651,14 @@ class SQLiteBroker(SQLiteEventBus, SQLiteParking, Broker):
             version = self._data_version()
             wake_at = await self._run(next_due, names)
             deadline = min(deadline, loop.time() + max(0.0, wake_at - time.time()))
-            poll = _FIRST_POLL
+            poll = FIRST_POLL
             while (left := deadline - loop.time()) > 0:
                 if await listener.wait(min(left, poll)):
                     return
                 if self._data_version() != version:
                     return
-                if loop.time() - start > _EAGER:
-                    poll = min(poll * 2, _IDLE_POLL)
+                if loop.time() - start > EAGER:
+                    poll = min(poll * 2, IDLE_POLL)
 
     def _data_version(self) -> int:
         """Read on a connection of its own, in the caller's thread: a few microseconds, so an
@@ -813,7 +809,7 @@ class SQLiteBroker(SQLiteEventBus, SQLiteParking, Broker):
                 f"SELECT id, state FROM dromos_jobs WHERE id IN ({marks})", chunk
             ):
                 found.add(job_id)
-                if state in _ENDED_STATES:
+                if JobState(state).terminal:
                     ended.add(job_id)
         return ended | (set(job_ids) - found)
 

@@ -21,10 +21,11 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 
-__all__ = ["EndWatch"]
+__all__ = ["EAGER", "FIRST_POLL", "IDLE_POLL", "EndWatch"]
 
 log = logging.getLogger("dromos.sqlite")
 
+# How often a waiter (this watcher, and an idle worker in sqlite.py) reads the data version:
 FIRST_POLL = 0.001  # seconds between looks while a wait is young or after a change
 IDLE_POLL = 0.025  # the longest between looks, once nothing changed for a while
 EAGER = 0.05  # seconds the looks stay FIRST_POLL after a wait begins or a change is seen
