@@ -15,10 +15,13 @@ import traceback
 
 from dromos.job import JobError
 
-__all__ = ["error_of", "stored_text", "utf8", "words"]
+__all__ = ["EXITS", "error_of", "stored_text", "utf8", "words"]
 
 TRACEBACK_LIMIT = 16_000  # characters of a traceback kept (its end: where it was raised)
 MESSAGE_LIMIT = 16_000  # characters of a message kept (its start), the rest counted
+# What user code may raise to end its run that is not an Exception: a failure of that job or
+# event like any other. Let through, it ends the worker's event loop and its whole process.
+EXITS = (SystemExit, KeyboardInterrupt)
 
 
 def utf8(text: str) -> str:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from dromos._failures import error_of, words
+from dromos._failures import EXITS, error_of, words
 from dromos.brokers.base import Broker, EventDelivery, EventOutcome
 from dromos.errors import ValidationError
 from dromos.events.envelope import decode_data, decode_event
@@ -25,9 +25,7 @@ from dromos.message import DecodeError
 __all__ = ["EventRunner"]
 
 log = logging.getLogger("dromos.events")
-# What a handler's failure is: any exception, and sys.exit() or KeyboardInterrupt raised by
-# its own code, which would otherwise end the worker's event loop and its whole process.
-_HANDLER_FAILURES = (Exception, SystemExit, KeyboardInterrupt)
+_HANDLER_FAILURES = (Exception, *EXITS)  # what a handler's failure is
 
 
 class EventRunner:

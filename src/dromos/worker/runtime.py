@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from dromos._failures import error_of, stored_text, words
+from dromos._failures import EXITS, error_of, stored_text, words
 from dromos.brokers.base import Broker, Delivery, EventRecord, Lease, Outcome, ProgressUpdate
 from dromos.chain import CHAIN_HEADER, next_step
 from dromos.context import JobContext, reset_current, set_current
@@ -676,7 +676,7 @@ class Worker:
                     ctx._cancel()
                     raise _TimeLimit(_limit_message(timeout)) from None
                 raise
-            except (SystemExit, KeyboardInterrupt) as exc:
+            except EXITS as exc:
                 raise _Exited(exc) from exc
             finally:
                 reset_current(token)
@@ -696,7 +696,7 @@ class Worker:
             if task.executor == "thread":
                 self.executors.abandon_thread()
             raise
-        except (SystemExit, KeyboardInterrupt) as exc:
+        except EXITS as exc:
             raise _Exited(exc) from exc
 
     def _failure(
