@@ -63,7 +63,8 @@ def outgoing(n: int, queue: str = "a", priority: int = 0) -> Outgoing:
 class Proxy:
     """A TCP proxy on 127.0.0.1 in front of the shared node: :meth:`cut` aborts every
     connection through it, :meth:`stop` also stops listening (an outage), :meth:`start`
-    listens again on the same port; :attr:`flowing` cleared holds the bytes (a stall)."""
+    listens again on the same port; :attr:`flowing` cleared holds the bytes (a stall);
+    :attr:`lag` (seconds) delays every read it forwards to the server (a slow link)."""
 
     def __init__(self) -> None:
         with socket.socket() as sock:
@@ -71,6 +72,7 @@ class Proxy:
             self.port = sock.getsockname()[1]
         self.flowing = asyncio.Event()
         self.flowing.set()
+        self.lag = 0.0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -86,15 +88,19 @@ class Proxy:
             return
         self._writers |= {writer, up_writer}
         for task in (
-            asyncio.create_task(self._pipe(reader, up_writer)),
+            asyncio.create_task(self._pipe(reader, up_writer, upstream=True)),
             asyncio.create_task(self._pipe(up_reader, writer)),
         ):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: bool = False
+    ) -> None:
         try:
             while data := await reader.read(65536):
+                if upstream and self.lag:
+                    await asyncio.sleep(self.lag)
                 await self.flowing.wait()
                 writer.write(data)
                 await writer.drain()
@@ -396,6 +402,23 @@ async def test_a_publish_during_a_short_outage_succeeds_after_reconnecting(
     assert time.monotonic() - started < 6  # within one backoff step (<= 5 s + 20 %)
     got = await drain(make(), ["a"])
     assert sorted(m.job_id for m in got) == [job_id(i) for i in range(21)]
+
+
+async def test_a_big_publish_on_a_slow_link_succeeds_while_its_confirms_keep_coming(
+    make: MakeTransport, proxy: Proxy
+) -> None:
+    # A thousand enqueues coalesced on a loaded machine took longer than publish_timeout in
+    # all, with confirms all along: the timeout is for a publish that stopped moving.
+    producer = make(port=proxy.port, publish_timeout=0.6)
+    await producer.publish([outgoing(0)])
+    proxy.lag = 0.05  # 600 x 4 KB through 64 KB reads: about 2 s
+    bulky = [Outgoing(job_id(i), "a", 0, b"x" * 4096) for i in range(1, 601)]
+    started = time.monotonic()
+    await producer.publish(bulky)
+    assert time.monotonic() - started > 0.6  # longer than publish_timeout in all
+    proxy.lag = 0
+    got = await drain(make(), ["a"])
+    assert {m.job_id for m in got} == {job_id(i) for i in range(601)}
 
 
 async def test_a_publish_fails_with_broker_error_past_publish_timeout(prefix: str) -> None:

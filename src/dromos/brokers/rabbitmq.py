@@ -78,7 +78,7 @@ log = logging.getLogger("dromos.rabbitmq")
 _RELAY_LIMIT = 500  # jobs per relay pass
 _RELAY_POLL = 1.0  # seconds: the longest a waiting worker goes without a relay pass
 _RELAY_MIN = 0.005  # seconds: the shortest between two passes a due time asks for
-_HOLD_MARGIN = 20.0  # seconds an enqueuer holds its jobs beyond its publish timeout
+_HOLD_MARGIN = 10.0  # seconds an enqueuer holds its jobs beyond its longest publish
 _ADOPT_WINDOW = 86400.0  # idempotency window of a job adopted from a foreign message
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -118,7 +118,7 @@ class RabbitMQBroker(Broker):
         # Without ?prefetch= in the URL, a worker's first claim sets it to the room it claims
         # for (its -c concurrency and as many prefetched): `dromos worker -c` sizes it.
         self._prefetch_open = "prefetch=" not in urlsplit(url).query
-        self.hold = self.transport.settings.publish_timeout + _HOLD_MARGIN
+        self.hold = self.transport.settings.publish_limit + _HOLD_MARGIN
         self._paces: dict[asyncio.AbstractEventLoop, _Pace] = {}
 
     async def open(self) -> None:

@@ -13,9 +13,10 @@ yet; the broker (``rabbitmq.py``, step 5 of the design's plan) builds on it.
   ``<ns>.q.<queue>.high|normal|low`` (priority > 0, = 0, < 0), bound with the routing key
   ``<queue>.<band>``, dead-lettering at least once to the ``<ns>.dlx`` fanout and its
   ``<ns>.dead`` queue after 20 deliveries.
-- **Publish** (:meth:`AmqpTransport.publish`): a batch is published pipelined, then every
-  confirm is awaited; a nack, a return (unroutable) or a lost connection retries what was not
-  confirmed, through reconnection, until ``publish_timeout``, then :class:`BrokerError`.
+- **Publish** (:meth:`AmqpTransport.publish`): a batch is published pipelined (256 in
+  flight), every confirm awaited; a nack, a return (unroutable) or a lost connection retries
+  what was not confirmed, through reconnection, until ``publish_timeout`` passed without a
+  confirm, then :class:`BrokerError`.
 - **Consume** (§4.2): deliveries go into a local buffer in arrival order. The claim's helpers:
   :meth:`~AmqpTransport.barrier` (one ``basic.get`` per band whose buffer is short: its answer
   comes after every delivery sent before it), :meth:`~AmqpTransport.take` (the buffered
@@ -85,7 +86,7 @@ _DELIVERY_LIMIT = 20
 _CONNECT_TIMEOUT = 10.0
 _RPC_TIMEOUT = 30.0  # a declaration, consume or get that takes longer means a dead link
 _BACKOFF_FIRST, _BACKOFF_MAX, _JITTER = 0.1, 5.0, 0.2
-_CHUNK = 256  # publishes in flight at once within a batch
+_WINDOW = 256  # publishes in flight at once within a batch
 # Errors that mean "this connection or channel is gone or refused": retried or reported as
 # BrokerError. ChannelInvalidStateError is a RuntimeError.
 _FAILURES: tuple[type[BaseException], ...] = (
@@ -440,24 +441,28 @@ class AmqpTransport:
     async def publish(self, messages: Sequence[Outgoing]) -> None:
         """Publish job messages with confirms; return once every one is confirmed.
 
-        Pipelined: up to 256 publishes in flight, then their confirms awaited. What was not
-        confirmed (a nack, a return, a lost connection) is published again, reconnecting with
-        backoff, until ``publish_timeout`` has passed since the call; then
-        :class:`BrokerError`. A message whose confirm was lost may reach the queue twice.
+        Pipelined: up to 256 publishes in flight, each freed slot taken by the next message
+        at once. What was not confirmed (a nack, a return, a lost connection) is published
+        again, reconnecting with backoff. It fails with :class:`BrokerError` once
+        ``publish_timeout`` passed without a confirm (since the call, then since the last
+        confirm) or at ``publish_limit``: a big batch on a slow but working broker is not
+        failed for its size (a thousand enqueues coalesced under load took 5 s), while a
+        stuck one fails as soon as one message would. A message whose confirm was lost may
+        reach the queue twice.
         """
         if not messages:
             return
         self.check_names({m.queue for m in messages})
         state = self._state()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.publish_timeout
+        deadline = _Deadline(loop, self.settings)
         pending = list(messages)
         delay = _BACKOFF_FIRST
         last: BaseException | None = None
         while True:
             link: _Link | None = None
             try:
-                link = await self._link(state, deadline)
+                link = await self._link(state, deadline.at)
                 await self._declare(link, {m.queue for m in pending})
                 pending, last = await self._publish_once(link, pending, deadline)
                 if not pending:
@@ -468,11 +473,12 @@ class AmqpTransport:
                 last = exc
             if link is not None:
                 link.declared.clear()  # a return may mean a queue deleted behind the cache
-            remaining = deadline - loop.time()
+            remaining = deadline.at - loop.time()
             if remaining <= 0:
                 raise self._error(
-                    f"publishing ({len(pending)} of {len(messages)} messages unconfirmed after "
-                    f"publish_timeout={self.settings.publish_timeout:g} s)",
+                    f"publishing ({len(pending)} of {len(messages)} messages unconfirmed, the "
+                    f"last {self.settings.publish_timeout:g} s without a confirm or "
+                    f"{self.settings.publish_limit:g} s in all)",
                     last,
                 ) from last
             if link is not None and not link.lost:  # a refusal, not a loss: back off here
@@ -480,25 +486,42 @@ class AmqpTransport:
                 delay = min(delay * 2, _BACKOFF_MAX)
 
     async def _publish_once(
-        self, link: _Link, messages: list[Outgoing], deadline: float
+        self, link: _Link, messages: list[Outgoing], deadline: _Deadline
     ) -> tuple[list[Outgoing], BaseException | None]:
-        """Publish, then await the confirms: (the messages not confirmed, the last error)."""
+        """Publish, then await the confirms: (the messages not confirmed, the last error).
+
+        Every confirm pushes ``deadline`` back; when it passes, what is unconfirmed is
+        returned with the :class:`TimeoutError` (what was confirmed stays confirmed).
+        """
         channel = link.pub
         assert channel is not None
+        window = asyncio.Semaphore(_WINDOW) if len(messages) > _WINDOW else None
+        confirmed = [False] * len(messages)
         failed: list[Outgoing] = []
         last: BaseException | None = None
-        async with asyncio.timeout_at(deadline):
-            for start in range(0, len(messages), _CHUNK):
-                chunk = messages[start : start + _CHUNK]
+
+        async def one(index: int, message: Outgoing) -> None:
+            if window is None:
+                await self._publish_one(channel, message)
+            else:
+                async with window:
+                    await self._publish_one(channel, message)
+            confirmed[index] = True
+            timer.reschedule(deadline.extend())
+
+        try:
+            async with asyncio.timeout_at(deadline.at) as timer:
                 results = await asyncio.gather(
-                    *(self._publish_one(channel, m) for m in chunk), return_exceptions=True
+                    *(one(i, m) for i, m in enumerate(messages)), return_exceptions=True
                 )
-                for message, result in zip(chunk, results, strict=True):
-                    if isinstance(result, BaseException):
-                        if not isinstance(result, _FAILURES):
-                            raise result
-                        failed.append(message)
-                        last = result
+        except TimeoutError as exc:
+            return [m for m, done in zip(messages, confirmed, strict=True) if not done], exc
+        for message, result in zip(messages, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, _FAILURES):
+                    raise result
+                failed.append(message)
+                last = result
         return failed, last
 
     def _publish_one(self, channel: RawChannel, message: Outgoing) -> Awaitable[Any]:
@@ -806,6 +829,22 @@ def _retrieved(task: asyncio.Future[None]) -> None:
     """Mark a shielded task's error as seen: its caller may be gone (it was cancelled)."""
     if not task.cancelled():
         task.exception()
+
+
+class _Deadline:
+    """When a publish gives up (loop time): ``publish_timeout`` after it began, then after the
+    last confirm (:meth:`extend`), but never past its ``publish_limit``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, settings: AmqpSettings) -> None:
+        self.loop, self.timeout = loop, settings.publish_timeout
+        now = loop.time()
+        self.at = now + self.timeout
+        self.limit = now + settings.publish_limit
+
+    def extend(self) -> float:
+        """A confirm came: the deadline is ``publish_timeout`` from now (within the limit)."""
+        self.at = min(self.loop.time() + self.timeout, self.limit)
+        return self.at
 
 
 def _jittered(delay: float) -> float:

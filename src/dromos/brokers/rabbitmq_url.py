@@ -42,6 +42,9 @@ _CLIENT_OPTIONS = {"heartbeat", "name", "cafile", "capath", "keyfile", "certfile
 _OWN_OPTIONS = ("prefix", "publish_timeout", "prefetch")
 
 
+PUBLISH_GRACE = 10.0  # seconds confirms still coming may extend a publish past its timeout
+
+
 # -- the URL --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AmqpSettings:
@@ -54,6 +57,13 @@ class AmqpSettings:
     publish_timeout: float = 10.0  # seconds a publish retries (reconnecting) before it fails
     prefetch: int = 16  # unacked deliveries per consumer (per queue and band)
     password: str = field(default="", repr=False)  # blanked out of error messages
+
+    @property
+    def publish_limit(self) -> float:
+        """The longest any publish runs, in seconds: ``publish_timeout`` without a confirm
+        fails it, and confirms that keep coming extend it by at most 10 s (a big batch on a
+        loaded broker). The broker's enqueuer holds its jobs longer than this."""
+        return self.publish_timeout + PUBLISH_GRACE
 
 
 def parse_url(url: str) -> AmqpSettings:
