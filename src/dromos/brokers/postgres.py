@@ -50,7 +50,7 @@ from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import TupleRow, tuple_row
 from psycopg_pool import AsyncConnectionPool
 
-from dromos._loop import close_per_loop
+from dromos._loop import cancel_and_wait, close_per_loop
 from dromos.batch import BatchStatus
 from dromos.brokers._notify import Notifier
 from dromos.brokers.base import (
@@ -580,9 +580,7 @@ class PostgresBroker(PostgresEventBus, PostgresParking, Broker):
     @staticmethod
     async def _close_state(state: _LoopState) -> None:
         if state.reader is not None:
-            state.reader.cancel()
-            with contextlib.suppress(BaseException):
-                await state.reader
+            await cancel_and_wait([state.reader])
         if state.listener is not None:
             await state.listener.close()
         await state.pool.close()

@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from urllib.parse import urlsplit
 
-from dromos._loop import close_per_loop
+from dromos._loop import cancel_and_wait, close_per_loop
 from dromos.batch import BatchStatus
 from dromos.brokers.base import (
     BatchRecord,
@@ -373,10 +373,8 @@ class RabbitMQBroker(Broker):
             try:
                 await asyncio.wait({waiting, poke}, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                poke.cancel()
-                if not waiting.done():
-                    waiting.cancel()
-            if waiting.done() and not waiting.cancelled() and waiting.result():
+                await cancel_and_wait((waiting, poke))  # a wait must not outlive this one
+            if not waiting.cancelled() and waiting.result():
                 pace.woken = tuple(queues)
                 return  # a delivery for these queues: the claim that follows needs no barrier
 

@@ -53,7 +53,7 @@ from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import AMQPError
 from pamqp.commands import Basic
 
-from dromos._loop import close_per_loop
+from dromos._loop import cancel_and_wait, close_per_loop
 from dromos.brokers.rabbitmq_url import (
     BANDS,
     AmqpNames,
@@ -347,11 +347,8 @@ class AmqpTransport:
     @staticmethod
     async def _close_state(state: _LoopState) -> None:
         state.closed = True
-        task = state.rebuilding
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+        if state.rebuilding is not None:
+            await cancel_and_wait([state.rebuilding])
         link, state.link = state.link, None
         state.up.clear()
         state.buffers.clear()

@@ -21,7 +21,6 @@ id, settle is fenced). Durability is what the server's AOF settings give
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import math
 import re
@@ -39,7 +38,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from dromos._loop import close_per_loop
+from dromos._loop import cancel_and_wait, close_per_loop
 from dromos.batch import BatchStatus
 from dromos.brokers._notify import Notifier
 from dromos.brokers.base import (
@@ -429,9 +428,7 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
     @staticmethod
     async def _close_state(state: _LoopState) -> None:
         if state.reader is not None:
-            state.reader.cancel()
-            with contextlib.suppress(BaseException):
-                await state.reader
+            await cancel_and_wait([state.reader])
         await state.pubsub.aclose()  # type: ignore[no-untyped-call]
         await state.subscriber.aclose()
         await state.client.aclose()

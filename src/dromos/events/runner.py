@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dromos._failures import EXITS, error_of, words
+from dromos._loop import cancel_and_wait
 from dromos.brokers.base import Broker, EventDelivery, EventOutcome
 from dromos.errors import ValidationError
 from dromos.events.envelope import decode_data, decode_event
@@ -283,13 +284,10 @@ async def _set_on(event: asyncio.Event, then: asyncio.Event) -> None:
 
 
 async def _first(*awaitables: object) -> None:
-    """Wait for the first of ``awaitables`` (coroutines); cancel the others."""
+    """Wait for the first of ``awaitables`` (coroutines); cancel the others and wait until
+    they ended (a broker's wait must not run on past the runner)."""
     tasks = [asyncio.ensure_future(a) for a in awaitables]  # type: ignore[call-overload]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            if t.done() and not t.cancelled() and t.exception() is not None:
-                log.debug("waiting failed: %s", t.exception())
+        await cancel_and_wait(tasks)

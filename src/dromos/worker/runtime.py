@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from dromos._failures import EXITS, error_of, stored_text, words
+from dromos._loop import cancel_and_wait
 from dromos.brokers.base import Broker, Delivery, EventRecord, Lease, Outcome, ProgressUpdate
 from dromos.chain import CHAIN_HEADER, next_step
 from dromos.context import JobContext, reset_current, set_current
@@ -70,24 +71,6 @@ _S = JobState
 # no window of one period holds more starts than the limit, measured at the starts, also
 # when a busy process wakes a job late or a slot frees late.
 _RATE_SLACK = 0.05
-
-
-async def _cancel_all(tasks: Sequence[asyncio.Task[None]]) -> None:
-    """Cancel ``tasks`` and wait until each has ended.
-
-    Cancelled again while they run on: a client library may swallow a cancellation that lands
-    mid-command (redis-py's asyncio client can), and a loop that then goes back to sleep for a
-    minute would hold the worker's exit for that long.
-    """
-    pending = list(tasks)
-    while pending:
-        for task in pending:
-            task.cancel()
-        done, still = await asyncio.wait(pending, timeout=0.1)
-        for task in done:
-            if not task.cancelled() and task.exception() is not None:
-                log.debug("background task %s ended with %r", task, task.exception())
-        pending = list(still)
 
 
 class _Exited(Exception):
@@ -266,7 +249,7 @@ class Worker:
             await asyncio.gather(flusher, return_exceptions=True)
             self._stopping.set()  # the subscribers stop too, when the jobs failed
             await asyncio.gather(events, scheduling, return_exceptions=True)
-            await _cancel_all([*background, *self._batch_calls])
+            await cancel_and_wait([*background, *self._batch_calls])
             if self._to_release:
                 await broker.release(self._to_release)
                 self.counts["released"] += len(self._to_release)
@@ -316,9 +299,10 @@ class Worker:
         try:
             await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for fut in (work, stop):
-                fut.cancel()
-            if work.done() and not work.cancelled() and work.exception():
+            # Waited for, not only cancelled: a broker's wait must not run on past the worker.
+            failed = work.done() and not work.cancelled() and work.exception()
+            await cancel_and_wait((work, stop))
+            if failed:
                 raise work.exception()  # type: ignore[misc]
 
     async def _fetch(self) -> None:
