@@ -46,9 +46,11 @@ async def test_an_idle_wait_that_swallows_its_cancellation_ends_before_the_worke
     # The wait that ran on opened a new RabbitMQ connection after the app was closed, and
     # its event loop ended with that connection open (ResourceWarnings in later tests).
     waits = {"running": 0, "swallowed": 0}
+    waiting = asyncio.Event()
 
     async def wait_for_work(self: MemoryBroker, queues: Sequence[str], timeout: float) -> None:
         waits["running"] += 1
+        waiting.set()
         try:
             try:
                 await asyncio.sleep(timeout)
@@ -62,8 +64,7 @@ async def test_an_idle_wait_that_swallows_its_cancellation_ends_before_the_worke
     app = dromos.App("idle", broker="memory://")
     worker = dromos.Worker(app, concurrency=1)
     running = asyncio.create_task(worker.run())
-    while not waits["running"]:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(waiting.wait(), 10)
     worker.stop()
     await asyncio.wait_for(running, 10)
     assert waits == {"running": 0, "swallowed": 1}
