@@ -126,7 +126,8 @@ class App:
     Jobs enqueued with a ``callback_url`` get a signed webhook when they end: ``webhook_secret``
     (``$DROMOS_WEBHOOK_SECRET``, ``whsec_...``) signs it, ``webhook_hosts``
     (``$DROMOS_WEBHOOK_HOSTS``) limits where it may go, and a refused delivery is tried again on
-    ``webhook_backoff`` for ``webhook_retry_for`` after the job ended (see ``dromos.webhooks``).
+    ``webhook_backoff`` for ``webhook_retry_for`` after the job ended; an attempt may take
+    ``webhook_timeout`` seconds (see ``dromos.webhooks``).
 
     Events (``publish``, ``@app.subscriber``) stay on the bus for ``event_retention``;
     ``job_events`` makes every task announce its jobs' changes there (``dromos.job.*``).
@@ -147,6 +148,7 @@ class App:
         webhook_hosts: Sequence[str] | None = None,
         webhook_retry_for: float | timedelta = timedelta(days=1),
         webhook_backoff: Sequence[float] = DEFAULT_BACKOFF,
+        webhook_timeout: float | timedelta = 10.0,
         job_events: bool = False,
         event_retention: float | timedelta = timedelta(days=7),
     ) -> None:
@@ -174,8 +176,10 @@ class App:
         )
         self.webhooks = WebhookSettings.from_env(
             webhook_secret, webhook_hosts, retry_for=_seconds(webhook_retry_for),
-            backoff=tuple(webhook_backoff),
+            backoff=tuple(webhook_backoff), timeout=_seconds(webhook_timeout),
         )  # fmt: skip
+        if self.webhooks.timeout <= 0:
+            raise ConfigurationError("webhook_timeout must be a positive number of seconds")
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.subscribers: list[Subscriber] = []
         self.periodics: list[Periodic] = []

@@ -90,7 +90,14 @@ class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True):
     backoff: tuple[float, ...] = DEFAULT_BACKOFF
     """Seconds before each retry; the last one repeats."""
     timeout: float = 10.0
-    """Seconds an attempt may take (connect, send, answer)."""
+    """Seconds an attempt may take, in all (connect, send, answer)."""
+
+    @property
+    def lease(self) -> float:
+        """Seconds a deliverer holds the deliveries it attempts: twice an attempt's longest,
+        plus 10 s for the broker's writes. One held by a worker that died mid-attempt is
+        tried again after that long (it was 60 s whatever the timeout)."""
+        return 2 * self.timeout + 10.0
 
     @classmethod
     def from_env(
@@ -187,13 +194,11 @@ def verify(body: bytes | str, headers: Mapping[str, str], secret: str) -> dict[s
 class Deliverer:
     """Attempts the due deliveries of one broker; run by every worker (see ``Worker``)."""
 
-    def __init__(
-        self, broker: Broker, settings: WebhookSettings, source: str, *, lease: float = 60.0
-    ) -> None:
+    def __init__(self, broker: Broker, settings: WebhookSettings, source: str) -> None:
         self.broker = broker
         self.settings = settings
         self.source = source
-        self.lease = max(lease, settings.timeout * 2)
+        self.lease = settings.lease
         self._client: httpx.AsyncClient | None = None
         self._poked: asyncio.Event | None = None
 
@@ -278,8 +283,13 @@ class Deliverer:
         headers = sign(settings.secret, event_id(status), math.floor(now), body)
         headers["content-type"] = "application/cloudevents+json"
         try:
-            answer = await self._http().post(due.url, content=body, headers=headers)
-        except Exception as exc:  # refused, reset, timed out, bad URL: try again later
+            # One bound for the whole attempt: httpx's timeout is per phase (connect, write,
+            # read, pool), so an attempt could take several times it, past the lease.
+            async with asyncio.timeout(settings.timeout):
+                answer = await self._http().post(due.url, content=body, headers=headers)
+        except TimeoutError:
+            return None, f"no answer within webhook_timeout={settings.timeout:g} s"
+        except Exception as exc:  # refused, reset, bad URL: try again later
             return None, f"{type(exc).__name__}: {exc}"
         if 200 <= answer.status_code < 300:
             return answer.status_code, None

@@ -125,6 +125,50 @@ async def test_a_refused_delivery_is_retried_with_the_same_webhook_id(
     assert attempts[0].error == "answered 503"
 
 
+async def test_a_receiver_that_never_answers_is_given_up_on_after_webhook_timeout(
+    make_app: Callable[..., dromos.App], workers: Workers
+) -> None:
+    # It accepts the connection and reads the request, then says nothing: the attempt ends
+    # after webhook_timeout in all (within the deliverer's lease) and is tried again.
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.add(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            await reader.read(65536)
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            pass  # hung up on at the end of the test
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    app = make_app(webhook_secret=SECRET, webhook_backoff=FAST, webhook_timeout=0.5)
+    assert app.webhooks.lease == 11.0
+
+    @app.task
+    async def noop() -> None:
+        pass
+
+    try:
+        job = await noop.options(callback_url=f"http://127.0.0.1:{port}/hook").aenqueue()
+        workers.start(app)
+
+        async def two() -> bool:
+            return len((await job.astatus()).webhooks) >= 2
+
+        await eventually(two, timeout=20, what="two attempts recorded")
+    finally:
+        server.close()
+        for handler in handlers:
+            handler.cancel()
+        await asyncio.gather(*handlers)
+    first = (await job.astatus()).webhooks[0]
+    assert (first.status, first.delivered, first.last) == (None, False, False)
+    assert first.error == "no answer within webhook_timeout=0.5 s"
+
+
 async def test_retries_stop_after_the_retry_window(
     make_app: Callable[..., dromos.App], workers: Workers, receiver: Receiver
 ) -> None:

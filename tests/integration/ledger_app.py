@@ -146,6 +146,9 @@ def _from_env() -> dromos.App:
     if backoff:
         schedule = tuple(float(x) for x in backoff.split(","))
         app.webhooks = msgspec.structs.replace(app.webhooks, backoff=schedule)
+    timeout = os.environ.get("LEDGER_WEBHOOK_TIMEOUT")  # seconds an attempt may take
+    if timeout:
+        app.webhooks = msgspec.structs.replace(app.webhooks, timeout=float(timeout))
     return app
 
 

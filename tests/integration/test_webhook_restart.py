@@ -26,6 +26,9 @@ def test_no_webhook_is_lost_across_a_receiver_outage_and_a_killed_worker(
     cluster = any_cluster
     monkeypatch.setenv("DROMOS_WEBHOOK_SECRET", SECRET)
     monkeypatch.setenv("LEDGER_WEBHOOK_BACKOFF", "0.2,0.4")
+    # Deliveries the killed worker held mid-attempt come back when its lease ends: 2 x 2 +
+    # 10 = 14 s here, well within the wait below (with the default 10 s timeout: 30 s).
+    monkeypatch.setenv("LEDGER_WEBHOOK_TIMEOUT", "2")
     receiver = Receiver()  # not started: its port refuses connections
     noop = cluster.task("noop").options(callback_url=receiver.url)
     jobs = [noop.enqueue(i) for i in range(JOBS)]
