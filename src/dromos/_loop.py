@@ -17,7 +17,14 @@ import os
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
-__all__ = ["cancel_and_wait", "close_per_loop", "loop_factory", "new_loop", "tune_gc"]
+__all__ = [
+    "TimeLimit",
+    "cancel_and_wait",
+    "close_per_loop",
+    "loop_factory",
+    "new_loop",
+    "tune_gc",
+]
 
 S = TypeVar("S")
 log = logging.getLogger("dromos")
@@ -108,3 +115,58 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:
     for task in given:
         if not task.cancelled() and task.exception() is not None:
             log.debug("%r ended with %r", task, task.exception())
+
+
+class TimeLimit:
+    """``async with TimeLimit(seconds) as limit:`` -- :func:`asyncio.timeout` that holds when
+    the code inside swallows the cancellation.
+
+    ``asyncio.timeout`` cancels its task once. Code that catches that cancellation and goes on
+    (redis-py does, by accident, on Python 3.11: see :func:`cancel_and_wait`) then runs past
+    the limit, and ends as if none was set: a task looping on Redis commands outlived its time
+    limit and succeeded. Here the task is cancelled again every second (a ``finally`` gets
+    that long to clean up) until the block ends, and a block that ends after the limit raises
+    :class:`TimeoutError`, also when it returned normally. ``limit.expired`` tells the limit's
+    ``TimeoutError`` from one the code raised itself. A cancellation from outside wins.
+    """
+
+    AGAIN = 1.0  # seconds between cancellations once the limit has passed
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._task: asyncio.Task[Any] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._cancels = 0
+        self._cancelling = 0
+
+    async def __aenter__(self) -> TimeLimit:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("TimeLimit must be used inside a task")
+        self._task, self._cancelling = task, task.cancelling()
+        self._timer = asyncio.get_running_loop().call_later(self.seconds, self._fire)
+        return self
+
+    def _fire(self) -> None:
+        assert self._task is not None
+        self.expired = True
+        self._cancels += 1
+        self._task.cancel()
+        self._timer = asyncio.get_running_loop().call_later(self.AGAIN, self._fire)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.expired:
+            return
+        assert self._task is not None
+        for _ in range(self._cancels):
+            self._task.uncancel()
+        if self._task.cancelling() > self._cancelling:
+            return  # cancelled from outside too: that cancellation goes on
+        if exc_type is None or issubclass(exc_type, asyncio.CancelledError):
+            raise TimeoutError(f"time limit of {self.seconds:g}s passed") from exc

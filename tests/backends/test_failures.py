@@ -193,6 +193,34 @@ async def test_an_async_task_past_its_time_limit_is_cancelled_and_fails(
     )
 
 
+async def test_a_task_that_swallows_its_time_limits_cancellation_still_fails_at_it(
+    app: dromos.App, workers: Workers
+) -> None:
+    # redis-py on Python 3.11 swallows a cancellation that lands as a command's write ends:
+    # with asyncio.timeout, such a task ran on past its limit and succeeded.
+    @app.task(retries=0, timeout=0.2)
+    async def stubborn() -> str:
+        swallowed = False
+        while True:
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed = True
+
+    workers.start(app)
+    job = await stubborn.aenqueue()
+    with pytest.raises(dromos.JobFailed) as failed:
+        await job.aresult(timeout=10)
+    error = failed.value.status.error
+    assert error is not None
+    assert (error.type, error.message) == (
+        "TimeoutError",
+        "the attempt exceeded its time limit of 0.2s",
+    )
+
+
 async def test_a_per_job_timeout_overrides_the_tasks(app: dromos.App, workers: Workers) -> None:
     @app.task(retries=0, timeout=30)
     async def slow() -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from dromos._loop import TimeLimit
 from dromos.errors import ConfigurationError
 from dromos.events.envelope import Event
 from dromos.events.topics import check_pattern, matches_any
@@ -160,8 +161,8 @@ class Subscriber:
         await self._call(self.argument(event))
 
     async def _call(self, argument: Any) -> None:
-        # asyncio.timeout, not wait_for: no second task per call.
-        async with asyncio.timeout(self.timeout):
+        # A timeout in this task, not wait_for: no second task per call.
+        async with TimeLimit(self.timeout):
             if self.is_async:
                 await self.func(argument)
             else:

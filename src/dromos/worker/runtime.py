@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from dromos._failures import EXITS, error_of, stored_text, words
-from dromos._loop import cancel_and_wait
+from dromos._loop import TimeLimit, cancel_and_wait
 from dromos.brokers.base import Broker, Delivery, EventRecord, Lease, Outcome, ProgressUpdate
 from dromos.chain import CHAIN_HEADER, next_step
 from dromos.context import JobContext, reset_current, set_current
@@ -653,10 +653,10 @@ class Worker:
             try:
                 if timeout is None:  # the common case: no timer to arm and disarm
                     return await task.func(*args, **kwargs)
-                async with asyncio.timeout(timeout) as limit:
+                async with TimeLimit(timeout) as limit:
                     return await task.func(*args, **kwargs)
             except TimeoutError:
-                if limit is not None and limit.expired():
+                if limit is not None and limit.expired:
                     ctx._cancel()
                     raise _TimeLimit(_limit_message(timeout)) from None
                 raise
