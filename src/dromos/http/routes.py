@@ -9,7 +9,6 @@ with the status it left the job in (``cancelled`` for a waiting job; ``running``
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -18,6 +17,7 @@ import msgspec
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from starlette.responses import Response, StreamingResponse
 
+from dromos._loop import TimeLimit
 from dromos.app import App
 from dromos.brokers.base import Broker
 from dromos.http.auth import Scope
@@ -258,7 +258,7 @@ def health_router(app: App, settings: GatewaySettings) -> APIRouter:
     )
     async def readyz() -> Response:
         try:
-            async with asyncio.timeout(settings.ready_timeout):
+            async with TimeLimit(settings.ready_timeout):  # an answer past it is a timeout
                 # A point read of an id that cannot exist: one cheap round trip.
                 await (await app.abroker()).status("readyz-probe")
         except Exception as exc:
