@@ -15,6 +15,7 @@ from dromos import JobState
 from dromos.brokers.base import Outcome
 from tests.backends._support import eventually
 from tests.backends.conftest import Workers
+from tests.cancellation import swallowing_loop
 
 
 async def test_a_failing_task_is_retried_with_backoff_until_it_succeeds(
@@ -199,15 +200,8 @@ async def test_a_task_that_swallows_its_time_limits_cancellation_still_fails_at_
     # redis-py on Python 3.11 swallows a cancellation that lands as a command's write ends:
     # with asyncio.timeout, such a task ran on past its limit and succeeded.
     @app.task(retries=0, timeout=0.2)
-    async def stubborn() -> str:
-        swallowed = False
-        while True:
-            try:
-                await asyncio.sleep(0.01)
-            except asyncio.CancelledError:
-                if swallowed:
-                    raise
-                swallowed = True
+    async def stubborn() -> None:
+        await swallowing_loop()
 
     workers.start(app)
     job = await stubborn.aenqueue()

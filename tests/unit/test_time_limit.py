@@ -10,16 +10,7 @@ import time
 import pytest
 
 from dromos._loop import TimeLimit
-
-
-async def _swallowing_loop(swallowed: list[int]) -> None:
-    while True:
-        try:
-            await asyncio.sleep(0.01)
-        except asyncio.CancelledError:
-            if swallowed:
-                raise
-            swallowed.append(1)  # as a client library that caught it mid-command
+from tests.cancellation import swallowing_loop as _swallowing_loop
 
 
 async def test_code_that_swallows_the_first_cancellation_still_ends_at_the_limit() -> None:
