@@ -347,6 +347,7 @@ def rabbitmq_cluster(tmp_path: Path) -> Iterator[Cluster]:
     killed)."""
     require_server("rabbitmq", "127.0.0.1", 5672)
     require_server("redis", SHARED_HOST, SHARED_PORT)
+    from dromos.brokers.rabbitmq_events_log import LogNames
     from dromos.brokers.rabbitmq_transport import BANDS, AmqpTransport, Name
 
     prefix = new_prefix()
@@ -363,6 +364,11 @@ def rabbitmq_cluster(tmp_path: Path) -> Iterator[Cluster]:
         declared = {Name("queue", names.queue(q, b)) for q in queues for b in BANDS}
         declared |= {Name("exchange", names.jobs), Name("exchange", names.dlx),
                      Name("queue", names.dead)}  # fmt: skip
+        # The event bus's, also when a worker killed between declaring and registering them
+        # left them out of the store (such queues were found left on the shared node).
+        bus = LogNames(prefix)
+        declared |= {Name("queue", bus.log), Name("exchange", bus.exchange)}
+        declared |= {Name("queue", bus.group(s.group)) for s in c.app.subscribers}
         registered = asyncio.run(_registered(store))  # the event bus's, by any worker
         asyncio.run(transport.delete_names(declared | transport.declared | registered))
         delete_prefix(SHARED_HOST, SHARED_PORT, prefix)
