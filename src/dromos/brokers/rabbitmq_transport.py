@@ -492,17 +492,14 @@ class AmqpTransport:
         """
         channel = link.pub
         assert channel is not None
-        window = asyncio.Semaphore(_WINDOW) if len(messages) > _WINDOW else None
+        window = asyncio.Semaphore(_WINDOW)
         confirmed = [False] * len(messages)
         failed: list[Outgoing] = []
         last: BaseException | None = None
 
         async def one(index: int, message: Outgoing) -> None:
-            if window is None:
+            async with window:
                 await self._publish_one(channel, message)
-            else:
-                async with window:
-                    await self._publish_one(channel, message)
             confirmed[index] = True
             timer.reschedule(deadline.extend())
 
