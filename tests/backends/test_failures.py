@@ -279,9 +279,9 @@ async def test_a_plain_task_past_its_time_limit_fails_while_the_worker_keeps_ser
     assert saw_cancelled == [True]
 
 
-async def _failed(job: dromos.Job[Any]) -> dromos.JobStatus:
-    """The status of ``job``, whose result must raise JobFailed."""
-    with pytest.raises(dromos.JobFailed):
+async def _failed(job: dromos.Job[Any], match: str | None = None) -> dromos.JobStatus:
+    """The status of ``job``, whose result must raise JobFailed (saying ``match``)."""
+    with pytest.raises(dromos.JobFailed, match=match):
         await job.aresult(timeout=30)
     status = await job.astatus()
     assert status is not None
@@ -380,6 +380,6 @@ async def test_a_task_calling_sys_exit_fails_its_job_and_the_worker_goes_on(
     workers.start(app)
     for job, message in [(await script_async.aenqueue(), "3"),
                          (await script_plain.aenqueue(), "no input file")]:  # fmt: skip
-        status = await _failed(job)
+        status = await _failed(job, match="SystemExit")
         assert [(e.type, e.message) for e in status.errors] == [("SystemExit", message)]
     assert await (await add.aenqueue(2, 3)).aresult(timeout=30) == 5
