@@ -9,19 +9,24 @@ itself, or put something on it that the broker did not.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 import dromos
-from dromos.brokers.base import EventOutcome
+from dromos.brokers import create_broker
+from dromos.brokers.base import Broker, BrokerOptions, EventOutcome
 from dromos.brokers.rabbitmq import RabbitMQBroker
+from dromos.errors import BrokerError
 from tests.backends._support import eventually
-from tests.backends.conftest import BACKENDS, MakeBroker, Target, Workers
+from tests.backends.conftest import BACKENDS, RABBITMQ_PORT, MakeBroker, Target, Workers
 from tests.backends.test_events_contract import record
 
 aio_pika = pytest.importorskip("aio_pika")  # (the backend fixture fails first under CI)
+
+from tests.backends.test_rabbitmq_transport import Proxy  # noqa: E402  (needs aio_pika)
 
 
 @pytest.fixture
@@ -169,3 +174,56 @@ async def test_instances_joining_a_group_at_once_fill_it_from_the_log_once(
     # Filled once: each event on the queue once (the conformance suite checks that each is
     # then claimed once, on every backend).
     assert await _ready(channel, rabbit.events.names.group("g")) == len(events)
+
+
+@pytest.fixture
+async def through_proxy(backend: Target) -> AsyncIterator[tuple[Proxy, MakeBroker]]:
+    """A proxy in front of the node, and ``make(publish_timeout=...)``: a broker on the
+    test's names and store whose link goes through it."""
+    proxy = Proxy()
+    await proxy.start()
+    made: list[Broker] = []
+
+    async def make(**query: float) -> Broker:
+        url = backend.broker.replace(f":{RABBITMQ_PORT}/", f":{proxy.port}/")
+        url += "".join(f"&{key}={value}" for key, value in query.items())
+        broker = create_broker(url, BrokerOptions(), backend.backend)
+        await broker.open()
+        made.append(broker)
+        return broker
+
+    yield proxy, make
+    proxy.flowing.set()
+    for broker in made:
+        await broker.close()
+    await proxy.stop()
+
+
+async def test_an_event_publish_on_a_stalled_link_fails_at_publish_timeout(
+    through_proxy: tuple[Proxy, MakeBroker],
+) -> None:
+    # No confirm comes and the connection is not (yet) seen lost: the publish fails on the
+    # jobs' deadline instead of waiting for the heartbeat to give up on the link.
+    proxy, make = through_proxy
+    broker = await make(publish_timeout=0.5)
+    await broker.publish([record()])  # connected and declared
+    proxy.flowing.clear()
+    started = time.monotonic()
+    with pytest.raises(BrokerError, match=r"publishing 1 of 1 event\(s\) failed"):
+        await asyncio.wait_for(broker.publish([record()]), 20)
+    assert time.monotonic() - started < 10.5  # within publish_limit (0.5 s + 10 s)
+
+
+async def test_a_big_event_publish_on_a_slow_link_succeeds_while_its_confirms_keep_coming(
+    through_proxy: tuple[Proxy, MakeBroker], channel: aio_pika.abc.AbstractChannel
+) -> None:
+    proxy, make = through_proxy
+    broker = await make(publish_timeout=0.6)
+    assert isinstance(broker, RabbitMQBroker)
+    await broker.join_group("g", ["#"], "latest")
+    proxy.lag = 0.05  # 600 x 4 KB through 64 KB reads: about 2 s
+    started = time.monotonic()
+    await broker.publish([record(data="x" * 4096) for _ in range(600)])
+    assert time.monotonic() - started > 0.6  # longer than publish_timeout in all
+    proxy.lag = 0
+    assert await _ready(channel, broker.events.names.group("g")) == 600

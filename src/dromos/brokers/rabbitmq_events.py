@@ -8,8 +8,10 @@
   ``earliest`` or at a time is filled from (:mod:`~dromos.brokers.rabbitmq_events_log`).
 - **The registry** of groups and their patterns is the store's (``names_add``/``names_list``):
   a claim for a group nobody joined finds nothing and declares nothing.
-- **Publish** with confirms, through reconnection, until ``publish_timeout``. Not atomic: a
-  batch that failed half-way may have delivered some events (at least once per event).
+- **Publish** with confirms through the jobs' window and deadline
+  (:mod:`~dromos.brokers.rabbitmq_confirms`: ``publish_timeout`` without a confirm, or
+  ``publish_limit`` in all), through reconnection. Not atomic: a batch that failed half-way
+  may have delivered some events (at least once per event).
 - **Claims**: a consumer per group on a channel of the event bus's own (its delivery tags are
   apart from the jobs'), deliveries buffered in arrival order; a claim takes them and, when
   the buffer runs short, ``basic.get`` s more. A claimed event is leased by being unacked,
@@ -55,6 +57,7 @@ from dromos.brokers.base import (
     Parked,
 )
 from dromos.brokers.memory_events import poison_error
+from dromos.brokers.rabbitmq_confirms import Deadline
 from dromos.brokers.rabbitmq_event_messages import (
     Delivered,
     delivered,
@@ -114,26 +117,30 @@ class RabbitMQEvents:
     async def publish(self, events: Sequence[EventRecord]) -> None:
         if not events:
             return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.transport.settings.publish_timeout
+        settings = self.transport.settings
+        deadline = Deadline(asyncio.get_running_loop(), settings)  # across every attempt
         pending = list(events)
-        delay, last = 0.1, None
+        delay = 0.1
+        last: BaseException | None = None
         while True:
             try:
                 state = await self._ready()
                 await self.channels.declare(state)
-                pending = await self.channels.confirmed(state, pending, self._exchange_publisher)
+                pending, last = await self.channels.confirmed(
+                    state, pending, self._exchange_publisher, deadline
+                )
                 if not pending:
                     return
             except BrokerError as exc:
                 last = exc
-            if loop.time() >= deadline:
+            if deadline.passed():
                 raise BrokerError(
-                    f"RabbitMQ at {self.transport.settings.safe_url}: publishing {len(pending)} "
-                    f"of {len(events)} event(s) failed for publish_timeout="
-                    f"{self.transport.settings.publish_timeout:g} s: {last or 'nacked'}"
+                    f"RabbitMQ at {settings.safe_url}: publishing {len(pending)} of "
+                    f"{len(events)} event(s) failed (the last {settings.publish_timeout:g} s "
+                    f"without a confirm or {settings.publish_limit:g} s in all): "
+                    f"{last or 'not confirmed'}"
                 )
-            await asyncio.sleep(min(delay, max(deadline - loop.time(), 0.0)))
+            await asyncio.sleep(min(delay, deadline.remaining()))
             delay = min(delay * 2, 5.0)
 
     def _exchange_publisher(self, pub: RawChannel, event: EventRecord) -> Coroutine[Any, Any, Any]:
@@ -438,7 +445,7 @@ class RabbitMQEvents:
         for group, entry in batch.entries:
             by_group.setdefault(group, []).append(entry)
         for group, entries in by_group.items():
-            failed = await self.channels.confirmed(
+            failed, _ = await self.channels.confirmed(
                 state, entries, to_group(self.names.group(group))
             )
             await self.store.unpark(group, [p.key for p in entries if p not in failed])
@@ -496,9 +503,13 @@ class RabbitMQEvents:
             if not dead:
                 return replayed
             state = await self._ready()
-            failed = await self.channels.confirmed(state, dead, to_group(self.names.group(group)))
+            failed, last = await self.channels.confirmed(
+                state, dead, to_group(self.names.group(group))
+            )
             if failed:
-                raise BrokerError(f"replaying {len(failed)} event(s) of {group!r}: nacked")
+                raise BrokerError(
+                    f"replaying {len(failed)} event(s) of {group!r}: not confirmed ({last})"
+                )
             await self.store.unpark(group, [d.key for d in dead])
             replayed += len(dead)
             if wanted is not None:

@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import AbstractChannel as RawChannel
-from pamqp.commands import Basic
 
 from dromos.brokers.base import Broker
+from dromos.brokers.rabbitmq_confirms import Deadline, publish_confirmed
 from dromos.brokers.rabbitmq_event_messages import Delivered
 from dromos.brokers.rabbitmq_events_log import EventLog, LogNames
 from dromos.brokers.rabbitmq_transport import AmqpTransport, Name
@@ -167,22 +167,19 @@ class EventChannels:
         state: Channels,
         items: list[_T],
         publish: Callable[[RawChannel, _T], Coroutine[Any, Any, Any]],
-    ) -> list[_T]:
-        """Publish, await every confirm; the items not confirmed (a lost channel raises)."""
-        results = await asyncio.gather(
-            *(publish(state.pub, i) for i in items), return_exceptions=True
+        deadline: Deadline | None = None,
+    ) -> tuple[list[_T], BaseException | None]:
+        """Publish through the window with confirms, as the jobs' transport does: (the items
+        not confirmed by ``deadline``, a fresh one by default, the last error); a lost
+        channel raises."""
+        if deadline is None:
+            deadline = Deadline(asyncio.get_running_loop(), self.transport.settings)
+        failed, last = await publish_confirmed(
+            items, lambda item: publish(state.pub, item), deadline, (Exception,)
         )
-        failed = []
-        for item, result in zip(items, results, strict=True):
-            if isinstance(result, BaseException):
-                if not isinstance(result, Exception):
-                    raise result
-                if not state.usable():
-                    raise self.lost(state, result, "publishing events")
-                failed.append(item)
-            elif isinstance(result, Basic.Nack):
-                failed.append(item)
-        return failed
+        if last is not None and not state.usable():
+            raise self.lost(state, last, "publishing events")
+        return failed, last
 
 
 async def close_quietly(raw: RawChannel) -> None:

@@ -54,6 +54,7 @@ from aiormq.exceptions import AMQPError
 from pamqp.commands import Basic
 
 from dromos._loop import cancel_and_wait, close_per_loop
+from dromos.brokers.rabbitmq_confirms import Deadline, publish_confirmed
 from dromos.brokers.rabbitmq_url import (
     BANDS,
     AmqpNames,
@@ -86,7 +87,6 @@ _DELIVERY_LIMIT = 20
 _CONNECT_TIMEOUT = 10.0
 _RPC_TIMEOUT = 30.0  # a declaration, consume or get that takes longer means a dead link
 _BACKOFF_FIRST, _BACKOFF_MAX, _JITTER = 0.1, 5.0, 0.2
-_WINDOW = 256  # publishes in flight at once within a batch
 # Errors that mean "this connection or channel is gone or refused": retried or reported as
 # BrokerError. ChannelInvalidStateError is a RuntimeError.
 _FAILURES: tuple[type[BaseException], ...] = (
@@ -452,7 +452,7 @@ class AmqpTransport:
         self.check_names({m.queue for m in messages})
         state = self._state()
         loop = asyncio.get_running_loop()
-        deadline = _Deadline(loop, self.settings)
+        deadline = Deadline(loop, self.settings)
         pending = list(messages)
         delay = _BACKOFF_FIRST
         last: BaseException | None = None
@@ -483,40 +483,15 @@ class AmqpTransport:
                 delay = min(delay * 2, _BACKOFF_MAX)
 
     async def _publish_once(
-        self, link: _Link, messages: list[Outgoing], deadline: _Deadline
+        self, link: _Link, messages: list[Outgoing], deadline: Deadline
     ) -> tuple[list[Outgoing], BaseException | None]:
-        """Publish, then await the confirms: (the messages not confirmed, the last error).
-
-        Every confirm pushes ``deadline`` back; when it passes, what is unconfirmed is
-        returned with the :class:`TimeoutError` (what was confirmed stays confirmed).
-        """
+        """Publish through the window, then await the confirms: (the messages not confirmed,
+        the last error); see :func:`publish_confirmed`."""
         channel = link.pub
         assert channel is not None
-        window = asyncio.Semaphore(_WINDOW)
-        confirmed = [False] * len(messages)
-        failed: list[Outgoing] = []
-        last: BaseException | None = None
-
-        async def one(index: int, message: Outgoing) -> None:
-            async with window:
-                await self._publish_one(channel, message)
-            confirmed[index] = True
-            timer.reschedule(deadline.extend())
-
-        try:
-            async with asyncio.timeout_at(deadline.at) as timer:
-                results = await asyncio.gather(
-                    *(one(i, m) for i, m in enumerate(messages)), return_exceptions=True
-                )
-        except TimeoutError as exc:
-            return [m for m, done in zip(messages, confirmed, strict=True) if not done], exc
-        for message, result in zip(messages, results, strict=True):
-            if isinstance(result, BaseException):
-                if not isinstance(result, _FAILURES):
-                    raise result
-                failed.append(message)
-                last = result
-        return failed, last
+        return await publish_confirmed(
+            messages, lambda m: self._publish_one(channel, m), deadline, _FAILURES
+        )
 
     def _publish_one(self, channel: RawChannel, message: Outgoing) -> Awaitable[Any]:
         band = band_of(message.priority)
@@ -823,22 +798,6 @@ def _retrieved(task: asyncio.Future[None]) -> None:
     """Mark a shielded task's error as seen: its caller may be gone (it was cancelled)."""
     if not task.cancelled():
         task.exception()
-
-
-class _Deadline:
-    """When a publish gives up (loop time): ``publish_timeout`` after it began, then after the
-    last confirm (:meth:`extend`), but never past its ``publish_limit``."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, settings: AmqpSettings) -> None:
-        self.loop, self.timeout = loop, settings.publish_timeout
-        now = loop.time()
-        self.at = now + self.timeout
-        self.limit = now + settings.publish_limit
-
-    def extend(self) -> float:
-        """A confirm came: the deadline is ``publish_timeout`` from now (within the limit)."""
-        self.at = min(self.loop.time() + self.timeout, self.limit)
-        return self.at
 
 
 def _jittered(delay: float) -> float:
