@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from dromos._loop import finish
 from dromos.errors import ConfigurationError, DromosError
 from dromos.job import JobState, JobStatus, WebhookAttempt
 
@@ -246,7 +247,7 @@ class Deliverer:
                     woken.cancel()
         finally:
             stopped.cancel()
-            await self.aclose()
+            await finish(self.aclose())  # to its end: the worker's stop cancels repeatedly
 
     async def _deliver(self, due: WebhookDue) -> None:
         status = await self.broker.status(due.job_id)

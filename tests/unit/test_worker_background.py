@@ -11,8 +11,9 @@ from collections.abc import Sequence
 import pytest
 
 import dromos
-from dromos._loop import cancel_and_wait
+from dromos._loop import cancel_and_wait, finish
 from dromos.brokers.memory import MemoryBroker
+from dromos.webhooks import Deliverer
 
 
 async def test_a_loop_that_swallows_its_first_cancellation_still_ends_promptly() -> None:
@@ -68,4 +69,60 @@ async def test_an_idle_wait_that_swallows_its_cancellation_ends_before_the_worke
     worker.stop()
     await asyncio.wait_for(running, 10)
     assert waits == {"running": 0, "swallowed": 1}
+    await app.aclose()
+
+
+async def test_a_slow_close_in_a_finally_runs_to_its_end_through_repeated_cancels() -> None:
+    # The webhook deliverer closes its HTTP client in a finally; cut short by the worker's
+    # repeated cancels on a loaded machine, it left sockets to be reported unclosed.
+    closed: list[str] = []
+
+    async def close() -> None:
+        await asyncio.sleep(0.35)  # three of cancel_and_wait's 0.1 s rounds
+        closed.append("closed")
+
+    async def serve() -> None:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            await finish(close())
+
+    task = asyncio.create_task(serve())
+    await asyncio.sleep(0)
+    await cancel_and_wait([task])
+    assert task.cancelled()  # the cancellation still ends it, once the close is done
+    assert closed == ["closed"]
+
+
+async def test_a_close_that_never_ends_is_given_up_at_its_limit() -> None:
+    async def serve() -> None:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            await finish(asyncio.sleep(60), limit=0.3)
+
+    task = asyncio.create_task(serve())
+    await asyncio.sleep(0)
+    began = time.monotonic()
+    await cancel_and_wait([task])
+    assert task.cancelled()
+    assert time.monotonic() - began < 5.0
+
+
+async def test_the_webhook_deliverer_closes_its_client_when_its_worker_stops() -> None:
+    app = dromos.App("t", "memory://")
+    broker = await app.abroker()
+    deliverer = Deliverer(broker, app.webhooks, "/t")
+    closed: list[bool] = []
+
+    class SlowClient:
+        async def aclose(self) -> None:
+            await asyncio.sleep(0.35)
+            closed.append(True)
+
+    deliverer._client = SlowClient()  # type: ignore[assignment]
+    running = asyncio.create_task(deliverer.run(asyncio.Event()))
+    await asyncio.sleep(0.05)
+    await cancel_and_wait([running])
+    assert closed == [True]
     await app.aclose()
