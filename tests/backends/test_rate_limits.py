@@ -110,9 +110,11 @@ async def test_a_key_limits_each_value_on_its_own(app: dromos.App, workers: Work
     for customer in ("acme", "globex"):
         assert len(started[customer]) == 6
         assert _most_in_any_window(started[customer], 0.5 - 0.02) <= 3
-    # Each customer's second three waited for its own window only, not for the other's.
+    # Each customer's window is its own: more than one customer's limit started within one
+    # window (6 when every start kept to its reservation; on a loaded machine a start that
+    # missed its reservation's slack reserves again, in the next window, by design).
     everyone = sorted(started["acme"] + started["globex"])
-    assert _most_in_any_window(everyone, 0.5 - 0.02) == 6
+    assert _most_in_any_window(everyone, 0.5 - 0.02) > 3
 
 
 async def test_a_job_whose_turn_is_far_off_is_handed_back_and_others_run(
