@@ -14,7 +14,7 @@ import asyncio
 import gc
 import logging
 import os
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "cancel_and_wait",
     "close_per_loop",
     "finish",
+    "first_of",
     "loop_factory",
     "new_loop",
     "tune_gc",
@@ -116,6 +117,18 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:
     for task in given:
         if not task.cancelled() and task.exception() is not None:
             log.debug("%r ended with %r", task, task.exception())
+
+
+async def first_of(*awaitables: Awaitable[Any]) -> asyncio.Future[Any]:
+    """Wait until the first of ``awaitables`` ends, cancel the others and wait until they
+    ended too (:func:`cancel_and_wait`: a broker's wait must not run on past its caller);
+    return the first, whose error is the caller's to raise or to ignore."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await cancel_and_wait(tasks)
+    return next(t for t in tasks if t in done)
 
 
 async def finish(aw: Coroutine[Any, Any, None], limit: float = 5.0) -> None:

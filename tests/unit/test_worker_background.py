@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import pytest
 
 import dromos
-from dromos._loop import cancel_and_wait, finish
+from dromos._loop import cancel_and_wait, finish, first_of
 from dromos.brokers.memory import MemoryBroker
 from dromos.webhooks import Deliverer
 
@@ -126,3 +126,21 @@ async def test_the_webhook_deliverer_closes_its_client_when_its_worker_stops() -
     await cancel_and_wait([running])
     assert closed == [True]
     await app.aclose()
+
+
+async def test_first_of_returns_the_first_to_end_once_the_others_ended() -> None:
+    ended: list[str] = []
+
+    async def slow() -> None:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            ended.append("slow")
+
+    async def failing() -> None:
+        await asyncio.sleep(0.01)
+        raise RuntimeError("boom")
+
+    first = await first_of(slow(), failing())
+    assert ended == ["slow"]  # cancelled and waited for, before first_of returned
+    assert isinstance(first.exception(), RuntimeError)  # returned, the caller's to raise

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dromos._failures import EXITS, error_of, words
-from dromos._loop import cancel_and_wait
+from dromos._loop import first_of
 from dromos.brokers.base import Broker, EventDelivery, EventOutcome
 from dromos.errors import ValidationError
 from dromos.events.envelope import decode_data, decode_event
@@ -112,7 +112,7 @@ class _Group:
                     log.warning("claiming events of %s failed (%s)", self.name, exc)
                     self.outcomes[:0] = settle  # settled again by the flusher: harmless
                     self.flush_wanted.set()
-                    await _first(asyncio.sleep(backoff), stopping.wait())
+                    await first_of(asyncio.sleep(backoff), stopping.wait())
                     backoff = min(backoff * 2, 5.0)
                     continue
                 finally:
@@ -126,7 +126,7 @@ class _Group:
                 if len(got) < room:
                     if self.outcomes:
                         self.flush_wanted.set()
-                    await _first(self.broker.wait_for_events([self.name], 1.0), stopping.wait())
+                    await first_of(self.broker.wait_for_events([self.name], 1.0), stopping.wait())
             await self._wind_down(grace)
         finally:
             stopper.cancel()
@@ -281,13 +281,3 @@ async def _set_on(event: asyncio.Event, then: asyncio.Event) -> None:
     """Set ``then`` once ``event`` is set."""
     await event.wait()
     then.set()
-
-
-async def _first(*awaitables: object) -> None:
-    """Wait for the first of ``awaitables`` (coroutines); cancel the others and wait until
-    they ended (a broker's wait must not run on past the runner)."""
-    tasks = [asyncio.ensure_future(a) for a in awaitables]  # type: ignore[call-overload]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        await cancel_and_wait(tasks)

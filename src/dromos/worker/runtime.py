@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from dromos._failures import EXITS, error_of, stored_text, words
-from dromos._loop import TimeLimit, cancel_and_wait
+from dromos._loop import TimeLimit, cancel_and_wait, first_of
 from dromos.brokers.base import Broker, Delivery, EventRecord, Lease, Outcome, ProgressUpdate
 from dromos.chain import CHAIN_HEADER, next_step
 from dromos.context import JobContext, reset_current, set_current
@@ -294,16 +294,9 @@ class Worker:
             if inspect.iscoroutine(awaitable):
                 awaitable.close()  # else "coroutine ... was never awaited" at shutdown
             return
-        work = asyncio.ensure_future(awaitable)
-        stop = asyncio.ensure_future(event.wait())
-        try:
-            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            # Waited for, not only cancelled: a broker's wait must not run on past the worker.
-            failed = work.done() and not work.cancelled() and work.exception()
-            await cancel_and_wait((work, stop))
-            if failed:
-                raise work.exception()  # type: ignore[misc]
+        first = await first_of(awaitable, event.wait())
+        if not first.cancelled() and (error := first.exception()) is not None:
+            raise error
 
     async def _fetch(self) -> None:
         broker, backoff = self._broker, 0.1
