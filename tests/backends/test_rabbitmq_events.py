@@ -23,10 +23,9 @@ from dromos.errors import BrokerError
 from tests.backends._support import eventually
 from tests.backends.conftest import BACKENDS, RABBITMQ_PORT, MakeBroker, Target, Workers
 from tests.backends.test_events_contract import record
+from tests.proxy import Proxy
 
 aio_pika = pytest.importorskip("aio_pika")  # (the backend fixture fails first under CI)
-
-from tests.backends.test_rabbitmq_transport import Proxy  # noqa: E402  (needs aio_pika)
 
 
 @pytest.fixture
@@ -180,7 +179,7 @@ async def test_instances_joining_a_group_at_once_fill_it_from_the_log_once(
 async def through_proxy(backend: Target) -> AsyncIterator[tuple[Proxy, MakeBroker]]:
     """A proxy in front of the node, and ``make(publish_timeout=...)``: a broker on the
     test's names and store whose link goes through it."""
-    proxy = Proxy()
+    proxy = Proxy(RABBITMQ_PORT)
     await proxy.start()
     made: list[Broker] = []
 

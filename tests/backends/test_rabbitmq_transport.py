@@ -41,6 +41,7 @@ from dromos.brokers.rabbitmq_transport import (
     parse_url,
 )
 from dromos.errors import BrokerError, ConfigurationError
+from tests.proxy import Proxy
 from tests.servers import require_server
 
 HOST, PORT = "127.0.0.1", 5672
@@ -58,69 +59,6 @@ def job_id(n: int) -> str:
 
 def outgoing(n: int, queue: str = "a", priority: int = 0) -> Outgoing:
     return Outgoing(job_id(n), queue, priority, b'{"id": "%d"}' % n)
-
-
-class Proxy:
-    """A TCP proxy on 127.0.0.1 in front of the shared node: :meth:`cut` aborts every
-    connection through it, :meth:`stop` also stops listening (an outage), :meth:`start`
-    listens again on the same port; :attr:`flowing` cleared holds the bytes (a stall);
-    :attr:`lag` (seconds) delays every read it forwards to the server (a slow link)."""
-
-    def __init__(self) -> None:
-        with socket.socket() as sock:
-            sock.bind((HOST, 0))
-            self.port = sock.getsockname()[1]
-        self.flowing = asyncio.Event()
-        self.flowing.set()
-        self.lag = 0.0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, HOST, self.port)
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(HOST, PORT)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers |= {writer, up_writer}
-        for task in (
-            asyncio.create_task(self._pipe(reader, up_writer, upstream=True)),
-            asyncio.create_task(self._pipe(up_reader, writer)),
-        ):
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _pipe(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: bool = False
-    ) -> None:
-        try:
-            while data := await reader.read(65536):
-                if upstream and self.lag:
-                    await asyncio.sleep(self.lag)
-                await self.flowing.wait()
-                writer.write(data)
-                await writer.drain()
-        except OSError:
-            pass
-        finally:
-            writer.transport.abort()
-            self._writers.discard(writer)
-
-    def cut(self) -> None:
-        """Abort every connection (both sides see it at once: RST)."""
-        for writer in list(self._writers):
-            writer.transport.abort()
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        self.cut()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 MakeTransport = Callable[..., AmqpTransport]
@@ -154,7 +92,7 @@ async def make(prefix: str) -> AsyncIterator[MakeTransport]:
 
 @pytest.fixture
 async def proxy(prefix: str) -> AsyncIterator[Proxy]:
-    proxy = Proxy()
+    proxy = Proxy(PORT)
     await proxy.start()
     yield proxy
     await proxy.stop()
