@@ -22,15 +22,18 @@ import dromos
 from dromos import JobState
 from dromos.brokers import create_broker
 from dromos.brokers.base import EventRecord, Lease, Outcome
-from tests.backends._support import request
+from dromos.errors import BrokerError
+from tests.backends._support import eventually, request
 from tests.backends.conftest import (
     BACKENDS,
     POSTGRES_DSN,
+    POSTGRES_PORT,
     MakeBroker,
     Target,
     Workers,
     drop_postgres_schema,
 )
+from tests.proxy import Proxy
 
 psycopg = pytest.importorskip("psycopg")  # (the backend fixture fails first under CI)
 
@@ -307,10 +310,17 @@ def test_a_bad_url_is_refused_with_what_to_write() -> None:
         create_broker("postgresql://localhost/db?schema=no-dashes")
     with pytest.raises(dromos.ConfigurationError, match="pool_size"):
         create_broker("postgresql://localhost/db?pool_size=none")
-    broker = create_broker("postgres://user:secret@localhost:5432/db?schema=a&sslmode=disable")
+    for bad in ("soon", "-1", "nan"):
+        with pytest.raises(dromos.ConfigurationError, match="query_timeout="):
+            create_broker(f"postgresql://localhost/db?query_timeout={bad}")
+    broker = create_broker(
+        "postgres://user:secret@localhost:5432/db?schema=a&sslmode=disable&query_timeout=2.5"
+    )
     assert broker.schemes == ("postgresql", "postgres")
     assert broker.schema == "a"  # type: ignore[attr-defined]
+    assert broker.query_timeout == 2.5  # type: ignore[attr-defined]
     assert "schema" not in broker.conninfo  # type: ignore[attr-defined]
+    assert "query_timeout" not in broker.conninfo  # type: ignore[attr-defined]
 
 
 async def test_an_unreachable_server_is_a_broker_error_naming_it() -> None:
@@ -452,3 +462,102 @@ async def test_concurrent_publishers_lose_no_event_for_a_claiming_group(
     done.set()
     await asyncio.wait_for(reader, 20.0)
     assert len(got) == len(set(got)) == 4 * 40 * 3
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[Proxy]:
+    """A TCP proxy in front of the shared server: its link can stall, the server cannot."""
+    proxy = Proxy(POSTGRES_PORT)
+    await proxy.start()
+    yield proxy
+    proxy.flowing.set()
+    await proxy.stop()
+
+
+def _through(target: Target, proxy: Proxy, **query: float) -> str:
+    """The test's URL with its link through ``proxy``, and ``query`` added."""
+    url = target.broker.replace(f":{POSTGRES_PORT}/", f":{proxy.port}/", 1)
+    return url + "".join(f"&{key}={value}" for key, value in query.items())
+
+
+async def test_a_stalled_link_fails_a_call_at_query_timeout_and_the_next_call_reconnects(
+    backend: Target, proxy: Proxy
+) -> None:
+    # Nothing answers and nothing says the link is gone (no RST): without a deadline of its
+    # own the call waited for ever (psycopg's cancel request then waits on the same link).
+    broker = create_broker(_through(backend, proxy, query_timeout=0.5))
+    await broker.open()
+    try:
+        [job_id] = await broker.enqueue([request()])
+        proxy.flowing.clear()
+        started = time.monotonic()
+        with pytest.raises(BrokerError, match=r"no answer within query_timeout=0\.5 s"):
+            await asyncio.wait_for(broker.status(job_id), 20)
+        assert time.monotonic() - started < 5
+        proxy.flowing.set()
+        status = await broker.status(job_id)  # on a new connection: the old one was dropped
+        assert status is not None
+        assert status.state is JobState.QUEUED
+    finally:
+        await broker.close()
+
+
+async def test_a_worker_whose_link_stalls_runs_every_job_once_the_link_flows_again(
+    backend: Target, proxy: Proxy, workers: Workers
+) -> None:
+    app = dromos.App("stall", _through(backend, proxy, query_timeout=0.5))
+    ran: list[int] = []
+
+    @app.task(retries=0)
+    async def record(n: int) -> int:
+        ran.append(n)
+        await asyncio.sleep(0.01)
+        return n
+
+    jobs = await record.aenqueue_many([(n,) for n in range(60)])
+    workers.start(app, concurrency=4)
+    await eventually(lambda: len(ran) >= 10, what="ten jobs run")
+    proxy.flowing.clear()  # mid-drain: claims, settles and heartbeats all stall
+    await asyncio.sleep(2)
+    proxy.flowing.set()
+    results = [await job.aresult(timeout=30) for job in jobs]
+    assert results == list(range(60))
+    # At most one extra run per settle the stall cut off (it ran again after its lease).
+    assert set(ran) == set(range(60))
+    assert len(ran) <= 60 + 4
+    await app.aclose()
+
+
+async def test_a_silent_listening_connection_is_checked_and_replaced(
+    backend: Target,
+    proxy: Proxy,
+    make_broker: MakeBroker,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The listener only reads: on a dead link it would wait for ever and no NOTIFY would
+    # wake anyone again. After a silence it asks, under query_timeout, and reconnects.
+    monkeypatch.setattr("dromos.brokers.postgres._LISTEN_CHECK", 0.2)
+    broker = create_broker(_through(backend, proxy, query_timeout=0.5))
+    await broker.open()
+    try:
+        proxy.flowing.clear()
+        with caplog.at_level("WARNING", logger="dromos.postgres"):
+            await eventually(
+                lambda: any("listener" in r.getMessage() for r in caplog.records),
+                what="the listener found dead",
+            )
+        proxy.flowing.set()
+        producer = await make_broker()  # the shared server's link, never stalled
+        for _ in range(20):  # the new listener is up once a NOTIFY wakes a waiter again
+            waiting = asyncio.create_task(broker.wait_for_work(["default"], 0.5))
+            await asyncio.sleep(0.05)
+            await producer.enqueue([request()])
+            started = time.monotonic()
+            await asyncio.wait_for(waiting, 5.0)
+            if time.monotonic() - started < 0.3:
+                break
+        else:
+            pytest.fail("no NOTIFY woke a waiter after the link came back")
+    finally:
+        await broker.close()

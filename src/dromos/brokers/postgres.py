@@ -37,8 +37,10 @@ import contextlib
 import hashlib
 import logging
 import math
+import os
 import re
-from collections.abc import AsyncIterator, Sequence
+import socket
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
@@ -91,6 +93,8 @@ Cursor = AsyncCursor[TupleRow]
 _RECHECK = 1.0  # seconds a waiter trusts the notifications before it looks again
 _POOL_SIZE = 10  # connections per event loop (URL: pool_size=)
 _OPEN_TIMEOUT = 10.0  # seconds to fill the pool's first connection
+_QUERY_TIMEOUT = 30.0  # seconds a pooled connection may go unanswered (URL: query_timeout=)
+_LISTEN_CHECK = 10.0  # seconds of silence after which the listening connection is checked
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")  # channel names stay under 64 bytes
 _errors_decoder = msgspec.json.Decoder(list[JobError])
 
@@ -366,6 +370,41 @@ def _status(row: tuple[Any, ...]) -> JobStatus:
     )  # fmt: skip
 
 
+class _Watchdog:
+    """Drops a connection that goes unanswered for ``timeout`` seconds (0: never).
+
+    A link that dies without a word (a peer gone, a firewall dropping packets, a stalled
+    proxy) leaves a query waiting for ever: PostgreSQL has no client-side deadline, and
+    TCP keepalives take hours. Cancelling the wait is no cure (psycopg then sends a cancel
+    request that waits too, and a transaction's rollback waits on the same link). So the
+    socket is shut down instead: every read and write on it fails at once, the statement
+    raises, and the pool discards the broken connection.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.fired = False
+
+    @contextlib.contextmanager
+    def over(self, conn: AsyncConnection[TupleRow]) -> Iterator[None]:
+        if not self.timeout:
+            yield
+            return
+        timer = asyncio.get_running_loop().call_later(self.timeout, self._drop, conn)
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+    def _drop(self, conn: AsyncConnection[TupleRow]) -> None:
+        self.fired = True
+        with (
+            contextlib.suppress(OSError, psycopg.Error),
+            socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock,
+        ):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
 class _LoopState:
     """What one event loop holds: a pool, the listening connection and its reader, and the
     notifiers that reader wakes (so that each notification wakes this loop's waiters once)."""
@@ -407,6 +446,12 @@ class PostgresBroker(PostgresEventBus, PostgresParking, Broker):
             raise ConfigurationError("pool_size= takes a whole number") from None
         if self.pool_size < 1:
             raise ConfigurationError("pool_size= must be at least 1")
+        try:
+            self.query_timeout = float(query.pop("query_timeout", _QUERY_TIMEOUT))
+        except ValueError:
+            raise ConfigurationError("query_timeout= takes a number of seconds") from None
+        if not self.query_timeout >= 0:
+            raise ConfigurationError("query_timeout= must be 0 (none) or more seconds")
         # Everything else (sslmode, connect_timeout, application_name ...) is libpq's.
         self.conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(query)))
         host = parts.netloc.rpartition("@")[2]
@@ -514,9 +559,12 @@ class PostgresBroker(PostgresEventBus, PostgresParking, Broker):
                 if conn is None:
                     conn = await self._relisten(state)
                     backoff = 0.1
-                async for note in conn.notifies():
-                    self._dispatch(state, note.channel, note.payload)
-                raise psycopg.OperationalError("the notifications ended")
+                while True:
+                    async for note in conn.notifies(timeout=_LISTEN_CHECK):
+                        self._dispatch(state, note.channel, note.payload)
+                    # A link that went silent may be dead without a word (no RST): ask.
+                    with _Watchdog(self.query_timeout).over(conn):
+                        await conn.execute("SELECT 1")
             except Exception as exc:  # the reader must outlive anything: without it, no pushes
                 log.warning(
                     "PostgreSQL listener at %s lost (%s); reconnecting", self._safe_url, exc
@@ -541,14 +589,21 @@ class PostgresBroker(PostgresEventBus, PostgresParking, Broker):
         """A cursor on a pooled connection (autocommit: one statement, one transaction;
         ``transaction=True``: everything in the block commits together or not at all)."""
         state = await self._state()
+        watchdog = _Watchdog(self.query_timeout)
         try:
             async with state.pool.connection() as conn:
-                if transaction:
-                    async with conn.transaction():
+                with watchdog.over(conn):
+                    if transaction:
+                        async with conn.transaction():
+                            yield conn.cursor()
+                    else:
                         yield conn.cursor()
-                else:
-                    yield conn.cursor()
         except psycopg.Error as exc:
+            if watchdog.fired:
+                raise BrokerError(
+                    f"PostgreSQL at {self._safe_url} gave no answer within query_timeout="
+                    f"{self.query_timeout:g} s (the connection was dropped)"
+                ) from exc
             raise BrokerError(f"PostgreSQL at {self._safe_url} failed: {exc}") from exc
 
     async def _fetch(self, template: str, params: Any = None) -> list[tuple[Any, ...]]:
