@@ -40,28 +40,11 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def _tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (the supervisor and its worker processes)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += children.get(p, [])
-    return out
-
-
 def _drain(port: int, jobs: int, processes: int, client: Any) -> None:
     os.environ.update({"DROMOS_BROKER": f"redis://127.0.0.1:{port}/0?prefix=bench",
                        "BENCH_REDIS_PORT": str(port)})  # fmt: skip
     import dromos_tasks  # type: ignore[import-not-found]
+    from _driver import process_tree  # type: ignore[import-not-found]
 
     client.flushall()  # the private server
     for start in range(0, jobs, 1000):
@@ -78,7 +61,7 @@ def _drain(port: int, jobs: int, processes: int, client: Any) -> None:
                 raise RuntimeError("the worker did not start")
             time.sleep(0.001)
         client.config_resetstat()
-        pids = _tree(worker.pid)  # with -p: the supervisor (idle), then its workers
+        pids = process_tree(worker.pid)  # with -p: the supervisor (idle), then its workers
         t0, first = time.perf_counter(), int(client.get("bench:count"))
         cpu0 = {p: _cpu_seconds(p) for p in pids}
         server0 = _cpu_seconds(client.info("server")["process_id"])

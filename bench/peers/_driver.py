@@ -147,8 +147,8 @@ def _counter(port: int) -> Any:
     return _RedisCount(port)
 
 
-def _tree_rss_mb(pid: int) -> float:
-    """Resident memory of ``pid`` and every descendant, in MiB (from /proc)."""
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every descendant (from /proc)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -157,10 +157,18 @@ def _tree_rss_mb(pid: int) -> float:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry.name))
-    total, todo = 0, [pid]
+    out, todo = [], [pid]
     while todo:
         p = todo.pop()
+        out.append(p)
         todo += children.get(p, [])
+    return out
+
+
+def _tree_rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and every descendant, in MiB (from /proc)."""
+    total = 0
+    for p in process_tree(pid):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
