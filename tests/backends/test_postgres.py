@@ -502,32 +502,6 @@ async def test_a_stalled_link_fails_a_call_at_query_timeout_and_the_next_call_re
         await broker.close()
 
 
-async def test_a_worker_whose_link_stalls_runs_every_job_once_the_link_flows_again(
-    backend: Target, proxy: Proxy, workers: Workers
-) -> None:
-    app = dromos.App("stall", _through(backend, proxy, query_timeout=0.5))
-    ran: list[int] = []
-
-    @app.task(retries=0)
-    async def record(n: int) -> int:
-        ran.append(n)
-        await asyncio.sleep(0.01)
-        return n
-
-    jobs = await record.aenqueue_many([(n,) for n in range(60)])
-    workers.start(app, concurrency=4)
-    await eventually(lambda: len(ran) >= 10, what="ten jobs run")
-    proxy.flowing.clear()  # mid-drain: claims, settles and heartbeats all stall
-    await asyncio.sleep(2)
-    proxy.flowing.set()
-    results = [await job.aresult(timeout=30) for job in jobs]
-    assert results == list(range(60))
-    # At most one extra run per settle the stall cut off (it ran again after its lease).
-    assert set(ran) == set(range(60))
-    assert len(ran) <= 60 + 4
-    await app.aclose()
-
-
 async def test_a_silent_listening_connection_is_checked_and_replaced(
     backend: Target,
     proxy: Proxy,
