@@ -383,3 +383,38 @@ async def test_a_task_calling_sys_exit_fails_its_job_and_the_worker_goes_on(
         status = await _failed(job, match="SystemExit")
         assert [(e.type, e.message) for e in status.errors] == [("SystemExit", message)]
     assert await (await add.aenqueue(2, 3)).aresult(timeout=30) == 5
+
+
+class _SkewedClock:
+    """The ``time`` module as a worker whose wall clock is ``skew`` seconds off sees it."""
+
+    def __init__(self, skew: float) -> None:
+        self._skew = skew
+
+    def time(self) -> float:
+        return time.time() + self._skew
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)  # monotonic, perf_counter ...: as they are
+
+
+@pytest.mark.parametrize("skew", [-30.0, 30.0], ids=["behind", "ahead"])
+async def test_a_retry_waits_its_delay_on_the_brokers_clock_whatever_the_workers(
+    app: dromos.App, workers: Workers, monkeypatch: pytest.MonkeyPatch, skew: float
+) -> None:
+    # RELIABILITY #13: the broker's clock decides. A worker 30 s behind retried at once
+    # (its "now + 0.6 s" was already past); one 30 s ahead retried 30 s late.
+    monkeypatch.setattr("dromos.worker.runtime.time", _SkewedClock(skew))
+    started: list[float] = []
+
+    @app.task(retries=1)
+    async def flaky() -> int:
+        started.append(time.monotonic())
+        if len(started) == 1:
+            raise dromos.Retry(delay=0.6, reason="not yet")
+        return 1
+
+    job = await flaky.aenqueue()
+    workers.start(app)
+    assert await job.aresult(timeout=20) == 1
+    assert 0.5 <= started[1] - started[0] < 10

@@ -52,12 +52,17 @@ async def test_a_start_beyond_the_hold_is_reported_not_reserved(broker: Broker) 
     assert 19.0 < await broker.throttle("t:h", 1, 10.0) <= 20.01
 
 
+@pytest.mark.parametrize("by", ["eta", "delay"])
 async def test_a_released_job_can_wait_for_a_time_without_counting_a_failure(
-    broker: Broker,
+    broker: Broker, by: str
 ) -> None:
     await broker.enqueue([request()])
     [held] = await broker.claim(["default"], 1, 30.0, "w")
-    await broker.release([Lease(held.job_id, held.attempt)], eta=time.time() + 0.5)
+    lease = Lease(held.job_id, held.attempt)
+    if by == "eta":
+        await broker.release([lease], eta=time.time() + 0.5)
+    else:  # seconds on the broker's clock: what a worker defers a job by
+        await broker.release([lease], delay=0.5)
     status = await broker.status(held.job_id)
     assert status is not None
     assert status.state is JobState.SCHEDULED

@@ -67,6 +67,7 @@ __all__ = [
     "dead_letter_from_row",
     "dependencies",
     "dependency_error",
+    "due_at",
     "event_seq",
     "fill_summary",
     "job_filters",
@@ -193,6 +194,14 @@ def dependencies(message: Message) -> list[str]:
     return list(dict.fromkeys(i for part in header.split(",") if (i := part.strip())))
 
 
+def due_at(now: float, eta: float | None, delay: float | None) -> float:
+    """When a retry is due on a broker whose clock says ``now``: ``delay`` seconds on, else
+    ``eta``, else now (see :attr:`Outcome.delay`)."""
+    if delay is not None:
+        return now + delay
+    return now if eta is None else eta
+
+
 def waiting_message(count: int) -> str:
     """The status message of a dependent waiting for ``count`` dependencies (the SQL and Lua
     backends write the same text)."""
@@ -244,7 +253,11 @@ class Outcome:
     error: JobError | None = None
     """Why the run failed, for ``retrying`` and ``failed`` (and ``cancelled``, optionally)."""
     eta: float | None = None
-    """Unix time of the next attempt, for ``retrying``."""
+    """Unix time of the next attempt, for ``retrying`` (when no ``delay`` is given)."""
+    delay: float | None = None
+    """Seconds from now to the next attempt, for ``retrying``, counted on the broker's clock:
+    what a worker reports, so that a worker whose clock is off moves no retry (RELIABILITY
+    #13). Given, it decides, not ``eta``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -653,11 +666,14 @@ class Broker(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def release(self, leases: Sequence[Lease], eta: float | None = None) -> None:
+    async def release(
+        self, leases: Sequence[Lease], eta: float | None = None, *, delay: float | None = None
+    ) -> None:
         """Hand held jobs back to their queue at once, without counting a failure.
 
         Used by a worker that shuts down with jobs it will not finish. The job keeps its
-        place (priority and enqueue order). With ``eta`` (Unix time) the jobs wait in
+        place (priority and enqueue order). With ``eta`` (Unix time) or ``delay`` (seconds
+        from now on the broker's clock, which decides when both are given) the jobs wait in
         ``scheduled`` until then instead: a worker defers a job whose turn under a rate limit
         is further off than it will hold a job for.
         """

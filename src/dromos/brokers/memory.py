@@ -37,6 +37,7 @@ from dromos.brokers.base import (
     WebhookDue,
     dependencies,
     dependency_error,
+    due_at,
     fill_summary,
     job_status,
     waiting_message,
@@ -428,7 +429,7 @@ class MemoryBroker(MemoryEventBus, MemoryParking, Broker):
                     row.failures += 1
                     row.state = _S.RETRYING
                     row.lease_until = None
-                    row.eta = out.eta if out.eta is not None else now
+                    row.eta = due_at(now, out.eta, out.delay)
                     self._seq += 1
                     row.seq = self._seq
                     heapq.heappush(self._delayed, (row.eta, row.seq, row.id))
@@ -455,7 +456,11 @@ class MemoryBroker(MemoryEventBus, MemoryParking, Broker):
                     cancel.add(row.id)
         return HeartbeatReply(frozenset(lost), frozenset(cancel))
 
-    async def release(self, leases: Sequence[Lease], eta: float | None = None) -> None:
+    async def release(
+        self, leases: Sequence[Lease], eta: float | None = None, *, delay: float | None = None
+    ) -> None:
+        if delay is not None:
+            eta = time.time() + delay
         woken: set[str] = set()
         with self._lock:
             for held in leases:

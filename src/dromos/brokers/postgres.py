@@ -226,13 +226,14 @@ _HELD = "j.id = h.id AND j.attempt = h.attempt AND j.state = 'running'"
 # jobs that ended, their done wake-up, and a work wake-up for queues with a retry scheduled.
 _SETTLE = (
     "WITH h AS (SELECT * FROM unnest(%(ids)s::text[], %(attempts)s::int[], %(states)s::text[], "
-    "%(results)s::bytea[], %(errors)s::jsonb[], %(etas)s::float8[]) "
-    "AS h(id, attempt, state, result, error, eta)), "
+    "%(results)s::bytea[], %(errors)s::jsonb[], %(etas)s::float8[], %(delays)s::float8[]) "
+    "AS h(id, attempt, state, result, error, eta, delay)), "
     "settled AS (UPDATE {jobs} j SET state = h.state, "
     "result = CASE WHEN h.state = 'succeeded' THEN h.result ELSE j.result END, "
     "progress = CASE WHEN h.state = 'succeeded' THEN 1.0 ELSE j.progress END, "
     "failures = j.failures + CASE WHEN h.state IN ('retrying', 'failed') THEN 1 ELSE 0 END, "
-    "eta = CASE WHEN h.state = 'retrying' THEN coalesce(h.eta, {now}) ELSE j.eta END, "
+    "eta = CASE WHEN h.state = 'retrying' THEN coalesce({now} + h.delay, h.eta, {now}) "
+    "ELSE j.eta END, "
     "finished_at = CASE WHEN h.state = 'retrying' THEN j.finished_at ELSE {now} END, "
     "expires_at = CASE h.state WHEN 'retrying' THEN j.expires_at "
     "WHEN 'failed' THEN {now} + %(dead_ttl)s ELSE {now} + %(ttl)s END, "
@@ -253,8 +254,9 @@ _EXTEND = (
     f"FROM {_LEASES} WHERE {_HELD} RETURNING j.id, j.cancel_requested"
 )
 _RELEASE = (
-    "WITH back AS (UPDATE {jobs} j SET state = CASE WHEN %(eta)s::float8 IS NULL "
-    "THEN 'queued' ELSE 'scheduled' END, eta = coalesce(%(eta)s::float8, j.eta), "
+    "WITH back AS (UPDATE {jobs} j SET state = CASE WHEN coalesce(%(delay)s::float8, "
+    "%(eta)s::float8) IS NULL THEN 'queued' ELSE 'scheduled' END, "
+    "eta = coalesce({now} + %(delay)s::float8, %(eta)s::float8, j.eta), "
     "lease_until = NULL "
     f"FROM {_LEASES} WHERE {_HELD} RETURNING j.queue) "
     "SELECT count(pg_notify(%(work)s, queue)) FROM (SELECT DISTINCT queue FROM back) q"
@@ -955,6 +957,7 @@ class PostgresBroker(PostgresEventBus, PostgresParking, Broker):
             ],
             "errors": [error_json(o.error) for o in outcomes],
             "etas": [o.eta for o in outcomes],
+            "delays": [o.delay for o in outcomes],
             "ttl": self.options.result_ttl,
             "dead_ttl": self.options.dead_letter_ttl,
             "done": self.done_channel,
@@ -975,12 +978,14 @@ class PostgresBroker(PostgresEventBus, PostgresParking, Broker):
         lost = frozenset(h.job_id for h in leases if h.job_id not in held)
         return HeartbeatReply(lost, frozenset(job_id for job_id, flag in rows if flag))
 
-    async def release(self, leases: Sequence[Lease], eta: float | None = None) -> None:
+    async def release(
+        self, leases: Sequence[Lease], eta: float | None = None, *, delay: float | None = None
+    ) -> None:
         if leases:
             leases = sorted(leases, key=_by_job)
             await self._execute(_RELEASE, {
                 "ids": [h.job_id for h in leases], "attempts": [h.attempt for h in leases],
-                "work": self.work_channel, "eta": eta,
+                "work": self.work_channel, "eta": eta, "delay": delay,
             })  # fmt: skip
 
     async def progress(self, updates: Sequence[ProgressUpdate]) -> None:

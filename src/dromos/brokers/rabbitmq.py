@@ -386,8 +386,10 @@ class RabbitMQBroker(Broker):
     async def extend(self, leases: Sequence[Lease], lease: float) -> HeartbeatReply:
         return await self.store.extend(leases, lease)
 
-    async def release(self, leases: Sequence[Lease], eta: float | None = None) -> None:
-        await self.store.release(leases, eta)
+    async def release(
+        self, leases: Sequence[Lease], eta: float | None = None, *, delay: float | None = None
+    ) -> None:
+        await self.store.release(leases, eta, delay=delay)
         await self.relay()  # at once available to the other workers
         self._poke()
 

@@ -67,6 +67,12 @@ local function clock()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local function jkey(id) return T .. ':job:' .. id end
+-- A due time from the client: Unix ms, or '+<ms>' after the broker's clock (a worker's
+-- delay: its own clock may be off), or '' (none).
+local function due(value, now)
+  if string.sub(value, 1, 1) == '+' then return now + tonumber(string.sub(value, 2)) end
+  return value
+end
 local function ready_score(prio, seq) return -tonumber(prio) * 1099511627776 + tonumber(seq) end
 -- One command over many values (ZADD pairs, ZREM members), in chunks: unpack() is bounded.
 local function variadic(cmd, key, items)
@@ -558,7 +564,8 @@ return 1
 
 --- settle
 -- ARGV: T, result ttl, dead-letter ttl, done channel, work channel, then one MessagePack
---   array of outcomes, each an array: id attempt state result error('' for none) eta(ms or '')
+--   array of outcomes, each an array: id attempt state result error('' for none) eta(ms, or
+--   '+<ms>' after now, or '')
 local now = clock()
 local applied, settled, retrying = 0, {}, {}
 for _, o in ipairs(cmsgpack.unpack(ARGV[6])) do
@@ -574,9 +581,10 @@ for _, o in ipairs(cmsgpack.unpack(ARGV[6])) do
       finish(jk, id, state, now, tonumber(ARGV[2]), {'result', o[4], 'progress', 1}, callback,
         batch, dependents)
     elseif state == 'retrying' then
+      local eta = due(o[6], now)
       redis.call('HINCRBY', jk, 'failures', 1)
-      redis.call('HSET', jk, 'state', 'retrying', 'eta', o[6])
-      retrying[#retrying + 1] = tonumber(o[6])
+      redis.call('HSET', jk, 'state', 'retrying', 'eta', eta)
+      retrying[#retrying + 1] = tonumber(eta)
       retrying[#retrying + 1] = id
     elseif state == 'failed' then
       redis.call('HINCRBY', jk, 'failures', 1)
@@ -612,8 +620,10 @@ end
 return {lost, cancel}
 
 --- release
--- ARGV: T, work channel, eta (ms; '': at once), then per lease 2 values: id attempt
+-- ARGV: T, work channel, eta (ms or '+<ms>' after now; '': at once), then per lease 2
+--   values: id attempt
 local eta = ARGV[3]
+if eta ~= '' then eta = due(eta, clock()) end
 for i = 4, #ARGV, 2 do
   local id = ARGV[i]
   local jk = jkey(id)

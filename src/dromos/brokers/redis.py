@@ -142,6 +142,14 @@ def _ms(moment: float) -> int:
     return int(moment * 1000)
 
 
+def _when(eta: float | None, delay: float | None) -> str | int:
+    """A due time for the scripts: ``+<ms>`` after the server's clock (a delay, so that the
+    worker's clock does not matter), Unix ms, or '' for none."""
+    if delay is not None:
+        return f"+{math.ceil(max(delay, 0.0) * 1000)}"
+    return "" if eta is None else _due_ms(eta)
+
+
 def _due_ms(moment: float) -> int:
     """A due time in ms, rounded up: a job is never ready before its time."""
     return math.ceil(moment * 1000)
@@ -888,7 +896,7 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
                 (
                     o.job_id, str(o.attempt), o.state.value, _text(o.result or b"null"),
                     _text(_json.encode(o.error)) if o.error is not None else "",
-                    _due_ms(o.eta) if o.eta is not None else "",
+                    _when(o.eta, o.delay),
                 )
                 for o in group
             ])  # fmt: skip
@@ -922,10 +930,12 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
                 self._handed[key] = [d for d in jobs if d.job_id not in lost]
         return HeartbeatReply(frozenset(lost), frozenset(cancel))
 
-    async def release(self, leases: Sequence[Lease], eta: float | None = None) -> None:
+    async def release(
+        self, leases: Sequence[Lease], eta: float | None = None, *, delay: float | None = None
+    ) -> None:
         queues = await self._queue_of([h.job_id for h in leases])
         for queue, group in self._by_queue(queues, leases).items():
-            args: list[Any] = [self._work_channel(queue), "" if eta is None else _due_ms(eta)]
+            args: list[Any] = [self._work_channel(queue), _when(eta, delay)]
             for h in group:
                 args += [h.job_id, h.attempt]
             await self._call("release", queue, *args)

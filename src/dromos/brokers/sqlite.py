@@ -54,6 +54,7 @@ from dromos.brokers.base import (
     WebhookDue,
     dependencies,
     dependency_error,
+    due_at,
     job_filters,
     job_status,
     waiting_message,
@@ -702,7 +703,7 @@ class SQLiteBroker(SQLiteEventBus, SQLiteParking, Broker):
             if o.state is _S.SUCCEEDED:
                 row: tuple[Any, ...] = (o.result or b"null", now, result_until, now, *key)
             elif o.state is _S.RETRYING:
-                row = (o.eta if o.eta is not None else now, err, err, *key)
+                row = (due_at(now, o.eta, o.delay), err, err, *key)
             elif o.state is _S.FAILED:
                 row = (now, now + self.options.dead_letter_ttl, now, err, err, *key)
             else:
@@ -744,12 +745,16 @@ class SQLiteBroker(SQLiteEventBus, SQLiteParking, Broker):
         cancel = frozenset(j for j, (_, state, flag) in seen.items() if flag and j not in lost)
         return HeartbeatReply(lost, cancel)
 
-    async def release(self, leases: Sequence[Lease], eta: float | None = None) -> None:
+    async def release(
+        self, leases: Sequence[Lease], eta: float | None = None, *, delay: float | None = None
+    ) -> None:
         if leases:
-            await self._run(self._release, leases, eta)
+            await self._run(self._release, leases, eta, delay)
             self._work.notify(())
 
-    def _release(self, leases: Sequence[Lease], eta: float | None) -> None:
+    def _release(self, leases: Sequence[Lease], eta: float | None, delay: float | None) -> None:
+        if delay is not None:
+            eta = time.time() + delay
         state = "queued" if eta is None else "scheduled"
         with self._write() as db:
             db.executemany(

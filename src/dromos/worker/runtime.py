@@ -478,9 +478,8 @@ class Worker:
                 backoff = min(backoff * 2, 5.0)
         if wait > self.rate_hold:
             # Back when its turn would have come, give or take: the crowd spreads out.
-            eta = time.time() + wait * random.uniform(1.0, 1.1)
-            try:
-                await self._broker.release([run.lease], eta=eta)
+            try:  # a delay, on the broker's clock: this worker's may be off
+                await self._broker.release([run.lease], delay=wait * random.uniform(1.0, 1.1))
                 self.counts["deferred"] += 1
                 return _DEFERRED
             except Exception as exc:  # kept, then: it waits here for a reserved start
@@ -699,7 +698,7 @@ class Worker:
             if delay is None:
                 delay = task.retry_delay(failures)
             log.info("job %s (%s) failed with %s; retry in %.2fs", d.job_id, task.name, kind, delay)
-            return Outcome(d.job_id, d.attempt, _S.RETRYING, error=error, eta=time.time() + delay)
+            return Outcome(d.job_id, d.attempt, _S.RETRYING, error=error, delay=delay)
         log.warning("job %s (%s) failed for good: %s: %s", d.job_id, task.name, kind, error.message)
         return Outcome(d.job_id, d.attempt, _S.FAILED, error=error)
 
