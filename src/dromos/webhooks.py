@@ -269,7 +269,9 @@ class Deliverer:
         if not delivered:
             when = "giving up" if retry_at is None else f"next in {retry_at - now:.1f}s"
             log.warning("webhook for job %s to %s failed: %s (%s)", status.id, due.url, error, when)
-        await self.broker.webhook_attempted(due.job_id, attempt, retry_at)
+        # The wait, not only the time: the broker counts it on its own clock (ours may be off).
+        retry_in = None if retry_at is None else retry_at - now
+        await self.broker.webhook_attempted(due.job_id, attempt, retry_at, retry_in=retry_in)
 
     async def _post(
         self, due: WebhookDue, status: JobStatus, now: float

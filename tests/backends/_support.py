@@ -11,7 +11,7 @@ from typing import Any
 from dromos.brokers.base import EnqueueRequest
 from dromos.message import Message, encode, new_job_id, utcnow
 
-__all__ = ["eventually", "request"]
+__all__ = ["SkewedClock", "eventually", "request"]
 
 
 def request(
@@ -70,3 +70,17 @@ async def eventually(
 def utc_in(seconds: float) -> datetime:
     """An aware datetime ``seconds`` from now."""
     return datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+class SkewedClock:
+    """The ``time`` module as a process whose wall clock is ``skew`` seconds off sees it
+    (patched over a module's ``time``): RELIABILITY #13."""
+
+    def __init__(self, skew: float) -> None:
+        self._skew = skew
+
+    def time(self) -> float:
+        return time.time() + self._skew
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)  # monotonic, perf_counter ...: as they are

@@ -13,7 +13,7 @@ import pytest
 import dromos
 from dromos import JobState
 from dromos.brokers.base import Outcome
-from tests.backends._support import eventually
+from tests.backends._support import SkewedClock, eventually
 from tests.backends.conftest import Workers
 from tests.cancellation import swallowing_loop
 
@@ -385,26 +385,13 @@ async def test_a_task_calling_sys_exit_fails_its_job_and_the_worker_goes_on(
     assert await (await add.aenqueue(2, 3)).aresult(timeout=30) == 5
 
 
-class _SkewedClock:
-    """The ``time`` module as a worker whose wall clock is ``skew`` seconds off sees it."""
-
-    def __init__(self, skew: float) -> None:
-        self._skew = skew
-
-    def time(self) -> float:
-        return time.time() + self._skew
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(time, name)  # monotonic, perf_counter ...: as they are
-
-
 @pytest.mark.parametrize("skew", [-30.0, 30.0], ids=["behind", "ahead"])
 async def test_a_retry_waits_its_delay_on_the_brokers_clock_whatever_the_workers(
     app: dromos.App, workers: Workers, monkeypatch: pytest.MonkeyPatch, skew: float
 ) -> None:
     # RELIABILITY #13: the broker's clock decides. A worker 30 s behind retried at once
     # (its "now + 0.6 s" was already past); one 30 s ahead retried 30 s late.
-    monkeypatch.setattr("dromos.worker.runtime.time", _SkewedClock(skew))
+    monkeypatch.setattr("dromos.worker.runtime.time", SkewedClock(skew))
     started: list[float] = []
 
     @app.task(retries=1)

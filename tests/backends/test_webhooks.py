@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from collections.abc import Callable, Iterator
 
 import msgspec
@@ -14,7 +15,7 @@ import pytest
 import dromos
 from dromos import JobState
 from dromos.webhooks import WebhookVerificationError, verify
-from tests.backends._support import eventually
+from tests.backends._support import SkewedClock, eventually
 from tests.backends.conftest import Workers
 from tests.receiver import Receiver
 
@@ -169,19 +170,46 @@ async def test_a_receiver_that_never_answers_is_given_up_on_after_webhook_timeou
     assert first.error == "no answer within webhook_timeout=0.5 s"
 
 
-async def test_retries_stop_after_the_retry_window(
-    make_app: Callable[..., dromos.App], workers: Workers, receiver: Receiver
-) -> None:
-    app = make_app(webhook_secret=SECRET, webhook_backoff=(0.1,), webhook_retry_for=1.5)
+async def _ended_with_a_callback(
+    app: dromos.App, workers: Workers, receiver: Receiver
+) -> dromos.Job[int]:
+    """A job with the receiver as its ``callback_url``, run by a worker to its end."""
 
     @app.task
     async def one() -> int:
         return 1
 
-    receiver.refuse = 1000
     job = await one.options(callback_url=receiver.url).aenqueue()
     workers.start(app)
     await job.aresult(timeout=10)
+    return job
+
+
+@pytest.mark.parametrize("skew", [-30.0, 30.0], ids=["behind", "ahead"])
+async def test_a_webhook_retry_waits_its_backoff_on_the_brokers_clock(
+    make_app: Callable[..., dromos.App],
+    workers: Workers,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+    skew: float,
+) -> None:
+    # RELIABILITY #13: a deliverer 30 s behind retried at once, one 30 s ahead 30 s late.
+    monkeypatch.setattr("dromos.webhooks.time", SkewedClock(skew))
+    app = make_app(webhook_secret=SECRET, webhook_backoff=(0.6,))
+    receiver.refuse = 1
+    await _ended_with_a_callback(app, workers, receiver)
+    await eventually(lambda: len(receiver.seen) >= 1, what="the first attempt")
+    first = time.monotonic()
+    await eventually(lambda: len(receiver.seen) >= 2, timeout=20, what="the retry")
+    assert 0.5 <= time.monotonic() - first < 10
+
+
+async def test_retries_stop_after_the_retry_window(
+    make_app: Callable[..., dromos.App], workers: Workers, receiver: Receiver
+) -> None:
+    app = make_app(webhook_secret=SECRET, webhook_backoff=(0.1,), webhook_retry_for=1.5)
+    receiver.refuse = 1000
+    job = await _ended_with_a_callback(app, workers, receiver)
 
     async def gave_up() -> bool:
         hooks = (await job.astatus()).webhooks

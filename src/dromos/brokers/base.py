@@ -744,9 +744,17 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def webhook_attempted(
-        self, job_id: str, attempt: WebhookAttempt, retry_at: float | None
+        self,
+        job_id: str,
+        attempt: WebhookAttempt,
+        retry_at: float | None,
+        *,
+        retry_in: float | None = None,
     ) -> None:
-        """Record an attempt on the job; due again at ``retry_at``, or done when ``None``."""
+        """Record an attempt on the job; due again at ``retry_at``, or done when ``None``.
+
+        ``retry_in`` (seconds on the broker's clock), when given with ``retry_at``, decides
+        instead: a worker's clock may be off (see :attr:`Outcome.delay`)."""
 
     # -- the event bus ------------------------------------------------------------------
     # One ordered log of events per broker; a consumer *group* has a position on it and

@@ -584,13 +584,19 @@ class MemoryBroker(MemoryEventBus, MemoryParking, Broker):
             ]
 
     async def webhook_attempted(
-        self, job_id: str, attempt: WebhookAttempt, retry_at: float | None
+        self,
+        job_id: str,
+        attempt: WebhookAttempt,
+        retry_at: float | None,
+        *,
+        retry_in: float | None = None,
     ) -> None:
+        due = None if retry_at is None else due_at(time.time(), retry_at, retry_in)
         with self._lock:
             row = self._rows.get(job_id)
             if row is not None:
                 row.webhooks.append(attempt)
-                row.hook_due = retry_at
+                row.hook_due = due
 
     async def hold_lease(self, name: str, holder: str, ttl: float) -> float | None:
         now = time.time()

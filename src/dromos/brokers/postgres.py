@@ -294,7 +294,8 @@ _WEBHOOKS_DUE = (
     "jsonb_array_length(coalesce(j.webhooks, '[]')), {now}"
 )
 _WEBHOOK_ATTEMPTED = (
-    "UPDATE {jobs} SET hook_due = %s, webhooks = coalesce(webhooks, '[]') || "
+    "UPDATE {jobs} SET hook_due = coalesce({now} + %s, %s), "
+    "webhooks = coalesce(webhooks, '[]') || "
     "jsonb_build_array(%s::jsonb) WHERE id = %s"
 )
 # A name never held gets a free row first, so that there is always a row to lock.
@@ -1069,10 +1070,17 @@ class PostgresBroker(PostgresEventBus, PostgresParking, Broker):
         ]
 
     async def webhook_attempted(
-        self, job_id: str, attempt: WebhookAttempt, retry_at: float | None
+        self,
+        job_id: str,
+        attempt: WebhookAttempt,
+        retry_at: float | None,
+        *,
+        retry_in: float | None = None,
     ) -> None:
+        retry_in = None if retry_at is None else retry_in
         await self._execute(
-            _WEBHOOK_ATTEMPTED, (retry_at, clean(webhook_attempt_json(attempt)), job_id)
+            _WEBHOOK_ATTEMPTED,
+            (retry_in, retry_at, clean(webhook_attempt_json(attempt)), job_id),
         )
 
     async def hold_lease(self, name: str, holder: str, ttl: float) -> float | None:

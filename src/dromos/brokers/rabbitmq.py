@@ -432,9 +432,14 @@ class RabbitMQBroker(Broker):
         return await self.store.webhooks_due(limit, lease)
 
     async def webhook_attempted(
-        self, job_id: str, attempt: WebhookAttempt, retry_at: float | None
+        self,
+        job_id: str,
+        attempt: WebhookAttempt,
+        retry_at: float | None,
+        *,
+        retry_in: float | None = None,
     ) -> None:
-        await self.store.webhook_attempted(job_id, attempt, retry_at)
+        await self.store.webhook_attempted(job_id, attempt, retry_at, retry_in=retry_in)
 
     async def hold_lease(self, name: str, holder: str, ttl: float) -> float | None:
         return await self.store.hold_lease(name, holder, ttl)

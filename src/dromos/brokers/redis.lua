@@ -741,7 +741,8 @@ variadic('ZADD', T .. ':outbox', leased)
 return out
 
 --- webhook_attempted
--- ARGV: T, id, the attempt (JSON), when to try again (ms; '' for never: delivered or given up).
+-- ARGV: T, id, the attempt (JSON), when to try again (ms, or '+<ms>' after now; '' for never:
+--   delivered or given up).
 local id = ARGV[2]
 local jk = jkey(id)
 if redis.call('EXISTS', jk) == 0 then
@@ -757,7 +758,7 @@ end
 if ARGV[4] == '' then
   redis.call('ZREM', T .. ':outbox', id)
 else
-  redis.call('ZADD', T .. ':outbox', ARGV[4], id)
+  redis.call('ZADD', T .. ':outbox', due(ARGV[4], clock()), id)
 end
 return 1
 

@@ -1092,11 +1092,16 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
         return out
 
     async def webhook_attempted(
-        self, job_id: str, attempt: WebhookAttempt, retry_at: float | None
+        self,
+        job_id: str,
+        attempt: WebhookAttempt,
+        retry_at: float | None,
+        *,
+        retry_in: float | None = None,
     ) -> None:
         queue = self._hooks.pop(job_id, None) or (await self._queue_of([job_id])).get(job_id)
         if queue is not None:
-            retry = "" if retry_at is None else _due_ms(retry_at)
+            retry = "" if retry_at is None else _when(retry_at, retry_in)
             await self._call(
                 "webhook_attempted", queue, job_id, webhook_attempt_json(attempt), retry
             )

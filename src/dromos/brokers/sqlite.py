@@ -908,14 +908,20 @@ class SQLiteBroker(SQLiteEventBus, SQLiteParking, Broker):
         return [WebhookDue(i, url or "", ended or now, n) for i, url, ended, n in rows]
 
     async def webhook_attempted(
-        self, job_id: str, attempt: WebhookAttempt, retry_at: float | None
+        self,
+        job_id: str,
+        attempt: WebhookAttempt,
+        retry_at: float | None,
+        *,
+        retry_in: float | None = None,
     ) -> None:
         def _attempted() -> None:
+            due = None if retry_at is None else due_at(time.time(), retry_at, retry_in)
             with self._write() as db:
                 db.execute(
                     "UPDATE dromos_jobs SET hook_due = ?, webhooks = "
                     "json_insert(coalesce(webhooks, '[]'), '$[#]', json(?)) WHERE id = ?",
-                    (retry_at, webhook_attempt_json(attempt), job_id),
+                    (due, webhook_attempt_json(attempt), job_id),
                 )
 
         await self._run(_attempted)
