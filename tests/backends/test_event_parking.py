@@ -103,6 +103,18 @@ async def test_due_entries_come_oldest_first_across_groups_up_to_the_limit(
     assert [(g, p.key) for g, p in (await store.events_due(10, 30.0)).entries] == [("g1", "late")]
 
 
+async def test_a_retrys_wait_counts_on_the_stores_clock_not_its_due(store: Broker) -> None:
+    # A worker whose clock is 30 s off computes a due 30 s off; the wait it also gives
+    # (due_in) is what the store goes by.
+    now = await _now(store)
+    soon = Parked("soon", "orders.created", b"{}", 1, [_error(1)], now - 30, due_in=0.3)
+    later = Parked("later", "orders.created", b"{}", 1, [_error(1)], now + 30, due_in=0.0)
+    await store.park_events("g", [soon, later])
+    assert [p.key for _, p in (await store.events_due(10, 30.0)).entries] == ["later"]
+    await asyncio.sleep(0.4)
+    assert [p.key for _, p in (await store.events_due(10, 30.0)).entries] == ["soon"]
+
+
 async def test_unpark_deletes_entries_and_parking_again_replaces_one(store: Broker) -> None:
     now = await _now(store)
     await store.park_events("g", [parked("a", now + 60), parked("b", now + 60)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 
 import dromos
 from dromos.brokers.base import EventRecord
-from tests.backends._support import eventually
+from tests.backends._support import SkewedClock, eventually
 from tests.backends.conftest import Workers
 
 
@@ -102,6 +103,27 @@ async def test_a_failing_handler_retries_then_dead_letters_and_the_rest_go_on(
     assert "cannot handle" in letter.errors[-1].message
     [stats] = await broker.event_groups()
     assert (stats.dead, stats.running, stats.retrying) == (1, 0, 0)
+
+
+@pytest.mark.parametrize("skew", [-30.0, 30.0], ids=["behind", "ahead"])
+async def test_a_handlers_retry_waits_its_backoff_on_the_brokers_clock(
+    app: dromos.App, workers: Workers, monkeypatch: pytest.MonkeyPatch, skew: float
+) -> None:
+    # RELIABILITY #13: a worker 30 s behind redelivered at once, one 30 s ahead 30 s late.
+    monkeypatch.setattr("dromos.events.runner.time", SkewedClock(skew))
+    started: list[float] = []
+
+    @app.subscriber("clock.#", group="clock", retries=1, backoff=1.2, max_backoff=1.2)
+    async def handle(event: dromos.Event[Any]) -> None:
+        started.append(time.monotonic())
+        if len(started) == 1:
+            raise RuntimeError("not yet")
+
+    workers.start(app)
+    await _joined(app, "clock")
+    await app.apublish("clock.tick", 1)
+    await eventually(lambda: len(started) >= 2, timeout=20, what="the redelivery")
+    assert 0.5 <= started[1] - started[0] < 10  # the backoff: 0.6 to 1.2 s (jittered)
 
 
 async def test_a_malformed_event_is_dead_lettered_with_its_reason(

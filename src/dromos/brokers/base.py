@@ -337,6 +337,9 @@ class EventOutcome:
     """None: handled (acknowledged). Else why it failed: then ``retry_at`` decides."""
     retry_at: float | None = None
     """For a failure: when to deliver it again; None dead-letters it."""
+    retry_in: float | None = None
+    """With ``retry_at``: the same as seconds from now on the broker's clock, which decides
+    (a worker's clock may be off: see :attr:`Outcome.delay`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,6 +386,8 @@ class Parked:
     """Every failed delivery's error, oldest first."""
     due: float | None
     """When to deliver it again (retrying); None: dead-lettered."""
+    due_in: float | None = None
+    """With ``due``: the same as seconds from now on the store's clock, which decides."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from dromos.brokers.base import (
     EventOutcome,
     EventRecord,
     GroupStats,
+    due_at,
     event_seq,
 )
 from dromos.events.topics import matches_any
@@ -165,7 +166,8 @@ class MemoryEventBus:
                     continue
                 claim.errors.append(outcome.error)
                 if outcome.retry_at is not None:
-                    claim.state, claim.due = "retrying", outcome.retry_at
+                    claim.state = "retrying"
+                    claim.due = due_at(now, outcome.retry_at, outcome.retry_in)
                 else:
                     claim.state, claim.failed_at = "dead", now
         if applied:

@@ -7,13 +7,14 @@ registered with their patterns.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from dromos.brokers.base import EventDeadLetter, EventsDue, Parked
+from dromos.brokers.base import EventDeadLetter, EventsDue, Parked, due_at
 
 __all__ = ["MemoryParking"]
 
@@ -61,6 +62,8 @@ class MemoryParking:
         with self._park_lock:
             entries = self._parked.setdefault(group, {})
             for p in parked:
+                if p.due is not None:  # due on this store's clock
+                    p = dataclasses.replace(p, due=due_at(now, p.due, p.due_in), due_in=None)
                 entries[p.key] = _Entry(p, now if p.due is None else None)
 
     async def events_due(self, limit: int, hold: float) -> EventsDue:

@@ -92,11 +92,11 @@ _ACK = (
 )
 _FAIL = (
     "UPDATE {claims} c SET state = CASE WHEN o.retry_at IS NULL THEN 'dead' ELSE 'retrying' END, "
-    "due = coalesce(o.retry_at, c.due), "
+    "due = coalesce({now} + o.retry_in, o.retry_at, c.due), "
     "failed_at = CASE WHEN o.retry_at IS NULL THEN {now} ELSE c.failed_at END, "
     "errors = coalesce(c.errors, '[]') || jsonb_build_array(o.error) FROM unnest("
-    "%(seqs)s::bigint[], %(attempts)s::int[], %(errors)s::jsonb[], %(retry_at)s::float8[]) "
-    f"AS o(seq, attempt, error, retry_at) WHERE {_HELD}"
+    "%(seqs)s::bigint[], %(attempts)s::int[], %(errors)s::jsonb[], %(retry_at)s::float8[], "
+    f"%(retry_in)s::float8[]) AS o(seq, attempt, error, retry_at, retry_in) WHERE {_HELD}"
 )
 # Seconds until a claim of one of the groups may find events: 0 when one has events after its
 # position, else until its next retry or lease end (NULL: nothing comes due).
@@ -312,6 +312,7 @@ class PostgresEventBus:
                     "attempts": [o.attempt for o in fails],
                     "errors": [error_json(o.error) for o in fails],
                     "retry_at": [o.retry_at for o in fails],
+                    "retry_in": [o.retry_in for o in fails],
                 })  # fmt: skip
                 failed = cur.rowcount
                 applied += failed

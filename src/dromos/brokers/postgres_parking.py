@@ -32,10 +32,11 @@ _NAMES_ADD = (
 )
 _PARK = (
     f"INSERT INTO {_PARKED} AS p (grp, key, topic, payload, attempt, errors, due, failed_at) "
-    "SELECT %(group)s, e.key, e.topic, e.payload, e.attempt, e.errors::jsonb, e.due, "
-    "CASE WHEN e.due IS NULL THEN {now} END FROM unnest(%(keys)s::text[], %(topics)s::text[], "
-    "%(payloads)s::bytea[], %(attempts)s::int[], %(errors)s::text[], %(dues)s::float8[]) "
-    "AS e(key, topic, payload, attempt, errors, due) ON CONFLICT (grp, key) DO UPDATE SET "
+    "SELECT %(group)s, e.key, e.topic, e.payload, e.attempt, e.errors::jsonb, "
+    "coalesce({now} + e.due_in, e.due), CASE WHEN e.due IS NULL THEN {now} END "
+    "FROM unnest(%(keys)s::text[], %(topics)s::text[], %(payloads)s::bytea[], "
+    "%(attempts)s::int[], %(errors)s::text[], %(dues)s::float8[], %(due_ins)s::float8[]) "
+    "AS e(key, topic, payload, attempt, errors, due, due_in) ON CONFLICT (grp, key) DO UPDATE SET "
     "topic = excluded.topic, payload = excluded.payload, attempt = excluded.attempt, "
     "errors = excluded.errors, due = excluded.due, failed_at = excluded.failed_at"
 )
@@ -83,6 +84,7 @@ class PostgresParking:
                 "attempts": [p.attempt for p in parked],
                 "errors": [_encode(p.errors).decode() for p in parked],
                 "dues": [p.due for p in parked],
+                "due_ins": [None if p.due is None else p.due_in for p in parked],
             })  # fmt: skip
 
     async def events_due(self, limit: int, hold: float) -> EventsDue:

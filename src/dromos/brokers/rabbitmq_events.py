@@ -375,7 +375,7 @@ class RabbitMQEvents:
             if outcome.error is not None:
                 errors = [*event.errors, outcome.error]
                 parked.append(Parked(event.key, event.topic, event.payload, event.attempt,
-                                     errors, outcome.retry_at))  # fmt: skip
+                                     errors, outcome.retry_at, outcome.retry_in))  # fmt: skip
         if parked:  # the store first: a crash before the ack makes a duplicate, not a loss
             await self.store.park_events(group, parked)
             retries = [p.due for p in parked if p.due is not None]

@@ -70,6 +70,7 @@ from dromos.brokers.redis_clients import (
     TurnTakingCluster,
     TurnTakingRedis,
 )
+from dromos.brokers.redis_due import due_arg, due_ms
 from dromos.brokers.redis_events import RedisEventBus
 from dromos.brokers.redis_parking import RedisParking
 from dromos.brokers.redis_retry import RETRIES, async_retry, sync_retry
@@ -140,19 +141,6 @@ def _scripts(cluster: bool, file: str = "redis.lua", relay: bool = False) -> dic
 
 def _ms(moment: float) -> int:
     return int(moment * 1000)
-
-
-def _when(eta: float | None, delay: float | None) -> str | int:
-    """A due time for the scripts: ``+<ms>`` after the server's clock (a delay, so that the
-    worker's clock does not matter), Unix ms, or '' for none."""
-    if delay is not None:
-        return f"+{math.ceil(max(delay, 0.0) * 1000)}"
-    return "" if eta is None else _due_ms(eta)
-
-
-def _due_ms(moment: float) -> int:
-    """A due time in ms, rounded up: a job is never ready before its time."""
-    return math.ceil(moment * 1000)
 
 
 def _retries(value: str | None) -> int:
@@ -623,7 +611,7 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
                     msg.id,
                     msg.task,
                     max(-MAX_PRIORITY, min(MAX_PRIORITY, msg.priority)),
-                    _due_ms(msg.eta.timestamp()) if msg.eta is not None else "",
+                    due_ms(msg.eta.timestamp()) if msg.eta is not None else "",
                     _text(req.payload),
                     _ms(msg.created_at.timestamp()),
                     msg.headers.get("idempotency_key", ""),
@@ -896,7 +884,7 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
                 (
                     o.job_id, str(o.attempt), o.state.value, _text(o.result or b"null"),
                     _text(_json.encode(o.error)) if o.error is not None else "",
-                    _when(o.eta, o.delay),
+                    due_arg(o.eta, o.delay),
                 )
                 for o in group
             ])  # fmt: skip
@@ -935,7 +923,7 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
     ) -> None:
         queues = await self._queue_of([h.job_id for h in leases])
         for queue, group in self._by_queue(queues, leases).items():
-            args: list[Any] = [self._work_channel(queue), _when(eta, delay)]
+            args: list[Any] = [self._work_channel(queue), due_arg(eta, delay)]
             for h in group:
                 args += [h.job_id, h.attempt]
             await self._call("release", queue, *args)
@@ -1101,7 +1089,7 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
     ) -> None:
         queue = self._hooks.pop(job_id, None) or (await self._queue_of([job_id])).get(job_id)
         if queue is not None:
-            retry = "" if retry_at is None else _when(retry_at, retry_in)
+            retry = "" if retry_at is None else due_arg(retry_at, retry_in)
             await self._call(
                 "webhook_attempted", queue, job_id, webhook_attempt_json(attempt), retry
             )

@@ -258,7 +258,8 @@ local function claim(A)
 end
 -- events_settle, as a function of its arguments (A: as ARGV).
 -- ARGV: E, group, channel, then one MessagePack array of outcomes, each an array: id
---   attempt error(JSON; '' when handled) retry_at(ms; '' to dead-letter). Applies only to
+--   attempt error(JSON; '' when handled) retry_at(ms, or '+<ms>' after now; '' to
+--   dead-letter). Applies only to
 --   deliveries still held (running, same attempt). Returns how many applied. The handled
 --   ones (the common case) are acknowledged and forgotten with one variadic command each.
 local function settle(A)
@@ -276,6 +277,9 @@ local function settle(A)
         append_error(k, id, err)
         redis.call('ZREM', k.running, id)
         if retry ~= '' then
+          if string.sub(retry, 1, 1) == '+' then  -- a wait: on this server's clock
+            retry = now + tonumber(string.sub(retry, 2))
+          end
           redis.call('ZADD', k.retrying, retry, id)
           retried = true
         else

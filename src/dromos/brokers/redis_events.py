@@ -30,6 +30,7 @@ from dromos.brokers.base import (
     GroupStats,
 )
 from dromos.brokers.memory_events import poison_error
+from dromos.brokers.redis_due import due_arg
 from dromos.errors import BrokerError
 from dromos.job import JobError
 
@@ -55,11 +56,6 @@ def _ms(seconds: float) -> int:
     return int(seconds * 1000)
 
 
-def _due_ms(moment: float) -> int:
-    """A due time in ms, rounded up: an event is never delivered again before its time."""
-    return math.ceil(moment * 1000)
-
-
 def _outcomes(outcomes: Sequence[EventOutcome]) -> bytes:
     """A settle's outcomes as the scripts take them: one MessagePack array for the batch (the
     client encodes one argument instead of four per event)."""
@@ -67,7 +63,7 @@ def _outcomes(outcomes: Sequence[EventOutcome]) -> bytes:
         [
             (o.key, o.attempt, "", "") if o.error is None else (
                 o.key, o.attempt, _json.encode(o.error).decode(),
-                "" if o.retry_at is None else _due_ms(o.retry_at),
+                "" if o.retry_at is None else due_arg(o.retry_at, o.retry_in),
             )
             for o in outcomes
         ]

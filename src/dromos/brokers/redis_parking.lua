@@ -31,7 +31,7 @@ local function forget(group, key)
 end
 
 --- park_events
--- ARGV: A, group, then per entry: key, entry, due (ms; '' for dead).
+-- ARGV: A, group, then per entry: key, entry, due (ms, or '+<ms>' after now; '' for dead).
 local group = ARGV[2]
 local now = clock()
 for i = 3, #ARGV, 3 do
@@ -42,6 +42,7 @@ for i = 3, #ARGV, 3 do
     redis.call('ZADD', dead(group), now, key)
   else
     redis.call('ZREM', dead(group), key)
+    if string.sub(due, 1, 1) == '+' then due = now + tonumber(string.sub(due, 2)) end
     redis.call('ZADD', DUE, tonumber(due), group .. '\0' .. key)
   end
 end

@@ -15,6 +15,7 @@ import msgspec
 from redis.exceptions import RedisError
 
 from dromos.brokers.base import EventDeadLetter, EventsDue, Parked
+from dromos.brokers.redis_due import due_arg
 from dromos.errors import BrokerError
 from dromos.job import JobError
 
@@ -97,7 +98,7 @@ class RedisParking:
         if parked:
             args: list[Any] = [group]
             for p in parked:
-                args += [p.key, _entry(p), "" if p.due is None else str(_due_ms(p.due))]
+                args += [p.key, _entry(p), "" if p.due is None else due_arg(p.due, p.due_in)]
             await self._park_call("park_events", *args)
 
     async def events_due(self, limit: int, hold: float) -> EventsDue:
@@ -135,8 +136,3 @@ class RedisParking:
 
     async def drop_group(self, group: str) -> None:
         await self._park_call("park_drop", group)
-
-
-def _due_ms(moment: float) -> int:
-    """A due time in ms, rounded up: an entry never comes back before its time."""
-    return -int(-moment * 1000 // 1)

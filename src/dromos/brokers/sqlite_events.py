@@ -29,6 +29,7 @@ from dromos.brokers.base import (
     EventRecord,
     GroupStats,
     dead_letter_from_row,
+    due_at,
     event_seq,
 )
 from dromos.brokers.memory_events import poison_error
@@ -232,7 +233,7 @@ class SQLiteEventBus:
                     db.execute(
                         f"UPDATE dromos_event_claims SET state = 'retrying', due = ?, errors = ? "
                         f"WHERE {held}",
-                        (o.retry_at, errors, *where),
+                        (due_at(now, o.retry_at, o.retry_in), errors, *where),
                     )
                 else:
                     db.execute(

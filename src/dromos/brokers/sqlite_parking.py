@@ -13,7 +13,13 @@ from typing import Any
 
 import msgspec
 
-from dromos.brokers.base import EventDeadLetter, EventsDue, Parked, dead_letter_from_row
+from dromos.brokers.base import (
+    EventDeadLetter,
+    EventsDue,
+    Parked,
+    dead_letter_from_row,
+    due_at,
+)
 from dromos.job import JobError
 
 __all__ = ["SQLiteParking"]
@@ -24,8 +30,9 @@ _encode = msgspec.json.Encoder().encode
 
 def _row(group: str, p: Parked, now: float) -> tuple[Any, ...]:
     failed_at = now if p.due is None else None
+    due = None if p.due is None else due_at(now, p.due, p.due_in)
     errors = _encode(p.errors).decode()
-    return (group, p.key, p.topic, p.payload, p.attempt, errors, p.due, failed_at)
+    return (group, p.key, p.topic, p.payload, p.attempt, errors, due, failed_at)
 
 
 class SQLiteParking:

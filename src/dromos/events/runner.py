@@ -162,7 +162,9 @@ class _Group:
                 error = JobError(
                     type="Interrupted", message="the worker stopped", attempt=delivery.attempt
                 )
-                self.outcomes.append(EventOutcome(delivery.key, delivery.attempt, error, now))
+                self.outcomes.append(
+                    EventOutcome(delivery.key, delivery.attempt, error, now, retry_in=0.0)
+                )
         if self.running:
             await asyncio.gather(*self.running, return_exceptions=True)
 
@@ -218,11 +220,12 @@ class _Group:
                 raise
             except _HANDLER_FAILURES as exc:
                 log.info("a batch of %d event(s) failed in %s: %r", len(keep), sub.name, exc)
-                now = time.time()
                 for d in keep:
                     error = error_of(exc, d.attempt)
-                    retry = None if d.attempt > sub.retries else now + sub.retry_delay(d.attempt)
-                    outcomes.append(EventOutcome(d.key, d.attempt, error, retry))
+                    if d.attempt > sub.retries:
+                        outcomes.append(EventOutcome(d.key, d.attempt, error, None))
+                    else:
+                        outcomes.append(_retry(d.key, d.attempt, error, sub.retry_delay(d.attempt)))
         for o in outcomes:
             kind = "handled" if o.error is None else "retried" if o.retry_at else "dead"
             self.runner.counts[kind] += 1
@@ -251,7 +254,7 @@ class _Group:
                     return EventOutcome(key, attempt, error, None)
                 log.info("event %s (%s) failed in %s, retrying: %r", event.id, event.type,
                          sub.name, exc)  # fmt: skip
-                return EventOutcome(key, attempt, error, time.time() + sub.retry_delay(attempt))
+                return _retry(key, attempt, error, sub.retry_delay(attempt))
         return EventOutcome(key, attempt)
 
     def _matching(self, topic: str) -> list[Subscriber]:
@@ -275,6 +278,12 @@ class _Group:
                     log.warning("settling %d event(s) of %s failed: %s", len(batch), self.name, exc)
             if stopping.is_set() and not self.running and not self.outcomes:
                 return
+
+
+def _retry(key: str, attempt: int, error: JobError, delay: float) -> EventOutcome:
+    """A failure to deliver again after ``delay`` seconds, counted on the broker's clock (this
+    worker's may be off; ``retry_at`` is what it thinks that is)."""
+    return EventOutcome(key, attempt, error, time.time() + delay, retry_in=delay)
 
 
 async def _set_on(event: asyncio.Event, then: asyncio.Event) -> None:
