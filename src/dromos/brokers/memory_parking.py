@@ -7,7 +7,6 @@ registered with their patterns.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -63,7 +62,7 @@ class MemoryParking:
             entries = self._parked.setdefault(group, {})
             for p in parked:
                 if p.due is not None:  # due on this store's clock
-                    p = dataclasses.replace(p, due=due_at(now, p.due, p.due_in), due_in=None)
+                    p = replace(p, due=due_at(now, p.due, p.due_in), due_in=None)
                 entries[p.key] = _Entry(p, now if p.due is None else None)
 
     async def events_due(self, limit: int, hold: float) -> EventsDue:
