@@ -292,3 +292,17 @@ async def test_wait_for_work_does_not_spin_on_work_in_other_queues(broker: Broke
         await broker.wait_for_work(["default"], max(0.0, deadline - time.monotonic()))
         returns += 1
     assert returns <= 10  # a spurious return now and then is allowed; a busy loop is not
+
+
+async def test_one_enqueue_keeps_its_order_with_keys_and_callbacks_among_its_jobs(
+    broker: Broker,
+) -> None:
+    # Found by the differential test: SQLite inserted the jobs with an idempotency key (or a
+    # callback) after the others of the same call, so they were claimed last.
+    reqs = [
+        request(key="k1"), request(), request(callback="http://127.0.0.1:9/hook"), request(),
+        request(key="k2"),
+    ]  # fmt: skip
+    await broker.enqueue(reqs)
+    claimed = await broker.claim(["default"], 10, 30.0)
+    assert [d.job_id for d in claimed] == [r.message.id for r in reqs]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from dromos import Broker, JobState
+from dromos import Broker, JobState, JobStatus
 from dromos.brokers.base import Delivery, Outcome
 from tests.backends._support import request
 from tests.backends.conftest import MakeBroker
@@ -227,3 +227,23 @@ async def test_a_due_job_reads_queued_before_any_claim(broker: Broker) -> None:
     status = await broker.status(req.message.id)
     assert status is not None
     assert (status.state, status.eta) == (JobState.QUEUED, None)
+
+
+async def test_a_due_job_is_listed_under_the_state_its_status_shows(broker: Broker) -> None:
+    # Found by the differential test: SQLite, PostgreSQL and memory listed a due retry under
+    # its stored state (retrying), while its status, and Redis's listing, said queued.
+    due, later = request(delay=0.05), request(delay=3600.0)
+    await broker.enqueue([due, later])
+    await broker.enqueue([retried := request()])
+    d = await _claim_one(broker)
+    await broker.settle([Outcome(d.job_id, d.attempt, JobState.RETRYING, delay=0.0)])
+    await asyncio.sleep(0.1)  # both due now; no claim has readied them
+
+    def ids(statuses: list[JobStatus]) -> set[str]:
+        return {s.id for s in statuses}
+
+    queued = await broker.jobs(state=JobState.QUEUED)
+    assert ids(queued) == {due.message.id, retried.message.id}
+    assert {s.state for s in queued} == {JobState.QUEUED}
+    assert ids(await broker.jobs(state=JobState.SCHEDULED)) == {later.message.id}
+    assert await broker.jobs(state=JobState.RETRYING) == []

@@ -72,6 +72,7 @@ __all__ = [
     "fill_summary",
     "job_filters",
     "job_status",
+    "shown_state",
     "waiting_message",
     "webhook_attempt_json",
     "webhook_attempts",
@@ -408,20 +409,47 @@ def event_seq(key: str) -> int | None:
     return int(key) if key.isdigit() else None
 
 
+_WAITING = "state IN ('scheduled', 'retrying')"
+
+
+def shown_state(mark: str) -> str:
+    """SQL for the state a job's status shows (:func:`status_of`), given ``now`` as the
+    parameter ``mark``: a delayed or retrying job whose eta passed is ``queued``. For counts
+    per state that agree with the statuses and with :func:`job_filters`."""
+    return f"CASE WHEN {_WAITING} AND eta <= {mark} THEN 'queued' ELSE state END"
+
+
 def job_filters(
     mark: str,
     state: JobState | None,
     task: str | None,
     queue: str | None,
     before: str | None,
-) -> tuple[str, list[str]]:
+    now: float,
+) -> tuple[str, list[Any]]:
     """The ``WHERE`` clause (or "") and its parameters of :meth:`Broker.jobs` for an SQL
-    backend whose driver writes parameters as ``mark`` (``?``, ``%s``)."""
-    where, params = [], []
-    for column, value in (("state", state), ("task", task), ("queue", queue)):
+    backend whose driver writes parameters as ``mark`` (``?``, ``%s``).
+
+    ``state`` filters by the state a job's status shows (:func:`status_of`): a delayed or
+    retrying job whose eta passed (``now``) is listed as ``queued``, not under its stored
+    state, so that every job listed under a state says that state.
+    """
+    where: list[str] = []
+    params: list[Any] = []
+    waiting = _WAITING
+    if state is JobState.QUEUED:
+        where.append(f"(state = 'queued' OR ({waiting} AND eta <= {mark}))")
+        params.append(now)
+    elif state in (JobState.SCHEDULED, JobState.RETRYING):
+        where.append(f"state = {mark} AND (eta IS NULL OR eta > {mark})")
+        params += [str(state), now]
+    elif state is not None:
+        where.append(f"state = {mark}")
+        params.append(str(state))
+    for column, value in (("task", task), ("queue", queue)):
         if value is not None:
             where.append(f"{column} = {mark}")
-            params.append(str(value))
+            params.append(value)
     if before is not None:
         where.append(f"id < {mark}")
         params.append(before)

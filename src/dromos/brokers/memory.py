@@ -51,6 +51,7 @@ from dromos.rate import next_start
 __all__ = ["MemoryBroker"]
 
 _S = JobState
+_WAITING = frozenset({JobState.SCHEDULED, JobState.RETRYING})  # an eta may make them queued
 
 
 @dataclass(slots=True)
@@ -529,13 +530,14 @@ class MemoryBroker(MemoryEventBus, MemoryParking, Broker):
             for row in rows:
                 if before is not None and row.id >= before:
                     continue
-                if state is not None and row.state is not state:
-                    continue
                 if (task is not None and row.task != task) or (
                     queue is not None and row.queue != queue
                 ):
                     continue
-                out.append(row.to_status())
+                status = row.to_status()  # its state as shown: an eta passed reads queued
+                if state is not None and status.state is not state:
+                    continue
+                out.append(status)
                 if len(out) >= limit:
                     break
             return out
@@ -543,9 +545,13 @@ class MemoryBroker(MemoryEventBus, MemoryParking, Broker):
     async def queues(self) -> list[QueueStats]:
         counts: dict[str, dict[str, int]] = {}
         with self._lock:
+            now = time.time()
             for row in self._rows.values():
                 per = counts.setdefault(row.queue, {})
-                per[row.state.value] = per.get(row.state.value, 0) + 1
+                state = row.state
+                if state in _WAITING and row.eta is not None and row.eta <= now:
+                    state = JobState.QUEUED  # as its status shows it
+                per[state.value] = per.get(state.value, 0) + 1
         return [QueueStats(q, c) for q, c in sorted(counts.items())]
 
     async def replay(self, job_ids: Sequence[str] | None = None) -> list[str]:

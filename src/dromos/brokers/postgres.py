@@ -40,6 +40,7 @@ import math
 import os
 import re
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 from importlib import resources
@@ -77,6 +78,7 @@ from dromos.brokers.base import (
     dependencies,
     job_filters,
     job_status,
+    shown_state,
     webhook_attempt_json,
 )
 from dromos.brokers.postgres_events import PostgresEventBus, clean, error_json
@@ -121,6 +123,7 @@ _INSERT_MANY = (
     "ORDER BY r.n ON CONFLICT DO NOTHING RETURNING queue) "
     "SELECT count(pg_notify(%(work)s, queue)) FROM (SELECT DISTINCT queue FROM added) q"
 )
+_PLAIN_ARRAYS = ("ids", "tasks", "queues", "priorities", "etas", "payloads", "created", "callbacks")
 # A key past its window names no job any more: cleared before the insert that reuses it.
 _FORGET_KEY = (
     "UPDATE {jobs} SET idempotency_key = NULL WHERE queue = %s AND idempotency_key = %s "
@@ -785,10 +788,10 @@ class PostgresBroker(PostgresEventBus, PostgresParking, Broker):
         """Insert the jobs on ``cur`` (inside a transaction); the ids, in request order (the
         existing job's for a key still in its window)."""
         ids: list[str] = []
-        plain: dict[str, list[Any]] = {
-            k: [] for k in ("ids", "tasks", "queues", "priorities", "etas", "payloads",
-                            "created", "callbacks")
-        }  # fmt: skip
+        # In request order (the claim order within a priority): runs of rows without a key,
+        # each one INSERT of arrays, and one entry per row with a key or dependencies.
+        runs: list[dict[str, list[Any]] | tuple[int, dict[str, Any]]] = []
+        plain: dict[str, list[Any]] = {}
         keyed: list[tuple[int, dict[str, Any]]] = []
         created_at, created = None, 0.0
         for index, req in enumerate(requests):
@@ -803,8 +806,11 @@ class PostgresBroker(PostgresEventBus, PostgresParking, Broker):
             callback = headers.get("callback_url") if headers else None
             deps = dependencies(msg) if headers else []
             if key is None and not deps:
+                if not plain:
+                    plain = {name: [] for name in _PLAIN_ARRAYS}
+                    runs.append(plain)
                 for name, value in zip(
-                    plain,
+                    _PLAIN_ARRAYS,
                     (msg.id, msg.task, msg.queue, msg.priority, eta, req.payload, created,
                      callback),
                     strict=True,
@@ -817,6 +823,8 @@ class PostgresBroker(PostgresEventBus, PostgresParking, Broker):
                     "key": key, "window": req.idempotency_window, "callback": callback,
                     "batch": batch_id, "deps": deps,
                 }))  # fmt: skip
+                runs.append(keyed[-1])
+                plain = {}
         wanted = list(dict.fromkeys(d for _, row in keyed for d in row["deps"]))
         if wanted:  # refused before anything is written
             await cur.execute(self._q(_KNOWN), (wanted,))
@@ -824,11 +832,13 @@ class PostgresBroker(PostgresEventBus, PostgresParking, Broker):
             for dep in wanted:
                 if dep not in known:
                     raise DependencyNotFound(dep)
-        if plain["ids"]:
-            params = {**plain, "work": self.work_channel, "batch": batch_id}
-            await cur.execute(self._q(_INSERT_MANY), params)
         woken: set[str] = set()
-        for index, row in keyed:
+        for run in runs:
+            if isinstance(run, dict):
+                params = {**run, "work": self.work_channel, "batch": batch_id}
+                await cur.execute(self._q(_INSERT_MANY), params)
+                continue
+            index, row = run
             if row["key"] is not None:
                 await cur.execute(self._q(_FORGET_KEY), (row["queue"], row["key"]))
             await cur.execute(self._q(_INSERT_KEYED), row)
@@ -1039,14 +1049,16 @@ class PostgresBroker(PostgresEventBus, PostgresParking, Broker):
         limit: int = 100,
         before: str | None = None,
     ) -> list[JobStatus]:
-        where, params = job_filters("%s", state, task, queue, before)
+        where, params = job_filters("%s", state, task, queue, before, time.time())
         sql = f"SELECT {_STATUS_COLUMNS} FROM {{jobs}}{where} ORDER BY id DESC LIMIT %s"
         rows = await self._fetch(sql, (*params, limit))
         return [_status(r) for r in rows]
 
     async def queues(self) -> list[QueueStats]:
         rows = await self._fetch(
-            "SELECT queue, state, count(*) FROM {jobs} GROUP BY queue, state ORDER BY queue"
+            f"SELECT queue, {shown_state('%s')} AS shown, count(*) FROM {{jobs}} "
+            "GROUP BY queue, shown ORDER BY queue",
+            (time.time(),),
         )
         counts: dict[str, dict[str, int]] = {}
         for queue, state, n in rows:

@@ -115,6 +115,7 @@ _STATE_SETS = {
     "failed": _S.FAILED,
     "cancelled": _S.CANCELLED,
 }
+_DUE_SETS = ("scheduled", "retrying")  # scored by eta (ms): a due member shows queued
 _RECHECK = 1.0  # seconds between re-checks while waiting for a push
 _REMEMBERED = 100_000  # job ids whose queue an instance remembers (see RedisBroker._enqueued)
 _LEASES = "__leases__"  # the "queue" whose hash tag the named leases share
@@ -1036,16 +1037,25 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
     async def queues(self) -> list[QueueStats]:
         client = (await self._state()).client
         stats = []
+        now = _ms(time.time())  # the clock statuses are shown by (status_of)
         for queue in sorted(await self._known_queues()):
             tag = self._tag(queue)
+            async with client.pipeline(transaction=False) as pipe:
+                for name in _STATE_SETS:
+                    pipe.zcard(f"{tag}:{name}")
+                for name in _DUE_SETS:  # due already: their statuses show queued
+                    pipe.zcount(f"{tag}:{name}", "-inf", now)
+                replies = await pipe.execute()
             counts: dict[str, int] = {}
-            for name, job_state in _STATE_SETS.items():
-                n = await client.zcard(f"{tag}:{name}")
+            for job_state, n in zip(_STATE_SETS.values(), replies, strict=False):
                 if n:
                     counts[job_state.value] = counts.get(job_state.value, 0) + int(n)
-            if counts:
-                stats.append(QueueStats(queue, counts))
-        return stats
+            for name, n in zip(_DUE_SETS, replies[len(_STATE_SETS) :], strict=True):
+                if n:
+                    counts[name] -= int(n)
+                    counts[_S.QUEUED.value] = counts.get(_S.QUEUED.value, 0) + int(n)
+            stats.append(QueueStats(queue, {k: v for k, v in counts.items() if v}))
+        return [s for s in stats if s.counts]
 
     async def replay(self, job_ids: Sequence[str] | None = None) -> list[str]:
         moved: list[str] = []

@@ -57,6 +57,7 @@ from dromos.brokers.base import (
     due_at,
     job_filters,
     job_status,
+    shown_state,
     waiting_message,
     webhook_attempt_json,
 )
@@ -144,6 +145,8 @@ _PICK_ONE = (
     "SELECT seq FROM dromos_jobs WHERE state = 'queued' AND queue = ? "
     "ORDER BY priority DESC, seq LIMIT ?"
 )
+# A row with an idempotency key, a callback or dependencies: (index, key, row, dependencies).
+_Keyed = tuple[int, str | None, tuple[Any, ...], list[str]]
 
 
 # Columns added since the first schema: files made before get them on open (NULL in old rows).
@@ -425,8 +428,11 @@ class SQLiteBroker(SQLiteEventBus, SQLiteParking, Broker):
         """Insert the jobs in one write; ``then`` runs in the same write with their ids."""
         now = time.time()
         ids = []
-        plain: list[Any] = []  # the rows without a key, flat, 8 values each
-        keyed = []
+        # In request order (the claim order within a priority): runs of rows without a key,
+        # flat, 8 values each, inserted together, and one entry per row with a key.
+        runs: list[list[Any] | _Keyed] = []
+        plain: list[Any] = []
+        keyed: list[_Keyed] = []
         created_at = None
         created = 0.0
         for index, req in enumerate(requests):
@@ -445,38 +451,52 @@ class SQLiteBroker(SQLiteEventBus, SQLiteParking, Broker):
             callback = headers.get("callback_url") if headers else None
             deps = dependencies(msg) if headers else []
             if key is None and callback is None and not deps:
+                if not plain:
+                    runs.append(plain)
                 plain += (msg.id, msg.task, msg.queue, state, msg.priority, eta, req.payload,
                           created)  # fmt: skip
             else:
                 row = (msg.id, msg.task, msg.queue, state, msg.priority, eta, req.payload,
                        created, key, now + req.idempotency_window, callback)  # fmt: skip
                 keyed.append((index, key, row, deps))
+                runs.append(keyed[-1])
+                plain = []
         with self._write() as db:
             _check_dependencies(db, [d for *_, deps in keyed for d in deps])
-            step = 8 * _ROWS
-            for start in range(0, len(plain), step):
-                values = plain[start : start + step]
-                db.execute(_INSERT_PLAIN + _MORE_PLAIN * (len(values) // 8 - 1), values)
-            for index, key, row, deps in keyed:
-                if key is not None:
-                    db.execute(
-                        "UPDATE dromos_jobs SET idempotency_key = NULL "
-                        "WHERE queue = ? AND idempotency_key = ? AND idempotency_until <= ?",
-                        (row[2], key, now),
-                    )
-                if db.execute(_INSERT, row).rowcount:
-                    if deps:
-                        self._wait_for(db, row[0], deps, now)
-                elif key is not None:
-                    found = db.execute(
-                        "SELECT id FROM dromos_jobs WHERE queue = ? AND idempotency_key = ?",
-                        (row[2], key),
-                    ).fetchone()
-                    if found is not None:
-                        ids[index] = found[0]
+            for run in runs:
+                if isinstance(run, tuple):
+                    self._insert_keyed(db, run, ids, now)
+                    continue
+                step = 8 * _ROWS
+                for start in range(0, len(run), step):
+                    values = run[start : start + step]
+                    db.execute(_INSERT_PLAIN + _MORE_PLAIN * (len(values) // 8 - 1), values)
             if then is not None:
                 then(db, ids, now)
         return ids
+
+    def _insert_keyed(
+        self, db: sqlite3.Connection, entry: _Keyed, ids: list[str], now: float
+    ) -> None:
+        """One row with an idempotency key, a callback or dependencies; ``ids[index]``
+        becomes the existing job's id when the key names one."""
+        index, key, row, deps = entry
+        if key is not None:
+            db.execute(
+                "UPDATE dromos_jobs SET idempotency_key = NULL "
+                "WHERE queue = ? AND idempotency_key = ? AND idempotency_until <= ?",
+                (row[2], key, now),
+            )
+        if db.execute(_INSERT, row).rowcount:
+            if deps:
+                self._wait_for(db, row[0], deps, now)
+        elif key is not None:
+            found = db.execute(
+                "SELECT id FROM dromos_jobs WHERE queue = ? AND idempotency_key = ?",
+                (row[2], key),
+            ).fetchone()
+            if found is not None:
+                ids[index] = found[0]
 
     def _wait_for(self, db: sqlite3.Connection, job_id: str, deps: list[str], now: float) -> None:
         """A new dependent, just inserted: ended at once if a dependency failed or was
@@ -849,7 +869,7 @@ class SQLiteBroker(SQLiteEventBus, SQLiteParking, Broker):
         limit: int = 100,
         before: str | None = None,
     ) -> list[JobStatus]:
-        where, params = job_filters("?", state, task, queue, before)
+        where, params = job_filters("?", state, task, queue, before, time.time())
         sql = f"SELECT {_STATUS_COLUMNS} FROM dromos_jobs{where} ORDER BY id DESC LIMIT ?"
         rows = await self._run(lambda: self._conn.execute(sql, (*params, limit)).fetchall())
         return [_status(r) for r in rows]
@@ -857,7 +877,9 @@ class SQLiteBroker(SQLiteEventBus, SQLiteParking, Broker):
     async def queues(self) -> list[QueueStats]:
         rows = await self._run(
             lambda: self._conn.execute(
-                "SELECT queue, state, count(*) FROM dromos_jobs GROUP BY queue, state"
+                f"SELECT queue, {shown_state('?')} AS shown, count(*) FROM dromos_jobs "
+                "GROUP BY queue, shown",
+                (time.time(),),
             ).fetchall()
         )
         counts: dict[str, dict[str, int]] = {}
