@@ -659,7 +659,9 @@ class Broker(abc.ABC):
         jobs whose lease expired are recovered: they count a recovery, get a ``WorkerLost``
         entry in their error history, and are handed out again (or dead-lettered as poison
         after ``max_recoveries``). Ready jobs are chosen by priority (higher first) and then in
-        enqueue order. Each claimed job becomes ``running`` with ``attempt + 1`` and a lease
+        enqueue order within a queue; between jobs of equal priority in different queues the
+        order is not specified (Redis counts enqueue order per queue, one Cluster slot each).
+        Each claimed job becomes ``running`` with ``attempt + 1`` and a lease
         until now + ``lease`` seconds. Never returns a job to two claimers at once. Where a
         retried, released or replayed job stands among the ready jobs of its priority is not
         specified (SQLite keeps its first place; a list-based broker may put it last).
