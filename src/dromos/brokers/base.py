@@ -615,7 +615,8 @@ class Broker(abc.ABC):
     # ``succeeded`` queues it (and wakes the workers of its queue), exactly once when two
     # dependencies end at the same moment. A dependency that ends ``failed`` (dead-lettered)
     # or ``cancelled`` ends each dependent waiting for it in the same state, in the same
-    # write, with the entry :func:`dependency_error`, and so on down a chain of dependents;
+    # write, with the entry :func:`dependency_error`, and so on down a chain of dependents
+    # (a dependent reached through two of its dependencies in that write names either);
     # such an end is like any other (counted in its batch, its webhook's outbox entry, its
     # done wake-up). A ``retrying`` dependency has not ended. Cancelling a waiting dependent
     # ends it at once; a dead-lettered dependent replayed runs without looking at its
