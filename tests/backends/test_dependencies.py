@@ -142,6 +142,22 @@ async def test_a_cancelled_dependency_cancels_its_dependents(make_broker: MakeBr
     assert await broker.claim(["default"], 10, 30.0) == []
 
 
+async def test_a_dependent_reached_twice_in_one_end_ends_once(make_broker: MakeBroker) -> None:
+    # Found by the differential test: c waits for a and for b, which waits for a; cancelling
+    # a ends b, and both ends reach c in the same write. SQLite ended c twice (two entries).
+    broker = await make_broker()
+    a = job()
+    b = job(a.message.id)
+    c = job(a.message.id, b.message.id)
+    for req in (a, b, c):
+        await broker.enqueue([req])
+    assert await broker.cancel(a.message.id) is JobState.CANCELLED
+    status = await broker.status(c.message.id)
+    assert status is not None
+    assert status.state is JobState.CANCELLED
+    assert [e.type for e in status.errors] == ["DependencyCancelled"]
+
+
 async def test_dependencies_already_ended_at_enqueue(make_broker: MakeBroker) -> None:
     broker = await make_broker()
     done, failed, cancelled, pending = job(), job(), job(), job()

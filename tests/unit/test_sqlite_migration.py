@@ -37,7 +37,7 @@ async def test_a_file_without_the_webhook_columns_gets_them_and_keeps_its_jobs(
     with sqlite3.connect(path) as db:
         columns = {row[1] for row in db.execute("PRAGMA table_info(dromos_jobs)")}
         version = db.execute("SELECT value FROM dromos_meta WHERE key = 'schema_version'")
-        assert version.fetchone() == ("5",)
+        assert version.fetchone() == ("6",)
     db.close()
     assert {"callback_url", "webhooks", "hook_due"} <= columns
 
@@ -85,4 +85,36 @@ async def test_a_file_without_the_event_parking_tables_gets_them(tmp_path: Path)
     await again.broker.names_add("group", {"g": ["#"]})
     assert await again.broker.names_list("group") == {"g": ("#",)}
     assert await again.broker.parked_counts() == {}
+    await again.aclose()
+
+
+async def test_a_file_of_schema_5_gets_the_trigger_that_ends_a_dependent_once(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.db"
+    app = dromos.App("old", f"sqlite:///{path}")
+    await app.broker.open()
+    await app.aclose()
+    with sqlite3.connect(path) as db:  # schema 5's trigger ended a diamond's dependent twice
+        db.execute("DROP TRIGGER dromos_jobs_release")
+        db.execute(  # a stand-in: what matters is that the open replaces it
+            "CREATE TRIGGER dromos_jobs_release AFTER UPDATE OF state ON dromos_jobs "
+            "BEGIN SELECT 1; END"
+        )
+        db.execute("UPDATE dromos_meta SET value = '5' WHERE key = 'schema_version'")
+    db.close()
+
+    again = dromos.App("old", f"sqlite:///{path}")
+
+    @again.task
+    async def one() -> int:
+        return 1
+
+    first = await one.aenqueue()
+    second = await one.options(depends_on=[first.id]).aenqueue()
+    third = await one.options(depends_on=[first.id, second.id]).aenqueue()
+    assert await first.acancel() is dromos.JobState.CANCELLED
+    status = await third.astatus()
+    assert status.state is dromos.JobState.CANCELLED
+    assert [e.type for e in status.errors] == ["DependencyCancelled"]
     await again.aclose()

@@ -165,7 +165,7 @@ _RELAY_SCHEMA = (
     "CREATE INDEX IF NOT EXISTS dromos_jobs_unsent ON dromos_jobs (priority DESC, seq) "
     "WHERE state = 'queued' AND sent_until IS NOT 1e308",
 )
-_SCHEMA_VERSION = "5"  # 5: event parking (dromos_amqp_*: new tables, made by the schema)
+_SCHEMA_VERSION = "6"  # 6: the dependency trigger ends a dependent once (dropped, made again)
 # Batches are counted by triggers, so that EVERY write that ends a job (a settle, a cancel, a
 # claim dead-lettering a poison job, and any written later) counts it in its own transaction:
 # the first terminal state of a batch's job brings its batch down by one, and the update that
@@ -208,6 +208,17 @@ _WAITING_FOR = (
     "state = 'scheduled' AND waiting > 0 AND id IN "
     "(SELECT dependent FROM dromos_dependencies WHERE dependency = NEW.id)"
 )
+
+
+def _while_waiting(*assignments: tuple[str, str]) -> str:
+    """``UPDATE dromos_jobs SET`` each column to its value only while the row is still a
+    waiting dependent. The statement picks its rows before it updates them, and the trigger
+    that each update fires may end a later one first (a dependent reached through two of its
+    dependencies, found by the differential test): that one must end once, with one entry."""
+    sets = [f"{c} = CASE WHEN state = 'scheduled' THEN {v} ELSE {c} END" for c, v in assignments]
+    return "UPDATE dromos_jobs SET " + ", ".join(sets)
+
+
 _DEPENDENCY_TRIGGER = (
     "CREATE TRIGGER IF NOT EXISTS dromos_jobs_release AFTER UPDATE OF state ON dromos_jobs "
     f"WHEN NEW.dependents AND NEW.state IN {_ENDED} AND OLD.state NOT IN {_ENDED} BEGIN "
@@ -215,14 +226,25 @@ _DEPENDENCY_TRIGGER = (
     "state = CASE WHEN waiting = 1 THEN 'queued' ELSE state END, message = CASE WHEN "
     "waiting = 1 THEN NULL ELSE 'waiting for ' || (waiting - 1) || ' job(s)' END "
     f"WHERE NEW.state = 'succeeded' AND {_WAITING_FOR}; "
-    "UPDATE dromos_jobs SET state = NEW.state, waiting = 0, message = NULL, "
-    f"finished_at = coalesce(NEW.finished_at, {_NOW}), expires_at = coalesce("
-    f"NEW.finished_at, {_NOW}) + coalesce(NEW.expires_at - NEW.finished_at, 0), "
-    f"hook_due = CASE WHEN callback_url IS NULL THEN NULL ELSE {_NOW} END, "
-    "errors = json_insert(coalesce(errors, '[]'), '$[#]', json_object('type', CASE NEW.state "
-    "WHEN 'failed' THEN 'DependencyFailed' ELSE 'DependencyCancelled' END, 'message', "
-    "'dependency ' || NEW.id || ' ended ' || NEW.state, 'attempt', attempt)) "
-    f"WHERE NEW.state <> 'succeeded' AND {_WAITING_FOR}; "
+    + _while_waiting(
+        ("state", "NEW.state"),
+        ("waiting", "0"),
+        ("message", "NULL"),
+        ("finished_at", f"coalesce(NEW.finished_at, {_NOW})"),
+        (
+            "expires_at",
+            f"coalesce(NEW.finished_at, {_NOW}) + coalesce(NEW.expires_at - NEW.finished_at, 0)",
+        ),
+        ("hook_due", f"CASE WHEN callback_url IS NULL THEN NULL ELSE {_NOW} END"),
+        (
+            "errors",
+            "json_insert(coalesce(errors, '[]'), '$[#]', json_object('type', CASE "
+            "NEW.state WHEN 'failed' THEN 'DependencyFailed' ELSE "
+            "'DependencyCancelled' END, 'message', 'dependency ' || NEW.id || "
+            "' ended ' || NEW.state, 'attempt', attempt))",
+        ),
+    )
+    + f" WHERE NEW.state <> 'succeeded' AND {_WAITING_FOR}; "
     "DELETE FROM dromos_dependencies WHERE dependency = NEW.id; END"
 )
 
@@ -241,6 +263,9 @@ def _migrate(db: sqlite3.Connection) -> None:
         "CREATE INDEX IF NOT EXISTS dromos_jobs_batch ON dromos_jobs (batch_id, seq) "
         "WHERE batch_id IS NOT NULL"
     )
+    version = db.execute("SELECT value FROM dromos_meta WHERE key = 'schema_version'").fetchone()
+    if version is not None and int(version[0]) < 6:
+        db.execute("DROP TRIGGER IF EXISTS dromos_jobs_release")  # made again just below
     for trigger in (*_BATCH_TRIGGERS, _DEPENDENCY_TRIGGER):
         db.execute(trigger)
     db.execute("UPDATE dromos_meta SET value = ? WHERE key = 'schema_version'", (_SCHEMA_VERSION,))
