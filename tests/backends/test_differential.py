@@ -7,7 +7,9 @@ a stale attempt; release; extend; progress; cancel; replay) and makes each call 
 backend under test and on ``memory://``, the reference. After each call the two must answer
 alike (or fail alike), and every job's status, every batch's counts and jobs, the queue
 counts and the listings must match; claimed jobs must carry the same payload (a batch
-callback's summary is filled in by the broker). Hypothesis shrinks a divergence to the
+callback's summary is filled in by the broker). The event bus is driven the same way
+(publish, claim, acknowledge, retry, dead-letter, settle stale, replay; group counts and dead
+letters compared). Hypothesis shrinks a divergence to the
 shortest sequence that shows it when asked (see ``SHRINK``).
 
 What the contract leaves open is not compared: where a retried, replayed or readied job (a
@@ -23,7 +25,8 @@ clock.
 Each example opens a broker on the test's store and works in two queues of its own (the
 reference in a fresh memory store), so that examples cost no new schema or server; on
 RabbitMQ each example's quorum queues are deleted with it. ``DROMOS_DIFFERENTIAL_EXAMPLES``
-and ``DROMOS_DIFFERENTIAL_STEPS`` draw more (the suite runs 15 of 30 calls on each backend).
+and ``DROMOS_DIFFERENTIAL_STEPS`` draw more (the suite runs 15 of 30 calls on each backend,
+for jobs and for events).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -58,13 +62,17 @@ from dromos.brokers.base import (
     BrokerOptions,
     Delivery,
     EnqueueRequest,
+    EventDelivery,
+    EventOutcome,
+    EventRecord,
     Lease,
     Outcome,
     ProgressUpdate,
 )
 from dromos.errors import DromosError
+from dromos.events import encode_event
 from dromos.job import JobError, JobStatus
-from dromos.message import encode, new_job_id
+from dromos.message import encode, new_job_id, utcnow
 from tests.backends._support import request
 from tests.backends.conftest import Target
 
@@ -90,6 +98,12 @@ SHRINK = os.environ.get("DROMOS_DIFFERENTIAL_SHRINK") == "1"
 PHASES = [p for p in Phase if SHRINK or p is not Phase.shrink]
 _examples = itertools.count()
 _PLACEHOLDER = msgspec.json.decode(SUMMARY_PLACEHOLDER)
+
+
+async def _open(url: str, backend: str | None) -> Broker:
+    broker = create_broker(url, BrokerOptions(), backend)
+    await broker.open()
+    return broker
 
 
 def _runs(deliveries: list[Delivery]) -> list[tuple[str, int, int, bytes]]:
@@ -128,19 +142,14 @@ class Divergence(RuleBasedStateMachine):
         n = next(_examples)
         self.queues = [f"d{n}a", f"d{n}b"]
         self.keys = [f"d{n}k1", f"d{n}k2"]
-        self.reference = self._run(self._open("memory://", None))
-        self.target = self._run(self._open(self.where.broker, self.where.backend))
+        self.reference = self._run(_open("memory://", None))
+        self.target = self._run(_open(self.where.broker, self.where.backend))
         self.ids: list[str] = []  # every job id enqueued, in order
         self.queue_of: dict[str, str] = {}
         self.held: dict[str, int] = {}  # job id -> the attempt of its current lease
         self.stale: list[Lease] = []  # leases that ended: settling them must change nothing
         self.floating = False  # a retried or replayed job may be ready: claims take all
         self.batches: list[str] = []
-
-    async def _open(self, url: str, backend: str | None) -> Broker:
-        broker = create_broker(url, BrokerOptions(), backend)
-        await broker.open()
-        return broker
 
     def _run(self, coro: Awaitable[T]) -> T:
         return self.loop.run_until_complete(coro)
@@ -428,14 +437,174 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     loop.close()
 
 
-def test_each_broker_answers_as_the_reference_does(
-    backend: Target, loop: asyncio.AbstractEventLoop
-) -> None:
-    machine = type("Divergence", (Divergence,), {"loop": loop, "where": backend})
+def drive(machine: type[RuleBasedStateMachine], loop: Any, backend: Target) -> None:
+    """Run ``machine``'s examples with its calls on ``loop`` and the backend ``backend``."""
+    bound = type(machine.__name__, (machine,), {"loop": loop, "where": backend})
     run_state_machine_as_test(
-        machine,
+        bound,
         settings=settings(
             max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
             suppress_health_check=list(HealthCheck), phases=PHASES,
         ),
     )  # fmt: skip
+
+
+def test_each_broker_answers_as_the_reference_does(
+    backend: Target, loop: asyncio.AbstractEventLoop
+) -> None:
+    drive(Divergence, loop, backend)
+
+
+class EventDivergence(RuleBasedStateMachine):
+    """The event bus the same way: two groups of the example's own topics on each broker.
+
+    An event's key is the broker's own (a row, a stream id), so a delivery is known by its
+    payload, and each side is settled with its own key. Lag is not compared: on the
+    backend's store it counts other examples' events too.
+    """
+
+    loop: asyncio.AbstractEventLoop
+    where: Target
+
+    def __init__(self) -> None:
+        super().__init__()
+        n = next(_examples)
+        self.topics = [f"e{n}.orders.created", f"e{n}.orders.eu.paid", f"e{n}.payments.done"]
+        self.groups = {f"e{n}a": [f"e{n}.orders.*"], f"e{n}b": [f"e{n}.#"]}
+        self.reference = self._run(_open("memory://", None))
+        self.target = self._run(_open(self.where.broker, self.where.backend))
+        for group, patterns in self.groups.items():
+            for broker in (self.reference, self.target):
+                self._run(broker.join_group(group, patterns, "latest"))
+        # (group, payload) -> (the reference's key, the backend's key, attempt)
+        self.held: dict[tuple[str, bytes], tuple[str, str, int]] = {}
+        # Settled deliveries: (group, payload, the reference's key, the backend's key, attempt).
+        self.stale: list[tuple[str, bytes, str, str, int]] = []
+        self.floating = False  # a retry may be due: claims take all, compared as sets
+
+    def _run(self, coro: Awaitable[T]) -> T:
+        return self.loop.run_until_complete(coro)
+
+    def teardown(self) -> None:
+        for group in self.groups:
+            self._run(self.target.leave_group(group))
+        self._run(self.reference.close())
+        self._run(self.target.close())
+
+    @rule(topics=st.lists(st.integers(0, 2), min_size=1, max_size=3))
+    def publish(self, topics: list[int]) -> None:
+        records = []
+        for i in topics:
+            event_id = new_job_id()
+            topic = self.topics[i]
+            body = encode_event(topic, i, event_id=event_id, source="/test", time=utcnow())
+            records.append(EventRecord(topic, event_id, body))
+        for broker in (self.reference, self.target):
+            self._run(broker.publish(records))
+
+    @rule(which=st.integers(0, 1), limit=st.integers(1, 4))
+    def claim(self, which: int, limit: int) -> None:
+        group = sorted(self.groups)[which]
+        if self.floating:
+            got: list[EventDelivery] = []
+            for _ in range(40):  # bounded
+                batch = self._run(self.target.claim_events(group, 100, LEASE))
+                got += batch
+                if not batch:
+                    break
+            expected = self._run(self.reference.claim_events(group, 100, LEASE))
+            seen = sorted((d.payload, d.attempt, d.topic) for d in got)
+            assert seen == sorted((d.payload, d.attempt, d.topic) for d in expected), (
+                f"claim of {group} differs"
+            )
+        else:
+            got = self._run(self.target.claim_events(group, limit, LEASE))
+            expected = self._run(self.reference.claim_events(group, len(got) or limit, LEASE))
+            assert [(d.payload, d.attempt, d.topic) for d in got] == [
+                (d.payload, d.attempt, d.topic) for d in expected
+            ], f"claim of {group} (limit {limit}) differs"
+        theirs = {d.payload: d.key for d in expected}
+        for d in got:
+            self.held[(group, d.payload)] = (theirs[d.payload], d.key, d.attempt)
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data(), how=st.sampled_from(["ack", "retry-now", "retry-later", "dead"]))
+    def settle(self, data: st.DataObject, how: str) -> None:
+        group, payload = data.draw(st.sampled_from(sorted(self.held)))
+        ref_key, key, attempt = self.held.pop((group, payload))
+        error = JobError(type="Boom", message=f"attempt {attempt}", attempt=attempt)
+
+        def outcome(k: str) -> EventOutcome:
+            if how == "ack":
+                return EventOutcome(k, attempt)
+            if how == "dead":
+                return EventOutcome(k, attempt, error)
+            wait = 0.0 if how == "retry-now" else FAR
+            return EventOutcome(k, attempt, error, retry_at=time.time() + wait, retry_in=wait)
+
+        expected = self._run(self.reference.settle_events(group, [outcome(ref_key)]))
+        got = self._run(self.target.settle_events(group, [outcome(key)]))
+        assert got == expected == 1, f"settle {how} applied {got}, the reference {expected}"
+        self.stale.append((group, payload, ref_key, key, attempt))
+        if how == "retry-now":
+            self.floating = True
+
+    @precondition(lambda self: self.stale)
+    @rule(data=st.data())
+    def settle_stale(self, data: st.DataObject) -> None:
+        group, _, ref_key, key, attempt = data.draw(st.sampled_from(self.stale))
+        expected = self._run(self.reference.settle_events(group, [EventOutcome(ref_key, attempt)]))
+        got = self._run(self.target.settle_events(group, [EventOutcome(key, attempt)]))
+        assert got == expected == 0, "a settle with a stale attempt applied"
+
+    @rule(which=st.integers(0, 1), every=st.booleans(), data=st.data())
+    def replay(self, which: int, every: bool, data: st.DataObject) -> None:
+        group = sorted(self.groups)[which]
+        dead = self._dead(group)
+        if every or not dead:
+            keys: tuple[list[str] | None, list[str] | None] = (None, None)
+            payloads = sorted(dead)
+        else:
+            payloads = data.draw(st.lists(st.sampled_from(sorted(dead)), min_size=1, unique=True))
+            keys = ([dead[p][0] for p in payloads], [dead[p][1] for p in payloads])
+        # A replayed event's attempts start over (the contract), so its key and attempt name
+        # a settled delivery and the next one alike on every bus: its stale settles are not
+        # drawn any more (noticed by this test, see the session note).
+        self.stale = [t for t in self.stale if (t[0], t[1]) not in {(group, p) for p in payloads}]
+        expected = self._run(self.reference.replay_events(group, keys[0]))
+        got = self._run(self.target.replay_events(group, keys[1]))
+        assert got == expected, f"replay of {group} moved {got}, the reference {expected}"
+        if got:
+            self.floating = True
+
+    def _dead(self, group: str) -> dict[bytes, tuple[str, str]]:
+        """The group's dead letters: payload -> (the reference's key, the backend's key)."""
+        ref = self._run(self.reference.event_dead_letters(group))
+        mine = self._run(self.target.event_dead_letters(group))
+        keys = {d.payload: d.key for d in mine}
+        return {d.payload: (d.key, keys.get(d.payload, "?")) for d in ref}
+
+    @invariant()
+    def groups_and_dead_letters_match(self) -> None:
+        def stats(broker: Broker) -> dict[str, tuple[int, int]]:
+            # Not "retrying": RabbitMQ hands a due retry or a replay back to the group's queue
+            # at once (no longer retrying), where the other buses count it until a claim.
+            found = self._run(broker.event_groups())
+            return {g.group: (g.running, g.dead) for g in found if g.group in self.groups}
+
+        assert stats(self.target) == stats(self.reference), "group counts differ"
+        for group in self.groups:
+
+            def letters(broker: Broker, g: str = group) -> list[Any]:
+                return [
+                    (d.topic, d.payload, d.attempts, [_error(e) for e in d.errors])
+                    for d in self._run(broker.event_dead_letters(g))
+                ]
+
+            assert letters(self.target) == letters(self.reference), f"{group}'s dead letters differ"
+
+
+def test_each_event_bus_answers_as_the_reference_does(
+    backend: Target, loop: asyncio.AbstractEventLoop
+) -> None:
+    drive(EventDivergence, loop, backend)
