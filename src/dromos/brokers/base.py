@@ -857,7 +857,9 @@ class Broker(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} has no event bus yet")
 
     async def event_dead_letters(self, group: str, limit: int = 100) -> list[EventDeadLetter]:
-        """The group's dead-lettered events, oldest first."""
+        """The group's dead-lettered events, oldest first: in publishing order on a bus that
+        keeps its events (memory, SQLite, Redis, PostgreSQL), in the order they were
+        dead-lettered on RabbitMQ, whose store keeps only the events it parked."""
         raise NotImplementedError(f"{type(self).__name__} has no event bus yet")
 
     async def replay_events(self, group: str, keys: Sequence[str] | None = None) -> int:
