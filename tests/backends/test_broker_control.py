@@ -229,7 +229,9 @@ async def test_a_due_job_reads_queued_before_any_claim(broker: Broker) -> None:
     assert (status.state, status.eta) == (JobState.QUEUED, None)
 
 
-async def test_a_due_job_is_listed_under_the_state_its_status_shows(broker: Broker) -> None:
+async def test_a_due_job_is_listed_and_counted_under_the_state_its_status_shows(
+    broker: Broker,
+) -> None:
     # Found by the differential test: SQLite, PostgreSQL and memory listed a due retry under
     # its stored state (retrying), while its status, and Redis's listing, said queued.
     due, later = request(delay=0.05), request(delay=3600.0)
@@ -247,3 +249,5 @@ async def test_a_due_job_is_listed_under_the_state_its_status_shows(broker: Brok
     assert {s.state for s in queued} == {JobState.QUEUED}
     assert ids(await broker.jobs(state=JobState.SCHEDULED)) == {later.message.id}
     assert await broker.jobs(state=JobState.RETRYING) == []
+    [stats] = await broker.queues()  # the counts say the same
+    assert stats.counts == {"queued": 2, "scheduled": 1}

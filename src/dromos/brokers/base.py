@@ -72,6 +72,7 @@ __all__ = [
     "fill_summary",
     "job_filters",
     "job_status",
+    "shown",
     "shown_state",
     "waiting_message",
     "webhook_attempt_json",
@@ -412,6 +413,15 @@ def event_seq(key: str) -> int | None:
 _WAITING = "state IN ('scheduled', 'retrying')"
 
 
+def shown(state: JobState, eta: float | None, now: float) -> JobState:
+    """The state a job's status shows: a delayed or retrying job whose eta passed is
+    ``queued`` (the next claim readies it). A dependent waiting for its dependencies is
+    scheduled without an eta: it stays so. :func:`shown_state` is the same in SQL."""
+    if state in (JobState.SCHEDULED, JobState.RETRYING) and eta is not None and eta <= now:
+        return JobState.QUEUED
+    return state
+
+
 def shown_state(mark: str) -> str:
     """SQL for the state a job's status shows (:func:`status_of`), given ``now`` as the
     parameter ``mark``: a delayed or retrying job whose eta passed is ``queued``. For counts
@@ -509,9 +519,7 @@ def job_status(
     job whose time has come reads ``queued`` (the next claim readies it) and shows no eta;
     ``error`` is the last entry of the history unless the job succeeded.
     """
-    # A dependent waiting for its dependencies is scheduled without an eta: it stays so.
-    if state in (JobState.SCHEDULED, JobState.RETRYING) and eta is not None and eta <= time.time():
-        state = JobState.QUEUED
+    state = shown(state, eta, time.time())
     decoded: Any = None if result is None else msgspec.json.decode(result)
     return JobStatus(
         id=job_id,

@@ -40,6 +40,7 @@ from dromos.brokers.base import (
     due_at,
     fill_summary,
     job_status,
+    shown,
     waiting_message,
 )
 from dromos.brokers.memory_events import MemoryEventBus
@@ -51,7 +52,6 @@ from dromos.rate import next_start
 __all__ = ["MemoryBroker"]
 
 _S = JobState
-_WAITING = frozenset({JobState.SCHEDULED, JobState.RETRYING})  # an eta may make them queued
 
 
 @dataclass(slots=True)
@@ -548,10 +548,8 @@ class MemoryBroker(MemoryEventBus, MemoryParking, Broker):
             now = time.time()
             for row in self._rows.values():
                 per = counts.setdefault(row.queue, {})
-                state = row.state
-                if state in _WAITING and row.eta is not None and row.eta <= now:
-                    state = JobState.QUEUED  # as its status shows it
-                per[state.value] = per.get(state.value, 0) + 1
+                state = shown(row.state, row.eta, now).value  # as its status shows it
+                per[state] = per.get(state, 0) + 1
         return [QueueStats(q, c) for q, c in sorted(counts.items())]
 
     async def replay(self, job_ids: Sequence[str] | None = None) -> list[str]:

@@ -1047,7 +1047,8 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
                     pipe.zcount(f"{tag}:{name}", "-inf", now)
                 replies = await pipe.execute()
             counts: dict[str, int] = {}
-            for job_state, n in zip(_STATE_SETS.values(), replies, strict=False):
+            sizes = replies[: len(_STATE_SETS)]
+            for job_state, n in zip(_STATE_SETS.values(), sizes, strict=True):
                 if n:
                     counts[job_state.value] = counts.get(job_state.value, 0) + int(n)
             for name, n in zip(_DUE_SETS, replies[len(_STATE_SETS) :], strict=True):
