@@ -27,6 +27,7 @@ from dromos.brokers.base import (
     BrokerOptions,
     EnqueueRequest,
     EventRecord,
+    Waited,
 )
 from dromos.errors import ConfigurationError, JobNotFound, UnknownTaskError
 from dromos.events.envelope import Event
@@ -526,6 +527,10 @@ class App:
         if queued:
             await self._publish(queued)
         return [c.task.handle(i) for c, i in zip(calls, ids, strict=True)]
+
+    def _wait_blocking(self, job_id: str, timeout: float | None) -> Waited:
+        """:meth:`Broker.wait_blocking` once the broker is open (``False``: not served)."""
+        return self.broker.wait_blocking(job_id, timeout) if self._opened else False
 
     def enqueue_many(self, calls: Iterable[Call[Any]]) -> list[Job[Any]]:
         """Blocking twin of :meth:`aenqueue_many`."""

@@ -195,7 +195,23 @@ class Job(Generic[R]):
     def result(self, timeout: float | None = None) -> R:
         """Blocking twin of :meth:`aresult`; a ``timeout`` is strongly advised."""
         refuse_blocking_wait("job.result()", "await job.aresult()")
-        return self._app.portal.call(self.aresult, timeout)
+        status = self._app._wait_blocking(self.id, timeout)
+        if status is False:  # not served in this thread
+            return self._app.portal.call(self.aresult, timeout)
+        if status is None:
+            return self._app.portal.call(self._missing_or_late, timeout)
+        return self._outcome(status)
+
+    async def _missing_or_late(self, timeout: float | None) -> R:
+        """After a blocking wait came back empty: the job's outcome if it ended just now,
+        else :class:`JobNotFound` or :class:`ResultTimeout`."""
+        broker = await self._app.abroker()
+        status = await broker.status(self.id)
+        if status is None:
+            raise JobNotFound(self.id)
+        if status.state.terminal:
+            return self._outcome(status)
+        raise ResultTimeout(self.id, timeout if timeout is not None else 0.0)
 
     def cancel(self) -> JobState:
         """Blocking twin of :meth:`acancel`."""

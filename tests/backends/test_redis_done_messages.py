@@ -18,7 +18,7 @@ import redis.asyncio
 import dromos
 from dromos.brokers.base import Outcome
 from dromos.brokers.redis import RedisBroker
-from dromos.job import JobState
+from dromos.job import JobError, JobState
 from tests.redis_servers import PrivateRedis, RedisCluster, new_prefix
 
 pytestmark = pytest.mark.slow
@@ -154,3 +154,74 @@ def test_on_a_cluster_the_done_message_names_the_ids_only(redis_cluster: RedisCl
     finally:
         app.close()
         redis_cluster.delete_prefix(prefix)
+
+
+async def _settle_next(broker: RedisBroker, outcome: JobState = JobState.SUCCEEDED) -> None:
+    [delivery] = await broker.claim(["default"], 10, 30.0)
+    ok = outcome is JobState.SUCCEEDED
+    error = None if ok else JobError(type="ValueError", message="boom")
+    result = b'"done"' if ok else None
+    await broker.settle([Outcome(delivery.job_id, delivery.attempt, outcome, result, error)])
+
+
+async def _counted(client: redis.asyncio.Redis, tag: str, job_id: str) -> None:
+    """Until the await script has counted one blocking waiter of the job."""
+    for _ in range(250):
+        if await client.hget(f"{tag}:awaited", job_id) == b"1":
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the waiter was never counted")
+
+
+async def test_a_blocking_wait_is_served_in_the_callers_thread_and_leaves_nothing(
+    app: dromos.App, server: PrivateRedis
+) -> None:
+    broker = await app.abroker()
+    assert isinstance(broker, RedisBroker)
+    job = await app.get_task("echo").aenqueue("hi")
+    tag = f"{{{broker.prefix}:default}}"
+    assert await asyncio.to_thread(broker.wait_blocking, job.id, 0.2) is None  # timed out
+    waiting = asyncio.ensure_future(asyncio.to_thread(broker.wait_blocking, job.id, 10.0))
+    async with redis.asyncio.Redis(port=server.port) as client:
+        await _counted(client, tag, job.id)  # the waiter is counted before the job ends
+        await _settle_next(broker)
+        status = await waiting
+        assert status is not False
+        assert status is not None
+        assert status == await broker.status(job.id)
+        # nobody is counted any more, nothing is left to pop
+        assert await client.hlen(f"{tag}:awaited") == 0
+        assert await client.llen(f"{tag}:notify:{job.id}") == 0
+
+
+async def test_a_status_left_for_a_waiter_gone_does_not_answer_a_wait_after_replay(
+    app: dromos.App, server: PrivateRedis
+) -> None:
+    broker = await app.abroker()
+    assert isinstance(broker, RedisBroker)
+    job = await app.get_task("echo").aenqueue("hi")
+    await _settle_next(broker, JobState.FAILED)
+    tag = f"{{{broker.prefix}:default}}"
+    async with redis.asyncio.Redis(port=server.port) as client:
+        # a failed end's status pushed for a waiter that left without taking it
+        assert await asyncio.to_thread(broker.wait_blocking, job.id, 5.0) is not None
+        await client.rpush(f"{tag}:notify:{job.id}", b"stale")
+        assert await broker.replay([job.id]) == [job.id]
+        waiting = asyncio.ensure_future(asyncio.to_thread(broker.wait_blocking, job.id, 10.0))
+        await _counted(client, tag, job.id)
+        assert not waiting.done()
+        await _settle_next(broker)
+        status = await waiting
+        assert status is not False
+        assert status is not None
+        assert status.state is JobState.SUCCEEDED
+
+
+async def test_a_blocking_wait_for_a_job_this_instance_does_not_know_is_left_to_the_portal(
+    app: dromos.App, server: PrivateRedis
+) -> None:
+    broker = await app.abroker()
+    assert isinstance(broker, RedisBroker)
+    assert await asyncio.to_thread(broker.wait_blocking, "0" * 26, 1.0) is False
+    job = await app.get_task("echo").aenqueue("hi")
+    assert await asyncio.to_thread(broker.wait_blocking, job.id, 0) is False  # no wait at all

@@ -27,7 +27,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -63,6 +63,7 @@ __all__ = [
     "Recorded",
     "RelayBatch",
     "RelayJob",
+    "Waited",
     "WebhookDue",
     "dead_letter_from_row",
     "dependencies",
@@ -78,6 +79,11 @@ __all__ = [
     "webhook_attempt_json",
     "webhook_attempts",
 ]
+
+
+# What Broker.wait_blocking returns: the ended job's status, None (timed out, or no such
+# job), or False (not served in this thread).
+Waited = JobStatus | Literal[False] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -612,6 +618,16 @@ class Broker(abc.ABC):
         :meth:`open`. The default always returns ``None``.
         """
         return None
+
+    def wait_blocking(self, job_id: str, timeout: float | None) -> Waited:
+        """Optional: :meth:`wait` done in the calling thread, blocking it; ``False`` if not.
+
+        The blocking ``job.result()`` tries this first and otherwise awaits :meth:`wait` on
+        its portal. It returns the ended job's status, or ``None`` on timeout or when there is
+        no such job (the caller then tells which), and ``False`` whenever it cannot serve
+        the call, e.g. before :meth:`open`. The default always returns ``False``.
+        """
+        return False
 
     # -- dependencies ---------------------------------------------------------------------
     # A job enqueued with the ``depends_on`` header (ids joined by commas, see

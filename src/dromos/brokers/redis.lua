@@ -32,6 +32,12 @@
 --                server a dependent may live in another queue; a Cluster refuses that);
 --                deleted by the script that ends job <id>, which sets its field dependents
 --
+--   T:awaited    hash: job id -> how many blocking callers wait for that job's end on
+--                T:notify:<id> (see await); whoever ends the job pushes its status there
+--                once per waiter and deletes the field
+--   T:notify:<id> list: statuses pushed for blocking callers (BLPOP), expiring a minute after
+--                the last push
+--
 --   T:outbox     zset: jobs whose completion webhook is due, score when (ms); a job enters
 --                it in the script that ends it, and leaves once delivered or given up
 --   T:batch:<id> hash: one batch (task.map), under the tag of its first job's queue: id total
@@ -230,9 +236,37 @@ local CARRY_LIMIT = 65536  -- a longer result is not carried: the caller reads i
 -- script runs atomically: a caller subscribing later reads the ended state itself). A
 -- Cluster broadcasts messages to every node, where NUMSUB sees only this node's listeners:
 -- there every call publishes, the ids only (CLUSTER is set when the scripts are loaded).
+-- What a blocking caller pops for an ended job: its status as a done message carries it,
+-- or 'r' (read it: the result is too long to carry).
+local function notice(f)
+  if f[9] and #f[9] > CARRY_LIMIT then return 'r' end
+  return cmsgpack.pack(f)
+end
+local NOTIFY_TTL = 60000  -- ms a pushed status stays for a waiter that is gone
+-- Push the status of each ended job of d with blocking callers waiting (T:awaited): one
+-- HLEN per call while nobody waits, which is the drain's case.
+local function notify_waiters(tag, d)
+  local ak = tag .. ':awaited'
+  if redis.call('HLEN', ak) == 0 then return end
+  for s = 1, #d, 1000 do
+    local ids = {unpack(d, s, math.min(s + 999, #d))}
+    local counts = redis.call('HMGET', ak, unpack(ids))
+    for i, n in ipairs(counts) do
+      if n then
+        local id = ids[i]
+        local nk = tag .. ':notify:' .. id
+        local v = notice(redis.call('HMGET', tag .. ':job:' .. id, unpack(STATUS_FIELDS)))
+        for _ = 1, math.min(tonumber(n), 1000) do redis.call('RPUSH', nk, v) end
+        redis.call('PEXPIRE', nk, NOTIFY_TTL)
+        redis.call('HDEL', ak, id)
+      end
+    end
+  end
+end
 local function publish_list(tag, e, d, channel)
   for state, set in pairs(e) do variadic('ZADD', tag .. ':' .. state, set) end
   if #d == 0 then return end
+  notify_waiters(tag, d)
   local carry = not CLUSTER
   if carry and redis.call('PUBSUB', 'NUMSUB', channel)[2] == 0 then return end
   local msg = {}
@@ -702,6 +736,32 @@ for _, id in ipairs(ids) do
 end
 if #moved > 0 then redis.call('PUBLISH', ARGV[2], '1') end
 return moved
+
+--- await
+-- ARGV: T, id. KEYS: T:notify:<id>. A blocking caller's registration, sent in one pipeline
+-- with its BLPOP of T:notify:<id>: an ended job's status is pushed at once; for a job not
+-- ended yet the caller is counted in T:awaited, so that the script that ends it pushes it
+-- (notify_waiters); for no such job, '' is pushed. The first waiter of a job not ended
+-- clears what earlier ends pushed for waiters that left (a replayed job ends anew).
+local id = ARGV[2]
+local nk = KEYS[1]
+local f = redis.call('HMGET', jkey(id), unpack(STATUS_FIELDS))
+local state = f[4]
+if not state or state == 'succeeded' or state == 'failed' or state == 'cancelled' then
+  redis.call('RPUSH', nk, state and notice(f) or '')
+  redis.call('PEXPIRE', nk, NOTIFY_TTL)
+  return 0
+end
+if redis.call('HINCRBY', T .. ':awaited', id, 1) == 1 then redis.call('DEL', nk) end
+return 1
+
+--- unawait
+-- ARGV: T, id. A blocking caller whose wait timed out is no longer counted (a status pushed
+-- meanwhile stays until NOTIFY_TTL: the next waiter may take it, as it is the same end).
+local ak = T .. ':awaited'
+local n = redis.call('HINCRBY', ak, ARGV[2], -1)
+if n <= 0 then redis.call('HDEL', ak, ARGV[2]) end
+return n
 
 --- purge
 -- ARGV: T. Drops ended jobs past their retention from the indexes (their hashes expire).

@@ -58,6 +58,7 @@ from dromos.brokers.base import (
     Recorded,
     RelayBatch,
     RelayJob,
+    Waited,
     WebhookDue,
     dependencies,
     job_status,
@@ -165,6 +166,7 @@ _STATUS_FIELDS = (
     "errors", "created_at", "eta", "started_at", "finished_at", "cancel",
 )  # fmt: skip
 _done_message = msgspec.msgpack.Decoder(list[str | list[str | bool] | bool])
+_notice = msgspec.msgpack.Decoder(list[str | bool])  # a status pushed to a blocking caller
 # A work channel's message other than "1": jobs handed to an idle worker ({its idle entry,
 # then id attempt failures payload per job}), or {entry} alone (stop_claiming's fence).
 _handed_message = msgspec.msgpack.Decoder(list[str | int])
@@ -243,6 +245,8 @@ class _SyncClient:
             self.client.auto_close_connection_pool = True  # close() closes the pool too
         self.enqueue = self.client.register_script(sources["enqueue"])
         self.publish = self.client.register_script(sources["events_publish"])
+        self.await_ = self.client.register_script(sources["await"])
+        self.unawait = self.client.register_script(sources["unawait"])
 
 
 class RedisBroker(RedisEventBus, RedisParking, Broker):
@@ -593,6 +597,52 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
         except RedisError as exc:
             raise BrokerError(f"Redis at {self._safe_url} failed enqueue: {exc}") from exc
         return self._stored(requests, groups, stored)
+
+    def wait_blocking(self, job_id: str, timeout: float | None) -> Waited:
+        # A blocking caller waits in its own thread: redis.lua's await counts it as a waiter
+        # and, in the same pipeline, BLPOP waits for the status that the script ending the
+        # job pushes (T:notify:<id>). Handing result() to the portal's loop and back costs two
+        # thread wake-ups and a status read, as much as the round trip it waits for. Served
+        # on a single server, for the jobs whose queue this instance knows (it enqueued or
+        # leased them), with a timeout above zero; the portal's wait() serves the rest.
+        sync = self._sync
+        queue = self._enqueued.get(job_id) or self._held.get(job_id)
+        if sync is None or self._cluster or queue is None or (timeout is not None and timeout <= 0):
+            return False
+        tag = self._tag(queue)
+        key = f"{tag}:notify:{job_id}"
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            registered = False
+            while True:
+                left = _RECHECK if deadline is None else min(_RECHECK, deadline - time.monotonic())
+                if left <= 0:
+                    sync.unawait(keys=[key], args=[tag, job_id])
+                    return None
+                with sync.client.pipeline(transaction=False) as pipe:
+                    if not registered:
+                        pipe.evalsha(sync.await_.sha, 1, key, tag, job_id)
+                    pipe.blpop([key], timeout=max(left, 0.001))
+                    replies = pipe.execute(raise_on_error=False)
+                if not registered and isinstance(replies[0], RedisError):
+                    # NOSCRIPT after a server restart (the BLPOP waited in vain): load it
+                    sync.client.script_load(sync.await_.script)
+                    continue
+                registered = True
+                popped = replies[-1]
+                if isinstance(popped, RedisError):
+                    raise popped
+                if popped is not None:
+                    break
+        except RedisError:
+            return False  # the portal's wait() tries, and reports, on its own
+        notice = popped[1]
+        if notice == b"":
+            return None  # no such job
+        if notice == b"r":  # the result was too long to carry: read it
+            fields = sync.client.hgetall(f"{tag}:job:{job_id}")
+            return _status({k.decode(): v for k, v in fields.items()}) if fields else None
+        return _status(_carried(_notice.decode(notice)))
 
     def _batches(
         self, requests: Sequence[EnqueueRequest], deps: dict[int, list[Any]] | None = None
