@@ -62,6 +62,7 @@ from dromos.brokers.base import (
     Outcome,
     ProgressUpdate,
     QueueStats,
+    Waited,
     WebhookDue,
 )
 from dromos.brokers.rabbitmq_events import RabbitMQEvents
@@ -402,6 +403,9 @@ class RabbitMQBroker(Broker):
 
     async def wait(self, job_id: str, timeout: float | None) -> JobStatus | None:
         return await self.store.wait(job_id, timeout)
+
+    def wait_blocking(self, job_id: str, timeout: float | None) -> Waited:
+        return self.store.wait_blocking(job_id, timeout)
 
     async def cancel(self, job_id: str) -> JobState | None:
         return await self.store.cancel(job_id)  # a message still queued is dropped at claim
