@@ -34,6 +34,16 @@ async def _joined(app: dromos.App, group: str) -> None:
     await eventually(joined, timeout=20, what=f"group {group!r} joined")
 
 
+async def _one_dead_letter(app: dromos.App, group: str) -> None:
+    """Until ``group`` has exactly one dead letter."""
+    broker = await app.abroker()
+
+    async def dead() -> bool:
+        return len(await broker.event_dead_letters(group)) == 1
+
+    await eventually(dead, timeout=20, what=f"a dead letter of {group!r}")
+
+
 async def test_two_groups_of_two_instances_each_see_every_event_once(
     app: dromos.App, workers: Workers
 ) -> None:
@@ -164,10 +174,7 @@ async def test_data_that_does_not_fit_the_handler_is_dead_lettered_at_once(
     await app.apublish("orders.created", {"id": "not a number"})
     broker = await app.abroker()
 
-    async def dead() -> bool:
-        return len(await broker.event_dead_letters("typed")) == 1
-
-    await eventually(dead, timeout=20, what="dead-lettered")
+    await _one_dead_letter(app, "typed")
     [letter] = await broker.event_dead_letters("typed")
     assert (letter.attempts, letter.errors[0].type) == (1, "ValidationError")
 
@@ -187,13 +194,35 @@ async def test_replayed_dead_letters_are_handled_again(app: dromos.App, workers:
     await app.apublish("pay.card", 42)
     broker = await app.abroker()
 
-    async def dead() -> bool:
-        return len(await broker.event_dead_letters("payments")) == 1
-
-    await eventually(dead, timeout=20, what="dead-lettered")
+    await _one_dead_letter(app, "payments")
     fixed = True
     assert await broker.replay_events("payments") == 1
     await eventually(lambda: handled == [42], timeout=20, what="handled after replay")
+
+
+async def test_a_replayed_dead_letter_gets_its_retries_again_and_its_attempts_go_on(
+    app: dromos.App, workers: Workers
+) -> None:
+    attempts: list[int] = []
+
+    @app.subscriber("pay.#", group="payments", retries=1, backoff=0)
+    async def handle(event: dromos.Event[int]) -> None:
+        attempts.append(event.attempt)
+        raise RuntimeError("gateway down")
+
+    workers.start(app)
+    await _joined(app, "payments")
+    await app.apublish("pay.card", 42)
+    broker = await app.abroker()
+
+    await _one_dead_letter(app, "payments")
+    assert attempts == [1, 2]  # one retry
+    assert await broker.replay_events("payments") == 1
+    await eventually(lambda: len(attempts) == 4, timeout=20, what="retried after replay")
+    await _one_dead_letter(app, "payments")
+    assert attempts == [1, 2, 3, 4]  # the retry budget anew, the attempt counting on
+    [letter] = await broker.event_dead_letters("payments")
+    assert [e.attempt for e in letter.errors] == [1, 2, 3, 4]
 
 
 async def test_publish_checks_the_declared_type_and_the_topic(app: dromos.App) -> None:

@@ -153,6 +153,26 @@ async def test_a_stale_attempt_cannot_settle(broker: Broker) -> None:
     assert await broker.settle_events("g", [EventOutcome(d.key, 2)]) == 1
 
 
+async def test_a_holder_from_before_a_replay_cannot_settle_the_replayed_delivery(
+    broker: Broker,
+) -> None:
+    await broker.join_group("g", ["#"], "latest")
+    await broker.publish([record()])
+    [first] = await broker.claim_events("g", 10, 0.2)  # a holder that stalls
+    await asyncio.sleep(0.3)
+    [second] = await broker.claim_events("g", 10, 30.0)  # handed on: attempt 2, and it fails
+    assert (second.attempt, second.tries) == (2, 2)
+    assert await broker.settle_events("g", [EventOutcome(second.key, 2, failure(2), None)]) == 1
+    assert await broker.replay_events("g") == 1
+    [third] = await broker.claim_events("g", 10, 30.0)
+    assert (third.attempt, third.tries) == (3, 1)
+    # the stalled holder wakes: its attempt 1 does not name the replayed delivery
+    assert await broker.settle_events("g", [EventOutcome(first.key, 1)]) == 0
+    [stats] = await broker.event_groups()
+    assert stats.running == 1
+    assert await broker.settle_events("g", [EventOutcome(third.key, 3)]) == 1
+
+
 async def test_an_event_whose_consumers_keep_dying_is_dead_lettered(
     make_broker: MakeBroker,
 ) -> None:
@@ -190,7 +210,8 @@ async def test_dead_letters_keep_the_event_and_its_errors_and_replay(broker: Bro
     assert stats["g"].dead == 1
     assert await broker.replay_events("g") == 1
     [again] = await broker.claim_events("g", 10, 30.0)
-    assert (again.key, again.attempt, again.payload) == (d.key, 1, event.payload)
+    # a fresh retry budget (tries) under a fencing token that goes on (attempt)
+    assert (again.key, again.attempt, again.tries, again.payload) == (d.key, 2, 1, event.payload)
     assert await broker.event_dead_letters("g") == []
 
 

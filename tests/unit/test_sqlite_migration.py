@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import dromos
+from dromos.brokers.base import EventRecord
 
 
 async def test_a_file_without_the_webhook_columns_gets_them_and_keeps_its_jobs(
@@ -37,7 +38,7 @@ async def test_a_file_without_the_webhook_columns_gets_them_and_keeps_its_jobs(
     with sqlite3.connect(path) as db:
         columns = {row[1] for row in db.execute("PRAGMA table_info(dromos_jobs)")}
         version = db.execute("SELECT value FROM dromos_meta WHERE key = 'schema_version'")
-        assert version.fetchone() == ("6",)
+        assert version.fetchone() == ("7",)
     db.close()
     assert {"callback_url", "webhooks", "hook_due"} <= columns
 
@@ -118,3 +119,27 @@ async def test_a_file_of_schema_5_gets_the_trigger_that_ends_a_dependent_once(
     assert status.state is dromos.JobState.CANCELLED
     assert [e.type for e in status.errors] == ["DependencyCancelled"]
     await again.aclose()
+
+
+async def test_a_file_of_schema_6_gets_the_replay_base_of_event_claims(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    app = dromos.App("old", f"sqlite:///{path}")
+    broker = app.broker
+    await broker.open()
+    await broker.join_group("g", ["#"], "latest")
+    await app.aclose()
+    with sqlite3.connect(path) as db:  # schema 6: replays restarted the attempt
+        db.execute("ALTER TABLE dromos_event_claims DROP COLUMN base")
+        db.execute("UPDATE dromos_meta SET value = '6' WHERE key = 'schema_version'")
+    db.close()
+
+    again = dromos.App("old", f"sqlite:///{path}")
+    bus = again.broker
+    await bus.open()
+    await bus.publish([EventRecord("orders.placed", "e1", b"{}")])
+    [d] = await bus.claim_events("g", 10, 30.0)
+    assert (d.attempt, d.tries) == (1, 1)
+    await again.aclose()
+    with sqlite3.connect(path) as db:
+        assert "base" in {row[1] for row in db.execute("PRAGMA table_info(dromos_event_claims)")}
+    db.close()

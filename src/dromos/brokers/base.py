@@ -332,7 +332,12 @@ class EventDelivery:
     topic: str
     payload: bytes
     attempt: int
-    """Deliveries of this event to this group so far, this one included: the fencing token."""
+    """Deliveries of this event to this group so far, this one included: the fencing token.
+    A replay does not restart it, so that a settle by a holder from before the replay cannot
+    pass for the replayed delivery's."""
+    tries: int
+    """Deliveries since the last replay, this one included (``attempt`` when never replayed):
+    the retry budget used, as a job's ``failures`` is."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,6 +401,9 @@ class Parked:
     """When to deliver it again (retrying); None: dead-lettered."""
     due_in: float | None = None
     """With ``due``: the same as seconds from now on the store's clock, which decides."""
+    base: int = 0
+    """Its ``attempt`` when it was last replayed (0: never): the deliveries since, its retry
+    budget used, are ``attempt - base``."""
 
 
 @dataclass(frozen=True, slots=True)

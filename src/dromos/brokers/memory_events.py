@@ -49,6 +49,7 @@ class _Claim:
     recoveries: int = 0
     errors: list[JobError] = field(default_factory=list)
     failed_at: float | None = None
+    base: int = 0  # attempt when last replayed: tries = attempt - base
 
 
 @dataclass(slots=True)
@@ -134,7 +135,8 @@ class MemoryEventBus:
                     del g.claims[seq]
                     continue
                 claim.state, claim.attempt, claim.due = "running", claim.attempt + 1, now + lease
-                out.append(EventDelivery(str(seq), entry[0], entry[1], claim.attempt))
+                tries = claim.attempt - claim.base
+                out.append(EventDelivery(str(seq), entry[0], entry[1], claim.attempt, tries))
             start = bisect.bisect_right(self._log_seqs, g.position)
             for seq in self._log_seqs[start:]:
                 if len(out) >= limit:
@@ -143,7 +145,7 @@ class MemoryEventBus:
                 topic, payload, _ = self._log[seq]
                 if matches_any(g.patterns, topic):
                     g.claims[seq] = _Claim("running", 1, now + lease)
-                    out.append(EventDelivery(str(seq), topic, payload, 1))
+                    out.append(EventDelivery(str(seq), topic, payload, 1, 1))
         return out
 
     async def settle_events(self, group: str, outcomes: Sequence[EventOutcome]) -> int:
@@ -229,7 +231,7 @@ class MemoryEventBus:
             replayed = 0
             for seq, claim in g.claims.items():
                 if claim.state == "dead" and (wanted is None or seq in wanted):
-                    claim.state, claim.due, claim.attempt = "retrying", now, 0
+                    claim.state, claim.due, claim.base = "retrying", now, claim.attempt
                     claim.recoveries, claim.failed_at = 0, None
                     replayed += 1
         if replayed:

@@ -63,7 +63,7 @@ _JOIN = (
     "ON CONFLICT (name) DO UPDATE SET patterns = excluded.patterns"
 )
 _AGAIN = (
-    "SELECT c.seq, c.state, c.attempt, c.recoveries, e.topic, e.payload "
+    "SELECT c.seq, c.state, c.attempt, c.recoveries, e.topic, e.payload, c.base "
     "FROM {claims} c LEFT JOIN {events} e ON e.seq = c.seq "
     "WHERE c.grp = %s AND ((c.state = 'running' AND c.due < {now}) OR "
     "(c.state = 'retrying' AND c.due <= {now})) ORDER BY c.seq LIMIT %s"
@@ -119,7 +119,7 @@ _DEAD = (
     "WHERE c.grp = %s AND c.state = 'dead' ORDER BY c.seq LIMIT %s"
 )
 _REPLAY = (
-    "WITH again AS (UPDATE {claims} SET state = 'retrying', due = {now}, attempt = 0, "
+    "WITH again AS (UPDATE {claims} SET state = 'retrying', due = {now}, base = attempt, "
     "recoveries = 0, failed_at = NULL WHERE grp = %(group)s AND state = 'dead' "
     "AND (%(all)s OR seq = ANY(%(seqs)s)) RETURNING 1) "
     "SELECT count(*), (SELECT count(pg_notify(%(bus)s, '')) FROM (SELECT 1 FROM again LIMIT 1) w) "
@@ -228,7 +228,7 @@ class PostgresEventBus:
         gone: list[int] = []
         again: dict[str, list[int]] = {"seqs": [], "attempts": [], "recoveries": []}
         dead: dict[str, list[Any]] = {"seqs": [], "recoveries": [], "errors": []}
-        for seq, state, attempt, recoveries, topic, payload in rows:
+        for seq, state, attempt, recoveries, topic, payload, base in rows:
             if topic is None:  # past the bus's retention: nothing left to deliver
                 gone.append(seq)
                 continue
@@ -242,7 +242,9 @@ class PostgresEventBus:
             again["seqs"].append(seq)
             again["attempts"].append(attempt + 1)
             again["recoveries"].append(recoveries)
-            out.append(EventDelivery(str(seq), topic, bytes(payload), attempt + 1))
+            out.append(
+                EventDelivery(str(seq), topic, bytes(payload), attempt + 1, attempt + 1 - base)
+            )
         if gone:
             await cur.execute(self._q(_FORGET), (group, gone))
         if dead["seqs"]:
@@ -280,7 +282,7 @@ class PostgresEventBus:
                 position = seq
                 if matches_any(patterns, topic):
                     taken.append(seq)
-                    out.append(EventDelivery(str(seq), topic, bytes(payload), 1))
+                    out.append(EventDelivery(str(seq), topic, bytes(payload), 1, 1))
             if len(rows) < scan:
                 break
         if taken:

@@ -31,21 +31,22 @@ _NAMES_ADD = (
     "ON CONFLICT (kind, name) DO UPDATE SET patterns = excluded.patterns"
 )
 _PARK = (
-    f"INSERT INTO {_PARKED} AS p (grp, key, topic, payload, attempt, errors, due, failed_at) "
-    "SELECT %(group)s, e.key, e.topic, e.payload, e.attempt, e.errors::jsonb, "
-    "coalesce({now} + e.due_in, e.due), CASE WHEN e.due IS NULL THEN {now} END "
+    f"INSERT INTO {_PARKED} AS p (grp, key, topic, payload, attempt, errors, due, failed_at, "
+    "base) SELECT %(group)s, e.key, e.topic, e.payload, e.attempt, e.errors::jsonb, "
+    "coalesce({now} + e.due_in, e.due), CASE WHEN e.due IS NULL THEN {now} END, e.base "
     "FROM unnest(%(keys)s::text[], %(topics)s::text[], %(payloads)s::bytea[], "
-    "%(attempts)s::int[], %(errors)s::text[], %(dues)s::float8[], %(due_ins)s::float8[]) "
-    "AS e(key, topic, payload, attempt, errors, due, due_in) ON CONFLICT (grp, key) DO UPDATE SET "
-    "topic = excluded.topic, payload = excluded.payload, attempt = excluded.attempt, "
-    "errors = excluded.errors, due = excluded.due, failed_at = excluded.failed_at"
+    "%(attempts)s::int[], %(errors)s::text[], %(dues)s::float8[], %(due_ins)s::float8[], "
+    "%(bases)s::int[]) AS e(key, topic, payload, attempt, errors, due, due_in, base) "
+    "ON CONFLICT (grp, key) DO UPDATE SET topic = excluded.topic, payload = excluded.payload, "
+    "attempt = excluded.attempt, errors = excluded.errors, due = excluded.due, "
+    "failed_at = excluded.failed_at, base = excluded.base"
 )
 _DUE = (
     f"WITH due AS (SELECT grp, key FROM {_PARKED} WHERE due IS NOT NULL AND due <= {{now}} "
     "ORDER BY due, grp, key LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
     f"UPDATE {_PARKED} p SET due = {{now}} + %(hold)s FROM due "
     "WHERE p.grp = due.grp AND p.key = due.key "
-    "RETURNING p.grp, p.key, p.topic, p.payload, p.attempt, p.errors::text, {now}"
+    "RETURNING p.grp, p.key, p.topic, p.payload, p.attempt, p.errors::text, {now}, p.base"
 )
 _AHEAD = f"SELECT min(due), {{now}} FROM {_PARKED} WHERE due IS NOT NULL AND due > {{now}}"
 
@@ -81,7 +82,7 @@ class PostgresParking:
             await self._execute(_PARK, {
                 "group": group, "keys": [p.key for p in parked],
                 "topics": [p.topic for p in parked], "payloads": [p.payload for p in parked],
-                "attempts": [p.attempt for p in parked],
+                "attempts": [p.attempt for p in parked], "bases": [p.base for p in parked],
                 "errors": [_encode(p.errors).decode() for p in parked],
                 "dues": [p.due for p in parked],
                 "due_ins": [None if p.due is None else p.due_in for p in parked],
@@ -98,7 +99,10 @@ class PostgresParking:
         assert ahead is not None
         rows.sort(key=lambda r: (r[0], r[1]))
         entries = [
-            (r[0], Parked(r[1], r[2], bytes(r[3]), r[4], _errors.decode(r[5]), r[6] + hold))
+            (
+                r[0],
+                Parked(r[1], r[2], bytes(r[3]), r[4], _errors.decode(r[5]), r[6] + hold, base=r[7]),
+            )
             for r in rows
         ]
         return EventsDue(entries, ahead[0], ahead[1])

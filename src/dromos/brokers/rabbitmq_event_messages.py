@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 ATTEMPT, ERRORS, TOPIC = "x-dromos-attempt", "x-dromos-errors", "x-dromos-topic"
+BASE = "x-dromos-base"  # the attempt at the last replay: tries are attempt - base
 BACKFILLED = "x-dromos-backfilled"  # on an event copied from the log to a group's queue
 # Unix ms of the publish, by the publisher's clock: an integer, as AMQP tables carry floats in
 # single precision (seconds since 1970 would lose minutes).
@@ -76,6 +77,7 @@ class Delivered:
     topic: str
     payload: bytes
     attempt: int
+    base: int  # the attempt at the event's last replay (0: never replayed)
     returns: int  # x-delivery-count: lease ends and consumer losses so far
     via: str | None  # "binding" (published), "log" (backfilled), None (a retry or replay)
     errors: list[JobError]
@@ -99,11 +101,14 @@ def to_group(
     queue: str,
 ) -> Callable[[RawChannel, Parked | EventDeadLetter], Coroutine[Any, Any, Any]]:
     """How a parked event goes back on its group's queue (default exchange): a retry
-    with the deliveries it had, a replayed dead letter as new (attempts start over)."""
+    with the deliveries it had, a replayed dead letter with a fresh retry budget (its
+    attempts go on, the fencing token, and become its base)."""
 
     def publish(pub: RawChannel, p: Parked | EventDeadLetter) -> Coroutine[Any, Any, Any]:
+        attempt, base = (p.attempt, p.base) if isinstance(p, Parked) else (p.attempts,) * 2
         headers: dict[str, Any] = {
-            ATTEMPT: p.attempt if isinstance(p, Parked) else 0,
+            ATTEMPT: attempt,
+            BASE: base,
             TOPIC: p.topic,
             ERRORS: errors_header(p.errors),
         }
@@ -146,6 +151,7 @@ def delivered(raw: DeliveredMessage) -> Delivered:
     return Delivered(
         key=str(properties.message_id or "") or f"amqp-{new_job_id()}",
         topic=topic.decode() if isinstance(topic, bytes) else topic,
-        payload=raw.body, attempt=_int(headers.get(ATTEMPT)) + returns + 1, returns=returns,
+        payload=raw.body, attempt=_int(headers.get(ATTEMPT)) + returns + 1,
+        base=_int(headers.get(BASE)), returns=returns,
         via=via, errors=errors, tag=delivery_tag(raw),
     )  # fmt: skip

@@ -18,8 +18,9 @@
   plus a local lease timer: at its end the event is nacked back to its queue, RabbitMQ counts
   the return (``x-delivery-count``) and hands it to whichever consumer. Its key is the event
   id; its attempt is ``x-dromos-attempt`` (deliveries before it was last parked) +
-  ``x-delivery-count`` + 1. An event returned more than ``max_recoveries`` times is
-  dead-lettered as ``Poison``.
+  ``x-delivery-count`` + 1, and its tries that less ``x-dromos-base`` (its attempt at its last
+  replay). An event returned more than ``max_recoveries`` times is dead-lettered as
+  ``Poison``.
 - **Settles**: store first, ack second (a crash between makes a duplicate, never a loss):
   handled → ack; to retry → parked in the store with its due time, then acked; dead → parked
   dead, then acked. The relay part (:meth:`RabbitMQEvents.relay`, run by the broker's relay
@@ -283,7 +284,9 @@ class RabbitMQEvents:
                 else:
                     event.lease_end = loop.time() + lease
                     held[event.key] = event
-                    out.append(EventDelivery(event.key, event.topic, event.payload, event.attempt))
+                    tries = event.attempt - event.base
+                    out.append(EventDelivery(event.key, event.topic, event.payload,
+                                             event.attempt, tries))  # fmt: skip
             if got is None:
                 break
         if poison:
@@ -375,7 +378,8 @@ class RabbitMQEvents:
             if outcome.error is not None:
                 errors = [*event.errors, outcome.error]
                 parked.append(Parked(event.key, event.topic, event.payload, event.attempt,
-                                     errors, outcome.retry_at, outcome.retry_in))  # fmt: skip
+                                     errors, outcome.retry_at, outcome.retry_in,
+                                     base=event.base))  # fmt: skip
         if parked:  # the store first: a crash before the ack makes a duplicate, not a loss
             await self.store.park_events(group, parked)
             retries = [p.due for p in parked if p.due is not None]

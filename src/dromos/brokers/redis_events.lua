@@ -11,7 +11,10 @@
 --   E:g:<group>:running     zset: entries leased to a consumer, score lease end (ms)
 --   E:g:<group>:retrying    zset: entries waiting for their next delivery, score due (ms)
 --   E:g:<group>:dead        zset: dead-lettered entries, score when they failed (ms)
---   E:g:<group>:attempt     hash: entry id -> deliveries so far (the fencing token)
+--   E:g:<group>:attempt     hash: entry id -> deliveries so far (the fencing token; a replay
+--                           does not restart it)
+--   E:g:<group>:base        hash: entry id -> its attempt when last replayed (none: 0); a
+--                           delivery's tries, the retry budget used, are attempt - base
 --   E:g:<group>:recoveries  hash: entry id -> lease expiries so far
 --   E:g:<group>:errors      hash: entry id -> JSON array of JobError, appended to as text
 --
@@ -35,7 +38,8 @@ end
 local function gkeys(group)
   local g = E .. ':g:' .. group .. ':'
   return {running = g .. 'running', retrying = g .. 'retrying', dead = g .. 'dead',
-    attempt = g .. 'attempt', recoveries = g .. 'recoveries', errors = g .. 'errors'}
+    attempt = g .. 'attempt', recoveries = g .. 'recoveries', errors = g .. 'errors',
+    base = g .. 'base'}
 end
 local function append_error(k, id, err)
   local errors = redis.call('HGET', k.errors, id)
@@ -53,6 +57,7 @@ local function forget(k, id)
   redis.call('HDEL', k.attempt, id)
   redis.call('HDEL', k.recoveries, id)
   redis.call('HDEL', k.errors, id)
+  redis.call('HDEL', k.base, id)
 end
 -- Stream ids in log order ("ms-seq": compared as numbers, not as text).
 local function id_parts(id)
@@ -149,7 +154,7 @@ end
 -- events_claim, as a function of its arguments (A: as ARGV), for events_settle_claim too.
 -- ARGV: E, group, limit, lease (ms), max recoveries, the poison error (JSON, with 1234567891
 --   for the recoveries and 1987654321 for the attempt), most entries to scan, retention (ms).
--- Returns 4 values per delivery: id topic payload attempt. Redeliveries first (lease ran out,
+-- Returns 5 values per delivery: id topic payload attempt tries. Redeliveries first (lease ran out,
 -- or retry due; in log order), then new entries that match the group's patterns.
 local function claim(A)
   local group, limit = A[2], tonumber(A[3])
@@ -165,13 +170,14 @@ local function claim(A)
     forget(k, id)
   end
   local out, delivered = {}, 0
-  local function deliver(id, f, attempt)
+  local function deliver(id, f, attempt, base)
     redis.call('ZADD', k.running, lease_end, id)
     redis.call('HSET', k.attempt, id, attempt)
     out[#out + 1] = id
     out[#out + 1] = f['t'] or ''
     out[#out + 1] = f['p'] or ''
     out[#out + 1] = attempt
+    out[#out + 1] = attempt - base
     delivered = delivered + 1
   end
   -- 1. Expired leases and due retries, in log order.
@@ -206,7 +212,7 @@ local function claim(A)
         forget(k, id)
       else
         redis.call('ZREM', k.retrying, id)
-        deliver(id, f, attempt + 1)
+        deliver(id, f, attempt + 1, tonumber(redis.call('HGET', k.base, id) or '0'))
       end
     end
   end
@@ -233,7 +239,7 @@ local function claim(A)
       local f = fields(e[2])
       -- An entry without a topic cannot be routed: every group gets it, and dead-letters it.
       if f['t'] == nil or matches_any(patterns, f['t']) then
-        deliver(e[1], f, 1)
+        deliver(e[1], f, 1, 0)
       else
         passed[#passed + 1] = e[1]
       end
@@ -296,6 +302,7 @@ local function settle(A)
     redis.call('HDEL', k.attempt, unpack(ids))
     redis.call('HDEL', k.recoveries, unpack(ids))
     redis.call('HDEL', k.errors, unpack(ids))
+    redis.call('HDEL', k.base, unpack(ids))
   end
   if retried then redis.call('PUBLISH', A[3], '1') end
   return applied
@@ -342,7 +349,7 @@ local k = gkeys(group)
 if stream_groups()[group] then redis.call('XGROUP', 'DESTROY', LOG, group) end
 redis.call('HDEL', GROUPS, group)
 redis.call('HDEL', READ, group)
-redis.call('DEL', k.running, k.retrying, k.dead, k.attempt, k.recoveries, k.errors)
+redis.call('DEL', k.running, k.retrying, k.dead, k.attempt, k.recoveries, k.errors, k.base)
 return 0
 
 --- events_claim
@@ -435,8 +442,9 @@ return out
 
 --- events_replay
 -- ARGV: E, group, channel, then entry ids (none: every dead letter of the group). They are
--- due again now, as new: attempts start over (the next delivery is attempt 1), recoveries
--- too; their errors are kept. Returns how many.
+-- due again now, with a fresh retry budget: their attempt goes on (the fencing token), their
+-- base becomes it, so the next delivery's tries is 1; recoveries start over; their errors
+-- are kept. Returns how many.
 local group = ARGV[2]
 local k = gkeys(group)
 local ids = {}
@@ -451,7 +459,7 @@ for _, id in ipairs(ids) do
     seen[id] = true
     redis.call('ZREM', k.dead, id)
     redis.call('ZADD', k.retrying, now, id)
-    redis.call('HSET', k.attempt, id, 0)
+    redis.call('HSET', k.base, id, redis.call('HGET', k.attempt, id) or '0')
     redis.call('HDEL', k.recoveries, id)
     moved = moved + 1
   end

@@ -71,15 +71,16 @@ def _outcomes(outcomes: Sequence[EventOutcome]) -> bytes:
 
 
 def _deliveries(flat: list[Any]) -> list[EventDelivery]:
-    """A claim script's reply (4 values per delivery) as deliveries."""
+    """A claim script's reply (5 values per delivery) as deliveries."""
     return [
         EventDelivery(
             key=flat[i].decode(),
             topic=flat[i + 1].decode(errors="replace"),
             payload=bytes(flat[i + 2]),
             attempt=int(flat[i + 3]),
+            tries=int(flat[i + 4]),
         )
-        for i in range(0, len(flat), 4)
+        for i in range(0, len(flat), 5)
     ]
 
 

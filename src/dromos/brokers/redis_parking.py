@@ -26,18 +26,31 @@ __all__ = ["RedisParking"]
 
 _errors = msgspec.json.Decoder(list[JobError])
 _json = msgspec.json.Encoder()
-# An entry as the scripts keep it, opaque to them: [topic, payload, attempt, errors JSON].
+
+
+class _Entry(msgspec.Struct, array_like=True):
+    """An entry as the scripts keep it, opaque to them: [topic, payload, attempt, errors JSON,
+    base] (one parked before base was kept has four values: base 0)."""
+
+    topic: str
+    payload: bytes
+    attempt: int
+    errors: str
+    base: int = 0
+
+
 _pack = msgspec.msgpack.Encoder().encode
-_unpack = msgspec.msgpack.Decoder(tuple[str, bytes, int, str]).decode
+_unpack = msgspec.msgpack.Decoder(_Entry).decode
 
 
 def _entry(p: Parked) -> bytes:
-    return _pack([p.topic, p.payload, p.attempt, _json.encode(p.errors).decode()])
+    errors = _json.encode(p.errors).decode()
+    return _pack(_Entry(p.topic, p.payload, p.attempt, errors, p.base))
 
 
 def _parked(key: str, blob: bytes, due: float | None) -> Parked:
-    topic, payload, attempt, errors = _unpack(blob)
-    return Parked(key, topic, payload, attempt, _errors.decode(errors), due)
+    e = _unpack(blob)
+    return Parked(key, e.topic, e.payload, e.attempt, _errors.decode(e.errors), due, base=e.base)
 
 
 class RedisParking:

@@ -165,7 +165,9 @@ _RELAY_SCHEMA = (
     "CREATE INDEX IF NOT EXISTS dromos_jobs_unsent ON dromos_jobs (priority DESC, seq) "
     "WHERE state = 'queued' AND sent_until IS NOT 1e308",
 )
-_SCHEMA_VERSION = "6"  # 6: the dependency trigger ends a dependent once (dropped, made again)
+# 6: the dependency trigger ends a dependent once (dropped, made again); 7: event claims and
+# parked events keep the attempt of their last replay (base)
+_SCHEMA_VERSION = "7"
 # Batches are counted by triggers, so that EVERY write that ends a job (a settle, a cancel, a
 # claim dead-lettering a poison job, and any written later) counts it in its own transaction:
 # the first terminal state of a batch's job brings its batch down by one, and the update that
@@ -255,6 +257,9 @@ def _migrate(db: sqlite3.Connection) -> None:
     for column, kind in _ADDED_COLUMNS:
         if column not in have:
             db.execute(f"ALTER TABLE dromos_jobs ADD COLUMN {column} {kind}")
+    for table in ("dromos_event_claims", "dromos_amqp_parked"):  # schema 7
+        if "base" not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN base INTEGER NOT NULL DEFAULT 0")
     db.execute(
         "CREATE INDEX IF NOT EXISTS dromos_jobs_hooks ON dromos_jobs (hook_due) "
         "WHERE hook_due IS NOT NULL"

@@ -150,13 +150,14 @@ class SQLiteEventBus:
                 return out
             patterns, position = tuple(json.loads(row[0])), row[1]
             again = db.execute(
-                "SELECT c.seq, c.state, c.attempt, c.recoveries, c.errors, e.topic, e.payload "
+                "SELECT c.seq, c.state, c.attempt, c.recoveries, c.errors, e.topic, e.payload, "
+                "c.base "
                 "FROM dromos_event_claims c LEFT JOIN dromos_events e ON e.seq = c.seq "
                 "WHERE c.grp = ? AND ((c.state = 'running' AND c.due < ?) OR "
                 "(c.state = 'retrying' AND c.due <= ?)) ORDER BY c.seq LIMIT ?",
                 (group, now, now, limit),
             ).fetchall()
-            for seq, state, attempt, recoveries, errors, topic, payload in again:
+            for seq, state, attempt, recoveries, errors, topic, payload, base in again:
                 if topic is None:  # past the bus's retention: nothing left to deliver
                     db.execute("DELETE FROM dromos_event_claims WHERE grp = ? AND seq = ?",
                                (group, seq))  # fmt: skip
@@ -176,7 +177,8 @@ class SQLiteEventBus:
                     "recoveries = ? WHERE grp = ? AND seq = ?",
                     (attempt + 1, now + lease, recoveries, group, seq),
                 )
-                out.append(EventDelivery(str(seq), topic, bytes(payload), attempt + 1))
+                tries = attempt + 1 - base
+                out.append(EventDelivery(str(seq), topic, bytes(payload), attempt + 1, tries))
             scan = max(4 * limit, 256)
             while len(out) < limit:
                 rows = db.execute(
@@ -191,7 +193,7 @@ class SQLiteEventBus:
                     position = seq
                     if matches_any(patterns, topic):
                         taken.append((group, seq, now + lease))
-                        out.append(EventDelivery(str(seq), topic, bytes(payload), 1))
+                        out.append(EventDelivery(str(seq), topic, bytes(payload), 1, 1))
                 db.executemany(
                     "INSERT INTO dromos_event_claims (grp, seq, state, attempt, due) "
                     "VALUES (?, ?, 'running', 1, ?)",
@@ -308,7 +310,7 @@ class SQLiteEventBus:
             now = time.time()
             with self._write() as db:
                 sql = (
-                    "UPDATE dromos_event_claims SET state = 'retrying', due = ?, attempt = 0, "
+                    "UPDATE dromos_event_claims SET state = 'retrying', due = ?, base = attempt, "
                     "recoveries = 0, failed_at = NULL WHERE grp = ? AND state = 'dead'"
                 )
                 if keys is None:

@@ -32,7 +32,7 @@ def _row(group: str, p: Parked, now: float) -> tuple[Any, ...]:
     failed_at = now if p.due is None else None
     due = None if p.due is None else due_at(now, p.due, p.due_in)
     errors = _encode(p.errors).decode()
-    return (group, p.key, p.topic, p.payload, p.attempt, errors, due, failed_at)
+    return (group, p.key, p.topic, p.payload, p.attempt, p.base, errors, due, failed_at)
 
 
 class SQLiteParking:
@@ -83,7 +83,7 @@ class SQLiteParking:
                 rows = [_row(group, p, now) for p in parked]
                 db.executemany(
                     "INSERT OR REPLACE INTO dromos_amqp_parked (grp, key, topic, payload, "
-                    "attempt, errors, due, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "attempt, base, errors, due, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
 
@@ -95,7 +95,7 @@ class SQLiteParking:
             with self._write() as db:
                 now = time.time()
                 rows = db.execute(
-                    "SELECT grp, key, topic, payload, attempt, errors FROM "
+                    "SELECT grp, key, topic, payload, attempt, errors, base FROM "
                     "dromos_amqp_parked WHERE due IS NOT NULL AND due <= ? "
                     "ORDER BY due, grp, key LIMIT ?",
                     (now, max(limit, 0)),
@@ -109,7 +109,12 @@ class SQLiteParking:
                     (now,),
                 ).fetchone()[0]
             entries = [
-                (r[0], Parked(r[1], r[2], bytes(r[3]), r[4], _errors.decode(r[5]), now + hold))
+                (
+                    r[0],
+                    Parked(
+                        r[1], r[2], bytes(r[3]), r[4], _errors.decode(r[5]), now + hold, base=r[6]
+                    ),
+                )
                 for r in rows
             ]
             return EventsDue(entries, ahead, now)

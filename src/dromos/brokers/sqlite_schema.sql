@@ -129,6 +129,7 @@ CREATE TABLE IF NOT EXISTS dromos_event_claims (
     recoveries INTEGER NOT NULL DEFAULT 0,
     errors     TEXT,
     failed_at  REAL,
+    base       INTEGER NOT NULL DEFAULT 0,  -- attempt when last replayed (tries = attempt - base)
     PRIMARY KEY (grp, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dromos_event_claims_due ON dromos_event_claims (grp, state, due);
@@ -164,6 +165,7 @@ CREATE TABLE IF NOT EXISTS dromos_amqp_parked (
     topic     TEXT    NOT NULL,
     payload   BLOB    NOT NULL,
     attempt   INTEGER NOT NULL,
+    base      INTEGER NOT NULL DEFAULT 0,  -- attempt when last replayed
     errors    TEXT    NOT NULL,
     due       REAL,
     failed_at REAL,

@@ -222,17 +222,17 @@ class _Group:
                 log.info("a batch of %d event(s) failed in %s: %r", len(keep), sub.name, exc)
                 for d in keep:
                     error = error_of(exc, d.attempt)
-                    if d.attempt > sub.retries:
+                    if d.tries > sub.retries:
                         outcomes.append(EventOutcome(d.key, d.attempt, error, None))
                     else:
-                        outcomes.append(_retry(d.key, d.attempt, error, sub.retry_delay(d.attempt)))
+                        outcomes.append(_retry(d.key, d.attempt, error, sub.retry_delay(d.tries)))
         for o in outcomes:
             kind = "handled" if o.error is None else "retried" if o.retry_at else "dead"
             self.runner.counts[kind] += 1
         self.outcomes += outcomes
 
     async def _outcome(self, delivery: EventDelivery) -> EventOutcome:
-        key, attempt = delivery.key, delivery.attempt
+        key, attempt, tries = delivery.key, delivery.attempt, delivery.tries
         try:
             event = decode_event(delivery.payload, attempt)
         except DecodeError as exc:
@@ -248,13 +248,13 @@ class _Group:
                 raise
             except _HANDLER_FAILURES as exc:
                 error = error_of(exc, attempt)
-                if isinstance(exc, ValidationError) or attempt > sub.retries:
+                if isinstance(exc, ValidationError) or tries > sub.retries:
                     log.warning("event %s (%s) dead-lettered by %s: %r", event.id, event.type,
                                 self.name, exc)  # fmt: skip
                     return EventOutcome(key, attempt, error, None)
                 log.info("event %s (%s) failed in %s, retrying: %r", event.id, event.type,
                          sub.name, exc)  # fmt: skip
-                return _retry(key, attempt, error, sub.retry_delay(attempt))
+                return _retry(key, attempt, error, sub.retry_delay(tries))
         return EventOutcome(key, attempt)
 
     def _matching(self, topic: str) -> list[Subscriber]:
