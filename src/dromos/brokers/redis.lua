@@ -48,7 +48,8 @@
 --                counted, batch_counted. On a Cluster the app puts every job of a batch and
 --                its callback in one queue, so that all of these share one slot.
 --
--- RELAY and CLUSTER are set when the scripts are loaded (redis.py's _scripts).
+-- RELAY and CLUSTER are set when the scripts are loaded (redis_scripts.py), and each script
+-- carries only the part of common it uses.
 --
 -- Job hash fields: id task queue state priority seq payload created_at eta attempt failures
 -- recoveries worker started_at finished_at expires_at progress message result errors cancel

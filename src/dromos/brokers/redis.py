@@ -28,7 +28,6 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -75,6 +74,7 @@ from dromos.brokers.redis_due import due_arg, due_ms
 from dromos.brokers.redis_events import RedisEventBus
 from dromos.brokers.redis_parking import RedisParking
 from dromos.brokers.redis_retry import RETRIES, async_retry, sync_retry
+from dromos.brokers.redis_scripts import scripts
 from dromos.errors import BrokerError, ConfigurationError, DependencyNotFound
 from dromos.job import JobError, JobState, JobStatus, WebhookAttempt
 from dromos.task import MAX_PRIORITY
@@ -122,23 +122,6 @@ _REMEMBERED = 100_000  # job ids whose queue an instance remembers (see RedisBro
 _LEASES = "__leases__"  # the "queue" whose hash tag the named leases share
 _PRIORITY_UNIT = 2**40  # ready score = -priority * _PRIORITY_UNIT + seq (see redis.lua)
 _NO_DEPENDENCY = re.compile(r"DROMOS_NO_DEPENDENCY (\S+)")  # the enqueue script's refusal
-
-
-def _scripts(cluster: bool, file: str = "redis.lua", relay: bool = False) -> dict[str, str]:
-    """The named sections of ``redis.lua`` (or ``file``), each prefixed with its ``common`` one.
-
-    ``CLUSTER`` is set in the source: on a Cluster the scripts publish differently. So is
-    ``RELAY`` (relay mode: ready jobs are also indexed in ``T:unsent``), so that a store not
-    in relay mode runs no more than before.
-    """
-    text = resources.files("dromos.brokers").joinpath(file).read_text()
-    sections: dict[str, str] = {}
-    for chunk in text.split("\n--- ")[1:]:
-        name, _, body = chunk.partition("\n")
-        sections[name.strip()] = body
-    flags = f"local CLUSTER = {str(cluster).lower()}\nlocal RELAY = {str(relay).lower()}\n"
-    common = flags + sections.pop("common")
-    return {name: common + body for name, body in sections.items()}
 
 
 def _ms(moment: float) -> int:
@@ -329,9 +312,9 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
             raise BrokerError(f"cannot reach Redis at {self._safe_url}: {exc}") from exc
         cluster = bool(self._cluster)
         self._sources = self._sources or {
-            **_scripts(cluster, relay=self.options.relay),
-            **_scripts(cluster, "redis_events.lua"),  # the event bus (RedisEventBus)
-            **_scripts(cluster, "redis_parking.lua"),  # event parking (RedisParking)
+            **scripts(cluster, relay=self.options.relay),
+            **scripts(cluster, "redis_events.lua"),  # the event bus (RedisEventBus)
+            **scripts(cluster, "redis_parking.lua"),  # event parking (RedisParking)
         }
         client: Any = (
             TurnTakingCluster.from_url(self.url, retry=retry, max_connections=MAX_CONNECTIONS)
