@@ -5,9 +5,11 @@ temporary directory) and stops it by its pid at the end, also on failure; it nev
 any other Redis. Each system runs in its own virtualenv (``bench/.venvs/<name>``, created on
 first use at the current PyPI release; ``--upgrade`` refreshes them) through the one
 measuring driver, ``bench/peers/_driver.py``: the same task (INCR a counter, return the
-int), the same N, the same completion count. dromos runs from the project's own ``.venv``
-with status tracking on. Beside them, the ceiling: a raw redis-py loop (one command per
-call, and pipelined push and pop of N small payloads) and ``redis-benchmark``.
+int), the same N, the same completion count. dromos runs from a virtualenv of its own too,
+installed from the work tree on every run as a user installs it (a wheel, with the
+``redis`` and ``fast`` extras), with status tracking on. Beside them, the ceiling: a raw
+redis-py loop (one command per call, and pipelined push and pop of N small payloads) and
+``redis-benchmark``.
 
 Each repeat runs every system in turn (the server is flushed between figures); the median
 of ``--repeat`` runs is printed with the min-max range, as Markdown, and written as JSON with
@@ -43,9 +45,9 @@ HERE = Path(__file__).resolve().parent
 PEERS = HERE / "peers"
 SHARED_PORT = 6379  # the shared server: never used here
 
-# system -> (venv name or None for the project's own, its variants in table order)
+# system -> (its venv's name, its variants in table order)
 SYSTEMS: dict[str, tuple[str | None, list[str]]] = {
-    "dromos": (None, ["dromos"]),
+    "dromos": ("dromos", ["dromos"]),
     "celery": ("celery", ["celery-threads", "celery-prefork"]),
     "rq": ("rq", ["rq-simple", "rq-fork"]),
     "dramatiq": ("dramatiq", ["dramatiq"]),
@@ -206,22 +208,12 @@ def _raw(port: int, opts: argparse.Namespace) -> dict[str, float]:
 
 
 def _versions(server: str, systems: list[str]) -> dict[str, Any]:
-    import redis
-
-    import dromos
-
     text = subprocess.run([server, "--version"], capture_output=True, text=True).stdout
     m = re.search(r"v=(\S+)", text)
     found: dict[str, Any] = {
         "python": platform.python_version(),
         "redis-server": m.group(1) if m else text.strip(),
-        "dromos": {"dromos": getattr(dromos, "__version__", "?"), "redis": redis.__version__},
     }
-    for name in ("hiredis", "uvloop", "msgspec", "pydantic"):
-        try:
-            found["dromos"][name] = __import__(name).__version__
-        except ImportError:
-            found["dromos"][name] = "not installed"
     for system in systems:
         venv = SYSTEMS[system][0]
         if venv is not None:

@@ -1,4 +1,4 @@
-"""dromos through the shared driver (run by the project's own ``.venv`` python).
+"""dromos through the shared driver (on Redis run by ``bench/.venvs/dromos``'s python).
 
 Status tracking is on for every figure: dromos always keeps each job's state and result.
 Worker: ``dromos worker -c 32`` (``-p 2`` for two processes); enqueue through ``enqueue`` /

@@ -18,9 +18,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 VENVS = HERE.parent / ".venvs"
+ROOT = HERE.parent.parent  # the project: dromos's own environment installs it from here
 
 # system -> what pip installs (no pins: the current release; arq's own bound on redis-py)
 REQUIREMENTS: dict[str, list[str]] = {
+    # dromos as a user installs it, from the work tree (a wheel: its bytecode compiled, only
+    # the extras a Redis worker uses), installed again on every run (see ensure)
+    "dromos": [f"{ROOT}[redis,fast]"],
     "celery": ["celery[redis]", "hiredis"],
     "rq": ["rq", "hiredis"],
     "dramatiq": ["dramatiq[redis]", "hiredis"],
@@ -38,6 +42,7 @@ REQUIREMENTS: dict[str, list[str]] = {
 }
 # the distributions whose versions the results record, per system
 REPORTED: dict[str, list[str]] = {
+    "dromos": ["dromos", "redis", "hiredis", "uvloop", "msgspec", "pydantic"],
     "celery": ["celery", "kombu", "redis", "hiredis"],
     "rq": ["rq", "redis", "hiredis"],
     "dramatiq": ["dramatiq", "redis", "hiredis"],
@@ -62,10 +67,12 @@ def ensure(name: str, upgrade: bool = False) -> Path:
     stamp = VENVS / name / ".installed"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENVS / name)], check=True)
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     if upgrade or not stamp.exists():
-        pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
         subprocess.run([*pip, "--upgrade", *REQUIREMENTS[name]], check=True)
         stamp.touch()
+    elif name == "dromos":  # the work tree as it is now, its dependencies as they were
+        subprocess.run([*pip, "--force-reinstall", "--no-deps", str(ROOT)], check=True)
     return python
 
 
