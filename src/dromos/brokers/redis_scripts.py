@@ -25,6 +25,12 @@ _DECLARATION = re.compile(
     r"|(?P<assigned>\w+)\s*=\s*function\b"
 )
 _NAME = re.compile(r"[A-Za-z_]\w*")
+_COMMENT = re.compile(r"--[^\n]*")  # the scripts hold no '--' inside a string
+
+
+def _names(text: str) -> set[str]:
+    """The names ``text`` uses (its comments left out: one naming a helper needs none)."""
+    return set(_NAME.findall(_COMMENT.sub("", text)))
 
 
 def _declarations(common: str) -> list[tuple[frozenset[str], str]]:
@@ -50,7 +56,7 @@ def _declarations(common: str) -> list[tuple[frozenset[str], str]]:
 
 def _used(common: list[tuple[frozenset[str], str]], body: str) -> str:
     """The declarations of ``common`` that ``body`` needs, transitively, in their order."""
-    wanted = set(_NAME.findall(body))
+    wanted = _names(body)
     keep = [False] * len(common)
     grew = True
     while grew:
@@ -58,7 +64,7 @@ def _used(common: list[tuple[frozenset[str], str]], body: str) -> str:
         for i, (names, text) in enumerate(common):
             if not keep[i] and (not names or names & wanted):
                 keep[i] = grew = True
-                wanted |= set(_NAME.findall(text))
+                wanted |= _names(text)
     return "".join(text for (_, text), kept in zip(common, keep, strict=True) if kept)
 
 
