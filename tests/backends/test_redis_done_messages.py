@@ -225,3 +225,42 @@ async def test_a_blocking_wait_for_a_job_this_instance_does_not_know_is_left_to_
     assert await asyncio.to_thread(broker.wait_blocking, "0" * 26, 1.0) is False
     job = await app.get_task("echo").aenqueue("hi")
     assert await asyncio.to_thread(broker.wait_blocking, job.id, 0) is False  # no wait at all
+
+
+async def test_a_blocking_wait_after_the_scripts_were_flushed_loads_its_script_and_returns(
+    app: dromos.App, server: PrivateRedis
+) -> None:
+    broker = await app.abroker()
+    assert isinstance(broker, RedisBroker)
+    job = await app.get_task("echo").aenqueue("hi")
+    tag = f"{{{broker.prefix}:default}}"
+    async with redis.asyncio.Redis(port=server.port) as client:
+        await client.script_flush()  # as a restart of a server without persistence does
+        waiting = asyncio.ensure_future(asyncio.to_thread(broker.wait_blocking, job.id, 10.0))
+        await _counted(client, tag, job.id)  # counted once the script was loaded again
+        await _settle_next(broker)
+        status = await waiting
+        assert status is not False
+        assert status is not None
+        assert status.state is JobState.SUCCEEDED
+
+
+async def test_a_wait_that_timed_out_before_it_was_counted_uncounts_nobody(
+    app: dromos.App, server: PrivateRedis
+) -> None:
+    broker = await app.abroker()
+    assert isinstance(broker, RedisBroker)
+    job = await app.get_task("echo").aenqueue("hi")
+    tag = f"{{{broker.prefix}:default}}"
+    async with redis.asyncio.Redis(port=server.port) as client:
+        first = asyncio.ensure_future(asyncio.to_thread(broker.wait_blocking, job.id, 10.0))
+        await _counted(client, tag, job.id)
+        await client.script_flush()
+        # its await script is refused (NOSCRIPT) and its BLPOP times out: never counted
+        assert await asyncio.to_thread(broker.wait_blocking, job.id, 0.3) is None
+        assert await client.hget(f"{tag}:awaited", job.id) == b"1"  # the first is still
+        await _settle_next(broker)
+        status = await first
+        assert status is not False
+        assert status is not None
+        assert status.state is JobState.SUCCEEDED

@@ -34,7 +34,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dromos._loop import cancel_and_wait, close_per_loop
@@ -600,17 +600,20 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
             while True:
                 left = _RECHECK if deadline is None else min(_RECHECK, deadline - time.monotonic())
                 if left <= 0:
-                    sync.unawait(keys=[key], args=[tag, job_id])
+                    if registered:  # uncounted: else the count would be another waiter's
+                        sync.unawait(keys=[key], args=[tag, job_id])
                     return None
                 with sync.client.pipeline(transaction=False) as pipe:
                     if not registered:
                         pipe.evalsha(sync.await_.sha, 1, key, tag, job_id)
                     pipe.blpop([key], timeout=max(left, 0.001))
                     replies = pipe.execute(raise_on_error=False)
-                if not registered and isinstance(replies[0], RedisError):
-                    # NOSCRIPT after a server restart (the BLPOP waited in vain): load it
+                if not registered and isinstance(replies[0], NoScriptError):
+                    # after a server restart or SCRIPT FLUSH (the BLPOP waited in vain)
                     sync.client.script_load(sync.await_.script)
                     continue
+                if not registered and isinstance(replies[0], RedisError):
+                    raise replies[0]
                 registered = True
                 popped = replies[-1]
                 if isinstance(popped, RedisError):
