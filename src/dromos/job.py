@@ -152,9 +152,7 @@ class Job(Generic[R]):
         broker = await self._app.abroker()
         status = await broker.wait(self.id, timeout)
         if status is None:
-            if await broker.status(self.id) is None:
-                raise JobNotFound(self.id)
-            raise ResultTimeout(self.id, timeout if timeout is not None else 0.0)
+            return await self._missing_or_late(timeout)
         return self._outcome(status)
 
     async def acancel(self) -> JobState:
@@ -203,8 +201,8 @@ class Job(Generic[R]):
         return self._outcome(status)
 
     async def _missing_or_late(self, timeout: float | None) -> R:
-        """After a blocking wait came back empty: the job's outcome if it ended just now,
-        else :class:`JobNotFound` or :class:`ResultTimeout`."""
+        """After a wait came back empty: the job's outcome if it ended just now, else
+        :class:`JobNotFound` or :class:`ResultTimeout`."""
         broker = await self._app.abroker()
         status = await broker.status(self.id)
         if status is None:
