@@ -231,12 +231,6 @@ end
 local STATUS_FIELDS = {'id', 'task', 'queue', 'state', 'progress', 'message', 'attempt',
   'priority', 'result', 'errors', 'created_at', 'eta', 'started_at', 'finished_at', 'cancel'}
 local CARRY_LIMIT = 65536  -- a longer result is not carried: the caller reads it
--- Index the ended jobs and tell waiting callers, once per call. The message carries each
--- job's status, so that a caller waiting for it needs no read after the push: a round trip
--- less on every result(). On a single server nobody listening means no message at all (a
--- script runs atomically: a caller subscribing later reads the ended state itself). A
--- Cluster broadcasts messages to every node, where NUMSUB sees only this node's listeners:
--- there every call publishes, the ids only (CLUSTER is set when the scripts are loaded).
 -- What a blocking caller pops for an ended job: its status as a done message carries it,
 -- or 'r' (read it: the result is too long to carry).
 local function notice(f)
@@ -264,6 +258,13 @@ local function notify_waiters(tag, d)
     end
   end
 end
+-- Index the ended jobs and tell waiting callers (blocking ones first: notify_waiters), once
+-- per call. The message carries each job's status, so that a caller waiting for it needs no
+-- read after the push: a round trip less on every result(). On a single server nobody
+-- listening means no message at all (a script runs atomically: a caller subscribing later
+-- reads the ended state itself). A Cluster broadcasts messages to every node, where NUMSUB
+-- sees only this node's listeners: there every call publishes, the ids only (CLUSTER is set
+-- when the scripts are loaded).
 local function publish_list(tag, e, d, channel)
   for state, set in pairs(e) do variadic('ZADD', tag .. ':' .. state, set) end
   if #d == 0 then return end
