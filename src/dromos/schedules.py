@@ -29,7 +29,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dromos.errors import ConfigurationError
 
@@ -67,6 +66,8 @@ class Periodic:
             raise ConfigurationError("every= must be a positive interval")
         if self.misfire_grace < 0:
             raise ConfigurationError("misfire_grace must be 0 or more seconds")
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # a worker without cron needs none
+
         try:
             zone = ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -104,6 +105,8 @@ class Periodic:
                 yield datetime.fromtimestamp(k * self.every, UTC)
                 k += 1
             return
+        from zoneinfo import ZoneInfo
+
         from cronsim import CronSim
 
         assert self.cron is not None

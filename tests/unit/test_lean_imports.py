@@ -23,6 +23,7 @@ HEAVY = (
     "fastapi",
     "cloudevents",
     "multiprocessing",
+    "zoneinfo",  # with sysconfig and its build data: only a cron schedule's timezone needs it
 )
 
 
