@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 
@@ -41,17 +41,33 @@ async def test_a_loop_that_swallows_its_first_cancellation_still_ends_promptly()
     assert swallowed == 1
 
 
+async def _idle(
+    monkeypatch: pytest.MonkeyPatch, wait: Callable[[float], Awaitable[None]]
+) -> tuple[dromos.App, dromos.Worker, asyncio.Task[None]]:
+    """A worker on the memory broker, started and waiting for work in ``wait(timeout)``."""
+    waiting = asyncio.Event()
+
+    async def wait_for_work(self: MemoryBroker, queues: Sequence[str], timeout: float) -> None:
+        waiting.set()
+        await wait(timeout)
+
+    monkeypatch.setattr(MemoryBroker, "wait_for_work", wait_for_work)
+    app = dromos.App("idle", broker="memory://")
+    worker = dromos.Worker(app, concurrency=1)
+    running = asyncio.create_task(worker.run())
+    await asyncio.wait_for(waiting.wait(), 10)
+    return app, worker, running
+
+
 async def test_an_idle_wait_that_swallows_its_cancellation_ends_before_the_worker_does(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The wait that ran on opened a new RabbitMQ connection after the app was closed, and
     # its event loop ended with that connection open (ResourceWarnings in later tests).
     waits = {"running": 0, "swallowed": 0}
-    waiting = asyncio.Event()
 
-    async def wait_for_work(self: MemoryBroker, queues: Sequence[str], timeout: float) -> None:
+    async def wait(timeout: float) -> None:
         waits["running"] += 1
-        waiting.set()
         try:
             try:
                 await asyncio.sleep(timeout)
@@ -61,14 +77,51 @@ async def test_an_idle_wait_that_swallows_its_cancellation_ends_before_the_worke
         finally:
             waits["running"] -= 1
 
-    monkeypatch.setattr(MemoryBroker, "wait_for_work", wait_for_work)
-    app = dromos.App("idle", broker="memory://")
-    worker = dromos.Worker(app, concurrency=1)
-    running = asyncio.create_task(worker.run())
-    await asyncio.wait_for(waiting.wait(), 10)
+    app, worker, running = await _idle(monkeypatch, wait)
     worker.stop()
     await asyncio.wait_for(running, 10)
     assert waits == {"running": 0, "swallowed": 1}
+    await app.aclose()
+
+
+async def test_a_worker_cancelled_while_idle_ends_cancelled_and_its_wait_with_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # stop() ends an idle wait by cancelling it, and the worker takes that cancellation for
+    # a stop; a cancellation of the worker's own task must still end the worker.
+    waits = {"running": 0}
+
+    async def wait(timeout: float) -> None:
+        waits["running"] += 1
+        try:
+            await asyncio.sleep(timeout)
+        finally:
+            waits["running"] -= 1
+
+    app, _, running = await _idle(monkeypatch, wait)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(running, 10)
+    assert running.cancelled()
+    assert waits == {"running": 0}
+    await app.aclose()
+
+
+async def test_an_idle_worker_stops_at_once_rather_than_at_the_end_of_its_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ended = asyncio.Event()
+
+    async def wait(timeout: float) -> None:
+        try:
+            await asyncio.sleep(3600)  # far beyond the test's bound: only stop() ends it
+        finally:
+            ended.set()
+
+    app, worker, running = await _idle(monkeypatch, wait)
+    worker.stop()
+    await asyncio.wait_for(running, 10)
+    assert ended.is_set()
     await app.aclose()
 
 

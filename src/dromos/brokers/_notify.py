@@ -2,7 +2,7 @@
 
 Brokers are shared between the app's blocking portal (its own thread and loop) and the
 user's loop, so an in-process wake-up must cross loops: each waiter is a future of its own
-loop, resolved with ``call_soon_threadsafe``.
+loop, resolved with ``call_soon_threadsafe`` (or at once, when notified from that loop).
 """
 
 from __future__ import annotations
@@ -75,7 +75,14 @@ class Notifier:
             woken: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
             for key in (*keys, _ANY):
                 woken.extend(self._waiters.pop(key, ()))
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
         for loop, fut in woken:
+            if loop is here:  # this thread's loop: no hand-over (a wake-up of its selector)
+                _wake(fut)
+                continue
             # A closed loop raises RuntimeError: nobody is waiting there any more.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_wake, fut)
