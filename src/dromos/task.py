@@ -343,7 +343,7 @@ class Task(Generic[P, R]):
             priority=self.priority if o.priority is None else o.priority,
             timeout=o.timeout, created_at=now, headers=headers,
         )  # fmt: skip
-        return EnqueueRequest(message, self._encoded(message), window)
+        return EnqueueRequest(message, self._encoded(message), window, o.delay or None)
 
     def _encoded(self, message: Message) -> bytes:
         """The envelope's JSON; text that JSON cannot carry is the caller's error, refused

@@ -3,6 +3,7 @@
 import asyncio
 import collections
 import dataclasses
+import datetime
 import threading
 import time
 
@@ -162,6 +163,32 @@ async def test_a_delayed_job_runs_after_its_delay_and_not_before(
     await job.aresult(timeout=10)
     assert len(ran_at) == 1
     assert ran_at[0] >= status.eta.timestamp()
+
+
+@pytest.mark.parametrize("skew", [3600.0, -3600.0], ids=["ahead", "behind"])
+async def test_a_delay_counts_from_the_brokers_clock_whatever_the_producers_says(
+    app: dromos.App, workers: Workers, monkeypatch: pytest.MonkeyPatch, skew: float
+) -> None:
+    # The producer's clock an hour off, the broker's this machine's: a delay of a second must
+    # become neither an hour and a second nor nothing at all.
+    import dromos.app as app_module
+
+    real = app_module.utcnow
+    monkeypatch.setattr(app_module, "utcnow", lambda: real() + datetime.timedelta(seconds=skew))
+
+    @app.task
+    async def later() -> str:
+        return "done"
+
+    before = time.time()
+    job = await later.options(delay=1.0).aenqueue()
+    after = time.time()
+    status = await job.astatus()
+    assert status.state is JobState.SCHEDULED
+    assert status.eta is not None
+    assert before + 0.99 <= status.eta.timestamp() <= after + 1.01
+    workers.start(app)
+    assert await job.aresult(timeout=20) == "done"
 
 
 async def test_a_job_with_an_eta_runs_at_its_eta(app: dromos.App, workers: Workers) -> None:

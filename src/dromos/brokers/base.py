@@ -75,6 +75,7 @@ __all__ = [
     "job_status",
     "shown",
     "shown_state",
+    "stored_eta",
     "waiting_message",
     "webhook_attempt_json",
     "webhook_attempts",
@@ -115,6 +116,11 @@ class EnqueueRequest:
     """The envelope already encoded: the broker stores these bytes as they are."""
     idempotency_window: float = 0.0
     """Seconds the ``idempotency_key`` header (if any) keeps naming this job."""
+    delay: float | None = None
+    """A ``delay=``: the job is due this many seconds after the broker stores it, by the
+    broker's clock (:func:`due_at`). It decides over ``message.eta``, which holds the same
+    moment by the producer's clock (for the envelope's readers): a producer whose clock is
+    off delays its jobs by no more than it asked."""
 
 
 #: The first argument of a batch's callback as submitted (JSON text, in its envelope): the
@@ -208,6 +214,15 @@ def due_at(now: float, eta: float | None, delay: float | None) -> float:
     if delay is not None:
         return now + delay
     return now if eta is None else eta
+
+
+def stored_eta(now: float, request: EnqueueRequest) -> float | None:
+    """When a job being stored is due, on a broker whose clock says ``now``: its ``delay``
+    on from now, else its ``eta``, else None (at once)."""
+    if request.delay is not None:
+        return now + request.delay
+    eta = request.message.eta
+    return None if eta is None else eta.timestamp()
 
 
 def waiting_message(count: int) -> str:

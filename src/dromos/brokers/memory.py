@@ -41,6 +41,7 @@ from dromos.brokers.base import (
     fill_summary,
     job_status,
     shown,
+    stored_eta,
     waiting_message,
 )
 from dromos.brokers.memory_events import MemoryEventBus
@@ -180,7 +181,7 @@ class MemoryBroker(MemoryEventBus, MemoryParking, Broker):
             if existing is not None and existing.idempotency_until > now:
                 return existing.id
         self._seq += 1
-        eta = msg.eta.timestamp() if msg.eta is not None else None
+        eta = stored_eta(now, req)
         row = _Row(
             seq=self._seq,
             id=msg.id,

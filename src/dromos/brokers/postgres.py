@@ -112,18 +112,24 @@ _STATUS_COLUMNS = (
 # -- enqueue ---------------------------------------------------------------------------------
 # Jobs without an idempotency key: one INSERT of every row from arrays (one round trip for a
 # batch), in request order, and one NOTIFY per queue that got a job.
+# A job's eta: its delay= on from this server's clock, else the eta it came with (none: at
+# once); the producer's clock decides only an eta= (see EnqueueRequest.delay).
 _INSERT_MANY = (
     "WITH added AS (INSERT INTO {jobs} (id, task, queue, state, priority, eta, payload, "
-    "created_at, callback_url, batch_id) SELECT r.id, r.task, r.queue, CASE WHEN r.eta > {now} "
-    "THEN 'scheduled' ELSE 'queued' END, r.priority, r.eta, r.payload, r.created_at, "
+    "created_at, callback_url, batch_id) SELECT r.id, r.task, r.queue, CASE WHEN r.due > {now} "
+    "THEN 'scheduled' ELSE 'queued' END, r.priority, r.due, r.payload, r.created_at, "
     "r.callback_url, %(batch)s "
-    "FROM unnest(%(ids)s::text[], %(tasks)s::text[], %(queues)s::text[], %(priorities)s::int[], "
-    "%(etas)s::float8[], %(payloads)s::bytea[], %(created)s::float8[], %(callbacks)s::text[]) "
-    "WITH ORDINALITY AS r(id, task, queue, priority, eta, payload, created_at, callback_url, n) "
+    "FROM (SELECT *, coalesce({now} + delay, eta) AS due FROM unnest(%(ids)s::text[], "
+    "%(tasks)s::text[], %(queues)s::text[], %(priorities)s::int[], %(etas)s::float8[], "
+    "%(delays)s::float8[], %(payloads)s::bytea[], %(created)s::float8[], "
+    "%(callbacks)s::text[]) WITH ORDINALITY AS u(id, task, queue, priority, eta, delay, payload, "
+    "created_at, callback_url, n)) AS r "
     "ORDER BY r.n ON CONFLICT DO NOTHING RETURNING queue) "
     "SELECT count(pg_notify(%(work)s, queue)) FROM (SELECT DISTINCT queue FROM added) q"
 )
-_PLAIN_ARRAYS = ("ids", "tasks", "queues", "priorities", "etas", "payloads", "created", "callbacks")
+_PLAIN_ARRAYS = (
+    "ids", "tasks", "queues", "priorities", "etas", "delays", "payloads", "created", "callbacks",
+)  # fmt: skip
 # A key past its window names no job any more: cleared before the insert that reuses it.
 _FORGET_KEY = (
     "UPDATE {jobs} SET idempotency_key = NULL WHERE queue = %s AND idempotency_key = %s "
@@ -134,8 +140,9 @@ _FORGET_KEY = (
 _INSERT_KEYED = (
     "INSERT INTO {jobs} (id, task, queue, state, priority, eta, payload, created_at, "
     "idempotency_key, idempotency_until, callback_url, batch_id) VALUES (%(id)s, %(task)s, "
-    "%(queue)s, CASE WHEN %(eta)s::float8 > {now} THEN 'scheduled' ELSE 'queued' END, "
-    "%(priority)s, %(eta)s, %(payload)s, %(created)s, %(key)s, "
+    "%(queue)s, CASE WHEN coalesce({now} + %(delay)s::float8, %(eta)s::float8) > {now} "
+    "THEN 'scheduled' ELSE 'queued' END, %(priority)s, "
+    "coalesce({now} + %(delay)s::float8, %(eta)s::float8), %(payload)s, %(created)s, %(key)s, "
     "CASE WHEN %(key)s::text IS NULL THEN NULL ELSE {now} + %(window)s END, %(callback)s, "
     "%(batch)s) ON CONFLICT DO NOTHING RETURNING id"
 )
@@ -811,17 +818,17 @@ class PostgresBroker(PostgresEventBus, PostgresParking, Broker):
                     runs.append(plain)
                 for name, value in zip(
                     _PLAIN_ARRAYS,
-                    (msg.id, msg.task, msg.queue, msg.priority, eta, req.payload, created,
-                     callback),
+                    (msg.id, msg.task, msg.queue, msg.priority, eta, req.delay, req.payload,
+                     created, callback),
                     strict=True,
                 ):  # fmt: skip
                     plain[name].append(value)
             else:
                 keyed.append((index, {
                     "id": msg.id, "task": msg.task, "queue": msg.queue, "eta": eta,
-                    "priority": msg.priority, "payload": req.payload, "created": created,
-                    "key": key, "window": req.idempotency_window, "callback": callback,
-                    "batch": batch_id, "deps": deps,
+                    "delay": req.delay, "priority": msg.priority, "payload": req.payload,
+                    "created": created, "key": key, "window": req.idempotency_window,
+                    "callback": callback, "batch": batch_id, "deps": deps,
                 }))  # fmt: skip
                 runs.append(keyed[-1])
                 plain = {}

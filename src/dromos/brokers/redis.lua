@@ -386,7 +386,8 @@ end
 
 --- enqueue
 -- ARGV: T, work channel, queue, then one MessagePack array of jobs, each an array:
---   id task priority eta(ms or '') payload created_at(ms) idem_key('' for none) idem_window(ms)
+--   id task priority eta(ms, '+<ms>' after now for a delay=, or '') payload created_at(ms)
+--   idem_key('' for none) idem_window(ms)
 --   callback_url ('' for none)
 --   and, for a job with dependencies only, one more array: this queue's done channel, the
 --   result ttl(ms), the dead-letter ttl(ms), then per dependency its tag and its id.
@@ -445,6 +446,7 @@ local done_channel = nil  -- set when a job ended at once (a dependency failed a
 local seq = redis.call('INCRBY', T .. ':seq', #jobs) - #jobs
 for _, job in ipairs(jobs) do
   local id, task, prio, eta, key = job[1], job[2], job[3], job[4], job[7]
+  if eta ~= '' then eta = due(eta, now) end  -- a delay= counts from this clock
   local found = false
   if key ~= '' then
     local existing = redis.call('GET', T .. ':idem:' .. key)

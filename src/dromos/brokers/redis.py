@@ -70,7 +70,7 @@ from dromos.brokers.redis_clients import (
     TurnTakingCluster,
     TurnTakingRedis,
 )
-from dromos.brokers.redis_due import due_arg, due_ms
+from dromos.brokers.redis_due import due_arg
 from dromos.brokers.redis_events import RedisEventBus
 from dromos.brokers.redis_parking import RedisParking
 from dromos.brokers.redis_retry import RETRIES, async_retry, sync_retry
@@ -648,7 +648,7 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
                     msg.id,
                     msg.task,
                     max(-MAX_PRIORITY, min(MAX_PRIORITY, msg.priority)),
-                    due_ms(msg.eta.timestamp()) if msg.eta is not None else "",
+                    due_arg(None if msg.eta is None else msg.eta.timestamp(), req.delay),
                     _text(req.payload),
                     _ms(msg.created_at.timestamp()),
                     msg.headers.get("idempotency_key", ""),

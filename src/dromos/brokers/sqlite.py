@@ -58,6 +58,7 @@ from dromos.brokers.base import (
     job_filters,
     job_status,
     shown_state,
+    stored_eta,
     waiting_message,
     webhook_attempt_json,
 )
@@ -471,11 +472,8 @@ class SQLiteBroker(SQLiteEventBus, SQLiteParking, Broker):
             if msg.created_at is not created_at:  # a batch shares one: convert it once
                 created_at = msg.created_at
                 created = created_at.timestamp()
-            if msg.eta is None:
-                eta, state = None, "queued"
-            else:
-                eta = msg.eta.timestamp()
-                state = "scheduled" if eta > now else "queued"
+            eta = stored_eta(now, req)
+            state = "scheduled" if eta is not None and eta > now else "queued"
             headers = msg.headers
             key = headers.get("idempotency_key") if headers else None
             callback = headers.get("callback_url") if headers else None
@@ -582,7 +580,7 @@ class SQLiteBroker(SQLiteEventBus, SQLiteParking, Broker):
         rows = []
         for req in requests:
             msg = req.message
-            eta = None if msg.eta is None else msg.eta.timestamp()
+            eta = stored_eta(now, req)
             state = "scheduled" if eta is not None and eta > now else "queued"
             rows.append((msg.id, msg.task, msg.queue, state, msg.priority, eta, req.payload,
                          msg.created_at.timestamp(), msg.headers.get("callback_url"),
