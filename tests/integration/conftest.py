@@ -158,6 +158,31 @@ class Cluster:
 
         return self.wait_until(started, timeout, f"{n} worker process(es) to start")
 
+    def wait_until_serving(self, pids: set[int], timeout: float = 60.0) -> set[str]:
+        """Wait until each of these worker processes has started a job; return the ids of the
+        naps that it took (each has ended by then).
+
+        A boot line is written when a process loads the app, before its first claim: a process
+        up earlier than the others can run a whole burst of quick jobs alone. Naps reach the
+        others as they come up: each round is more than one process holds at once (twice its
+        concurrency), and rounds go on until every process has started one.
+        """
+        nap = self.task("nap")
+        ids: set[str] = set()
+        deadline = time.monotonic() + timeout
+        while True:
+            ids |= {j.id for j in nap.enqueue_many([(0.2,)] * 100)}
+            round_end = time.monotonic() + 2.0
+            while time.monotonic() < round_end:
+                started = {e.pid for e in self.ledger.runs("start") if e.job_id in ids}
+                if pids <= started:
+                    for job_id in ids:
+                        self.app.job(job_id).result(timeout=max(1.0, deadline - time.monotonic()))
+                    return ids
+                time.sleep(0.05)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"worker processes {sorted(pids - started)} never took a job")
+
     def close(self) -> None:
         """Kill every process group this cluster started, then close the app."""
         for proc in self.procs:

@@ -21,6 +21,7 @@ def test_a_batch_over_three_processes_calls_back_exactly_once_with_its_counts(
     cluster = any_cluster
     supervisor = cluster.start("-p", "3", "-c", "16", "--grace", "5")
     workers = set(cluster.wait_for_boots(3))
+    naps = cluster.wait_until_serving(workers)  # else one process may run the batch alone
 
     member, done = cluster.task("batch_member"), cluster.task("batch_done")
     batch = member.map(range(JOBS), on_complete=done.call("nightly"))
@@ -41,10 +42,14 @@ def test_a_batch_over_three_processes_calls_back_exactly_once_with_its_counts(
     assert status.done
     assert status.callback_id is not None
     assert cluster.status(status.callback_id).state.value == "succeeded"
+    members = {j.id for j in batch.jobs}
     ran = cluster.ledger.count("ok") + cluster.ledger.count("fail")
-    assert set(ran) == {j.id for j in batch.jobs}  # every job ran ...
+    for nap in naps:
+        del ran[nap]
+    assert set(ran) == members  # every job ran ...
     assert set(ran.values()) == {1}  # ... exactly once
-    assert len({e.pid for e in cluster.ledger.runs("ok")} & workers) >= 2  # shared out
+    oks = cluster.ledger.runs("ok")
+    assert len({e.pid for e in oks if e.job_id in members} & workers) >= 2  # shared out
 
     results = batch.results(timeout=10, return_exceptions=True)
     assert [r for r in results if isinstance(r, int)] == [n for n in range(JOBS) if n % 10]
