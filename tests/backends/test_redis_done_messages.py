@@ -16,9 +16,9 @@ import redis
 import redis.asyncio
 
 import dromos
-from dromos.brokers.base import Outcome
+from dromos.brokers.base import Outcome, Waited
 from dromos.brokers.redis import RedisBroker
-from dromos.job import JobError, JobState
+from dromos.job import JobError, JobState, JobStatus
 from tests.redis_servers import PrivateRedis, RedisCluster, new_prefix
 
 pytestmark = pytest.mark.slow
@@ -164,6 +164,27 @@ async def _settle_next(broker: RedisBroker, outcome: JobState = JobState.SUCCEED
     await broker.settle([Outcome(delivery.job_id, delivery.attempt, outcome, result, error)])
 
 
+async def _echo(app: dromos.App) -> tuple[RedisBroker, dromos.Job[Any], str]:
+    """The app's Redis broker, one echo job enqueued, and the hash tag of its queue."""
+    broker = await app.abroker()
+    assert isinstance(broker, RedisBroker)
+    job = await app.get_task("echo").aenqueue("hi")
+    return broker, job, f"{{{broker.prefix}:default}}"
+
+
+def _waiting(broker: RedisBroker, job_id: str) -> asyncio.Future[Waited]:
+    """``wait_blocking`` started in a thread, as a blocking ``result()`` calls it."""
+    return asyncio.ensure_future(asyncio.to_thread(broker.wait_blocking, job_id, 10.0))
+
+
+async def _served(waiting: asyncio.Future[Waited]) -> JobStatus:
+    """The status the wait returned: served by the broker (not left to the portal: False)."""
+    status = await waiting
+    assert status is not False
+    assert status is not None
+    return status
+
+
 async def _counted(client: redis.asyncio.Redis, tag: str, job_id: str) -> None:
     """Until the await script has counted one blocking waiter of the job."""
     for _ in range(250):
@@ -176,19 +197,13 @@ async def _counted(client: redis.asyncio.Redis, tag: str, job_id: str) -> None:
 async def test_a_blocking_wait_is_served_in_the_callers_thread_and_leaves_nothing(
     app: dromos.App, server: PrivateRedis
 ) -> None:
-    broker = await app.abroker()
-    assert isinstance(broker, RedisBroker)
-    job = await app.get_task("echo").aenqueue("hi")
-    tag = f"{{{broker.prefix}:default}}"
+    broker, job, tag = await _echo(app)
     assert await asyncio.to_thread(broker.wait_blocking, job.id, 0.2) is None  # timed out
-    waiting = asyncio.ensure_future(asyncio.to_thread(broker.wait_blocking, job.id, 10.0))
+    waiting = _waiting(broker, job.id)
     async with redis.asyncio.Redis(port=server.port) as client:
         await _counted(client, tag, job.id)  # the waiter is counted before the job ends
         await _settle_next(broker)
-        status = await waiting
-        assert status is not False
-        assert status is not None
-        assert status == await broker.status(job.id)
+        assert await _served(waiting) == await broker.status(job.id)
         # nobody is counted any more, nothing is left to pop
         assert await client.hlen(f"{tag}:awaited") == 0
         assert await client.llen(f"{tag}:notify:{job.id}") == 0
@@ -197,24 +212,18 @@ async def test_a_blocking_wait_is_served_in_the_callers_thread_and_leaves_nothin
 async def test_a_status_left_for_a_waiter_gone_does_not_answer_a_wait_after_replay(
     app: dromos.App, server: PrivateRedis
 ) -> None:
-    broker = await app.abroker()
-    assert isinstance(broker, RedisBroker)
-    job = await app.get_task("echo").aenqueue("hi")
+    broker, job, tag = await _echo(app)
     await _settle_next(broker, JobState.FAILED)
-    tag = f"{{{broker.prefix}:default}}"
     async with redis.asyncio.Redis(port=server.port) as client:
         # a failed end's status pushed for a waiter that left without taking it
         assert await asyncio.to_thread(broker.wait_blocking, job.id, 5.0) is not None
         await client.rpush(f"{tag}:notify:{job.id}", b"stale")
         assert await broker.replay([job.id]) == [job.id]
-        waiting = asyncio.ensure_future(asyncio.to_thread(broker.wait_blocking, job.id, 10.0))
+        waiting = _waiting(broker, job.id)
         await _counted(client, tag, job.id)
         assert not waiting.done()
         await _settle_next(broker)
-        status = await waiting
-        assert status is not False
-        assert status is not None
-        assert status.state is JobState.SUCCEEDED
+        assert (await _served(waiting)).state is JobState.SUCCEEDED
 
 
 async def test_a_blocking_wait_for_a_job_this_instance_does_not_know_is_left_to_the_portal(
@@ -230,37 +239,25 @@ async def test_a_blocking_wait_for_a_job_this_instance_does_not_know_is_left_to_
 async def test_a_blocking_wait_after_the_scripts_were_flushed_loads_its_script_and_returns(
     app: dromos.App, server: PrivateRedis
 ) -> None:
-    broker = await app.abroker()
-    assert isinstance(broker, RedisBroker)
-    job = await app.get_task("echo").aenqueue("hi")
-    tag = f"{{{broker.prefix}:default}}"
+    broker, job, tag = await _echo(app)
     async with redis.asyncio.Redis(port=server.port) as client:
         await client.script_flush()  # as a restart of a server without persistence does
-        waiting = asyncio.ensure_future(asyncio.to_thread(broker.wait_blocking, job.id, 10.0))
+        waiting = _waiting(broker, job.id)
         await _counted(client, tag, job.id)  # counted once the script was loaded again
         await _settle_next(broker)
-        status = await waiting
-        assert status is not False
-        assert status is not None
-        assert status.state is JobState.SUCCEEDED
+        assert (await _served(waiting)).state is JobState.SUCCEEDED
 
 
 async def test_a_wait_that_timed_out_before_it_was_counted_uncounts_nobody(
     app: dromos.App, server: PrivateRedis
 ) -> None:
-    broker = await app.abroker()
-    assert isinstance(broker, RedisBroker)
-    job = await app.get_task("echo").aenqueue("hi")
-    tag = f"{{{broker.prefix}:default}}"
+    broker, job, tag = await _echo(app)
     async with redis.asyncio.Redis(port=server.port) as client:
-        first = asyncio.ensure_future(asyncio.to_thread(broker.wait_blocking, job.id, 10.0))
+        first = _waiting(broker, job.id)
         await _counted(client, tag, job.id)
         await client.script_flush()
         # its await script is refused (NOSCRIPT) and its BLPOP times out: never counted
         assert await asyncio.to_thread(broker.wait_blocking, job.id, 0.3) is None
         assert await client.hget(f"{tag}:awaited", job.id) == b"1"  # the first is still
         await _settle_next(broker)
-        status = await first
-        assert status is not False
-        assert status is not None
-        assert status.state is JobState.SUCCEEDED
+        assert (await _served(first)).state is JobState.SUCCEEDED
