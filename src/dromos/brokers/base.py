@@ -217,12 +217,12 @@ def due_at(now: float, eta: float | None, delay: float | None) -> float:
 
 
 def stored_eta(now: float, request: EnqueueRequest) -> float | None:
-    """When a job being stored is due, on a broker whose clock says ``now``: its ``delay``
-    on from now, else its ``eta``, else None (at once)."""
-    if request.delay is not None:
-        return now + request.delay
+    """When a job being stored is due, on a broker whose clock says ``now``: as
+    :func:`due_at` says, or None (at once) for a job with neither a delay nor an eta."""
     eta = request.message.eta
-    return None if eta is None else eta.timestamp()
+    if request.delay is None and eta is None:
+        return None
+    return due_at(now, None if eta is None else eta.timestamp(), request.delay)
 
 
 def waiting_message(count: int) -> str:
