@@ -76,9 +76,9 @@ async def test_a_done_message_carries_the_status_of_each_ended_job(
     assert message is not None
     job, fields = msgspec.msgpack.decode(message["data"])
     assert job == job_id
-    values = dict(zip(("id", "task", "queue", "state"), fields, strict=False))
-    assert values == {"id": job_id, "task": "echo", "queue": "default", "state": "succeeded"}
-    assert msgspec.json.decode(fields[8]) == "hello"  # the result, as stored
+    values = dict(zip(("task", "state"), fields, strict=False))  # the id is the job's key
+    assert values == {"task": "echo", "state": "succeeded"}
+    assert msgspec.json.decode(fields[6]) == "hello"  # the result, as stored
 
 
 async def test_waiting_returns_the_same_status_as_a_read(app: dromos.App) -> None:

@@ -51,11 +51,15 @@
 -- RELAY and CLUSTER are set when the scripts are loaded (redis_scripts.py), and each script
 -- carries only the part of common it uses.
 --
--- Job hash fields: id task queue state priority seq payload created_at eta attempt failures
--- recoveries worker started_at finished_at expires_at progress message result errors cancel
--- idem callback (the webhook URL) webhooks (its attempts, a JSON array), and for
--- dependencies: waiting (a dependent's dependencies not ended yet) and dependents (1: some
--- wait for this job). Times are Unix ms. errors is a JSON array of {type, message, traceback,
+-- Job hash fields: task state priority seq payload created_at eta attempt failures recoveries
+-- worker started_at finished_at expires_at progress message result errors cancel idem
+-- callback (the webhook URL) webhooks (its attempts, a JSON array), and for dependencies:
+-- waiting (a dependent's dependencies not ended yet) and dependents (1: some wait for this
+-- job). Times are Unix ms. A new job's hash holds only what is not implied: its id and queue
+-- are in its key, and attempt, failures, recoveries and progress are 0 until first written
+-- (HINCRBY counts from 0; a read takes a missing one as 0). Each field is a few microseconds
+-- of an enqueue's server time and about 40 bytes of memory per job: a payload over 64 bytes
+-- makes the hash a hash table, not a listpack. errors is a JSON array of {type, message, traceback,
 -- attempt}, appended to as text. A lease's end is its score in T:running (nowhere else).
 -- Channels: <prefix>:work:<queue> (jobs became ready), <prefix>:done:<queue> (jobs ended,
 -- one message per script call: a MessagePack array id, status, id, status ... where status is
@@ -135,9 +139,8 @@ local function complete_batch(bk, now)
     ',"succeeded":' .. b[3] .. ',"failed":' .. b[4] .. ',"cancelled":' .. b[5] .. '}'
   local ck = ct .. ':job:' .. id
   local seq = redis.call('INCR', ct .. ':seq')
-  redis.call('HSET', ck, 'id', id, 'task', b[9], 'queue', b[10], 'state', 'queued',
-    'priority', b[11], 'seq', seq, 'payload', fill_summary(b[12], summary), 'created_at', now,
-    'attempt', 0, 'failures', 0, 'recoveries', 0, 'progress', 0)
+  redis.call('HSET', ck, 'task', b[9], 'state', 'queued', 'priority', b[11], 'seq', seq,
+    'payload', fill_summary(b[12], summary), 'created_at', now)
   if b[14] then redis.call('HSET', ck, 'callback', b[14]) end
   redis.call('ZADD', ct .. ':ready', ready_score(b[11], seq), id)
   if RELAY then redis.call('ZADD', ct .. ':unsent', 0, id) end
@@ -228,13 +231,15 @@ finish = function(jk, id, state, now, ttl, extra, callback, batch, dependents, h
   if dependents then release(tag, id, state, now, ttl) end
 end
 -- What a waiting caller reads of an ended job (redis.py builds its status from them).
-local STATUS_FIELDS = {'id', 'task', 'queue', 'state', 'progress', 'message', 'attempt',
-  'priority', 'result', 'errors', 'created_at', 'eta', 'started_at', 'finished_at', 'cancel'}
+-- The reader knows the job's id and queue.
+local STATUS_FIELDS = {'task', 'state', 'progress', 'message', 'attempt', 'priority', 'result',
+  'errors', 'created_at', 'eta', 'started_at', 'finished_at', 'cancel'}
+local STATE, RESULT = 2, 7  -- their places in STATUS_FIELDS
 local CARRY_LIMIT = 65536  -- a longer result is not carried: the caller reads it
 -- What a blocking caller pops for an ended job: its status as a done message carries it,
 -- or 'r' (read it: the result is too long to carry).
 local function notice(f)
-  if f[9] and #f[9] > CARRY_LIMIT then return 'r' end
+  if f[RESULT] and #f[RESULT] > CARRY_LIMIT then return 'r' end
   return cmsgpack.pack(f)
 end
 local NOTIFY_TTL = 60000  -- ms a pushed status stays for a waiter that is gone
@@ -275,7 +280,7 @@ local function publish_list(tag, e, d, channel)
   for _, id in ipairs(d) do
     msg[#msg + 1] = id
     local f = carry and redis.call('HMGET', tag .. ':job:' .. id, unpack(STATUS_FIELDS))
-    if f and f[9] and #f[9] > CARRY_LIMIT then f = false end
+    if f and f[RESULT] and #f[RESULT] > CARRY_LIMIT then f = false end
     msg[#msg + 1] = f
   end
   redis.call('PUBLISH', channel, cmsgpack.pack(msg))
@@ -385,7 +390,7 @@ local function hand_over(ready, payloads, now, channel)
 end
 
 --- enqueue
--- ARGV: T, work channel, queue, then one MessagePack array of jobs, each an array:
+-- ARGV: T, work channel, then one MessagePack array of jobs, each an array:
 --   id task priority eta(ms, '+<ms>' after now for a delay=, or '') payload created_at(ms)
 --   idem_key('' for none) idem_window(ms)
 --   callback_url ('' for none)
@@ -394,14 +399,14 @@ end
 -- For the jobs of a batch, two more: the batch key, and the batch record to create (in the
 -- first queue's call; '' in the others) as one MessagePack array: id total ttl(ms) jobs,
 -- then the callback's id ('' for none) tag task queue priority payload channel url ('').
--- In relay mode (enqueue_unsent) a seventh: hold (ms), and the script returns 3 values per
+-- In relay mode (enqueue_unsent) a sixth: hold (ms), and the script returns 3 values per
 -- job: id, publish (1: the caller publishes it, held until now + hold; 0: not), the eta of a
 -- job stored scheduled (ms; -1: none). A job this call inserted queued is held for the
 -- caller, and so is one of this id already stored (a retried call), while still queued and
 -- unpublished. Otherwise the script returns the ids, and in relay mode its ready jobs are
 -- unsent, not held (score 0).
 local now = clock()
-local jobs = cmsgpack.unpack(ARGV[4])
+local jobs = cmsgpack.unpack(ARGV[3])
 -- Dependencies are looked at before anything is written: one the broker does not know
 -- (never enqueued, or its retention passed) refuses the whole call.
 for _, job in ipairs(jobs) do
@@ -414,9 +419,9 @@ for _, job in ipairs(jobs) do
     end
   end
 end
-local bk = ARGV[5] or ''
-if ARGV[6] and ARGV[6] ~= '' and redis.call('EXISTS', bk) == 0 then
-  local b = cmsgpack.unpack(ARGV[6])
+local bk = ARGV[4] or ''
+if ARGV[5] and ARGV[5] ~= '' and redis.call('EXISTS', bk) == 0 then
+  local b = cmsgpack.unpack(ARGV[5])
   redis.call('HSET', bk, 'id', b[1], 'total', b[2], 'remaining', b[2], 'succeeded', 0,
     'failed', 0, 'cancelled', 0, 'ttl', b[3], 'jobs', b[4], 'created_at', now)
   if b[5] ~= '' then
@@ -426,7 +431,7 @@ if ARGV[6] and ARGV[6] ~= '' and redis.call('EXISTS', bk) == 0 then
   end
 end
 local out, ready, scheduled, all, waiting, payloads = {}, {}, {}, {}, {}, {}
-local hold, unsent, held = ARGV[7], {}, 0
+local hold, unsent, held = ARGV[6], {}, 0
 if hold then held = now + tonumber(hold) end
 -- enqueue_unsent's answer for an id not inserted by this call: held again if it is the same
 -- job still queued and unpublished, the eta of a scheduled one.
@@ -481,9 +486,8 @@ for _, job in ipairs(jobs) do
         end
         if cause or #pending > 0 then state, eta = 'scheduled', '' end
       end
-      redis.call('HSET', jk, 'id', id, 'task', task, 'queue', ARGV[3], 'state', state,
-        'priority', prio, 'seq', seq, 'payload', job[5], 'created_at', job[6],
-        'attempt', 0, 'failures', 0, 'recoveries', 0, 'progress', 0)
+      redis.call('HSET', jk, 'task', task, 'state', state, 'priority', prio, 'seq', seq,
+        'payload', job[5], 'created_at', job[6])
       if eta ~= '' then redis.call('HSET', jk, 'eta', eta) end
       all[#all + 1] = 0
       all[#all + 1] = id
@@ -565,14 +569,14 @@ if limit > 0 then
   for _, id in ipairs(ids) do
     local jk = jkey(id)
     local f = redis.call('HMGET', jk, 'attempt', 'failures', 'payload')
-    local attempt = tonumber(f[1]) + 1
+    local attempt = tonumber(f[1] or 0) + 1
     redis.call('HSET', jk, 'state', 'running', 'attempt', attempt, 'started_at', now,
       'worker', ARGV[4])
     running[#running + 1] = lease_end
     running[#running + 1] = id
     out[#out + 1] = id
     out[#out + 1] = attempt
-    out[#out + 1] = f[2]
+    out[#out + 1] = f[2] or 0
     out[#out + 1] = f[3]
   end
   variadic('ZADD', T .. ':running', running)
@@ -750,7 +754,7 @@ return moved
 local id = ARGV[2]
 local nk = KEYS[1]
 local f = redis.call('HMGET', jkey(id), unpack(STATUS_FIELDS))
-local state = f[4]
+local state = f[STATE]
 if not state or state == 'succeeded' or state == 'failed' or state == 'cancelled' then
   redis.call('RPUSH', nk, state and notice(f) or '')
   redis.call('PEXPIRE', nk, NOTIFY_TTL)
@@ -947,7 +951,7 @@ for i = 7, #ARGV do
   local jk = jkey(id)
   local f = redis.call('HMGET', jk, 'state', 'attempt', 'failures', 'payload')
   if f[1] == 'queued' then
-    local attempt = tonumber(f[2]) + 1
+    local attempt = tonumber(f[2] or 0) + 1
     redis.call('HSET', jk, 'state', 'running', 'attempt', attempt, 'started_at', now,
       'worker', ARGV[3])
     leased[#leased + 1] = id
@@ -955,7 +959,7 @@ for i = 7, #ARGV do
     running[#running + 1] = id
     out[#out + 1] = 'leased'
     out[#out + 1] = attempt
-    out[#out + 1] = f[3]
+    out[#out + 1] = f[3] or 0
     out[#out + 1] = f[4]
   else
     out[#out + 1] = f[1] or 'missing'

@@ -143,10 +143,11 @@ def _seconds(value: bytes | None) -> float | None:
     return None if value is None else int(value) / 1000
 
 
-# The fields a done message carries per job, in redis.lua's STATUS_FIELDS order.
+# The fields a done message carries per job, in redis.lua's STATUS_FIELDS order (a job's
+# id and queue are in its key, not in its hash).
 _STATUS_FIELDS = (
-    "id", "task", "queue", "state", "progress", "message", "attempt", "priority", "result",
-    "errors", "created_at", "eta", "started_at", "finished_at", "cancel",
+    "task", "state", "progress", "message", "attempt", "priority", "result", "errors",
+    "created_at", "eta", "started_at", "finished_at", "cancel",
 )  # fmt: skip
 _done_message = msgspec.msgpack.Decoder(list[str | list[str | bool] | bool])
 _notice = msgspec.msgpack.Decoder(list[str | bool])  # a status pushed to a blocking caller
@@ -165,10 +166,11 @@ def _carried(values: list[str | bool]) -> dict[str, bytes]:
     }
 
 
-def _status(f: dict[str, bytes]) -> JobStatus:
-    """A job's status from its hash fields (names decoded, values as stored)."""
+def _status(f: dict[str, bytes], job_id: str, queue: str) -> JobStatus:
+    """A job's status from its hash fields (names decoded, values as stored; a count not
+    written yet is 0)."""
     return job_status(
-        job_id=f["id"].decode(), task=f["task"].decode(), queue=f["queue"].decode(),
+        job_id=job_id, task=f["task"].decode(), queue=queue,
         state=JobState(f["state"].decode()), progress=float(f.get("progress", b"0")),
         message=f["message"].decode() if "message" in f else None,
         attempts=int(f.get("attempt", b"0")), priority=int(f.get("priority", b"0")),
@@ -178,6 +180,11 @@ def _status(f: dict[str, bytes]) -> JobStatus:
         started_at=_seconds(f.get("started_at")), finished_at=_seconds(f.get("finished_at")),
         cancel_requested=f.get("cancel") == b"1", webhooks=f.get("webhooks"),
     )  # fmt: skip
+
+
+def _fields_status(fields: dict[bytes, bytes], job_id: str, queue: str) -> JobStatus | None:
+    """:func:`_status` from a read of the job's hash (``None``: no such job)."""
+    return _status({k.decode(): v for k, v in fields.items()}, job_id, queue) if fields else None
 
 
 class _LoopState:
@@ -627,8 +634,8 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
             return None  # no such job
         if notice == b"r":  # the result was too long to carry: read it
             fields = sync.client.hgetall(f"{tag}:job:{job_id}")
-            return _status({k.decode(): v for k, v in fields.items()}) if fields else None
-        return _status(_carried(_notice.decode(notice)))
+            return _fields_status(fields, job_id, queue)
+        return _status(_carried(_notice.decode(notice)), job_id, queue)
 
     def _batches(
         self, requests: Sequence[EnqueueRequest], deps: dict[int, list[Any]] | None = None
@@ -658,7 +665,7 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
                 if deps and index in deps:
                     job += (deps[index],)
                 jobs.append(job)
-            batches.append((queue, [self._work_channel(queue), queue, _pack(jobs)]))
+            batches.append((queue, [self._work_channel(queue), _pack(jobs)]))
         return groups, batches
 
     def _stored(
@@ -983,7 +990,7 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
         async def read(queue: str) -> JobStatus | None:
             key = f"{self._tag(queue)}:job:{job_id}"
             fields = await asyncio.shield(client.hgetall(key))  # see _call
-            return _status({k.decode(): v for k, v in fields.items()}) if fields else None
+            return _fields_status(fields, job_id, queue)
 
         hint = self._enqueued.get(job_id) or self._held.get(job_id)
         if hint is not None and (found := await read(hint)) is not None:
@@ -1012,7 +1019,7 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
                 while True:
                     carried = self._statuses.pop(job_id, None)
                     found = (
-                        _status(_carried(carried))
+                        _status(_carried(carried), job_id, queue)
                         if carried is not None
                         else await self.status(job_id)
                     )
@@ -1057,10 +1064,10 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
                     for job_id in ids:
                         pipe.hgetall(f"{tag}:job:{job_id.decode()}")
                     rows = await pipe.execute()
-                for fields in rows:
-                    if not fields:
+                for job_id, fields in zip(ids, rows, strict=True):
+                    status = _fields_status(fields, job_id.decode(), name)
+                    if status is None:
                         continue  # its retention ended; purge drops the id
-                    status = _status({k.decode(): v for k, v in fields.items()})
                     if (state is None or status.state is state) and (
                         task is None or status.task == task
                     ):
