@@ -18,7 +18,6 @@ reason, which stops the chain there.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -106,7 +105,7 @@ class Chain:
                 f"a step's arguments cannot be carried as JSON: {exc}"
             ) from exc
         headers = {**(first.options.headers or {}), CHAIN_HEADER: header, CHAIN_ID_HEADER: ids[0]}
-        options = dataclasses.replace(first.options, headers=headers)
+        options = msgspec.structs.replace(first.options, headers=headers)
         return Call(first.task, first.args, first.kwargs, options)
 
     async def aenqueue(self) -> ChainHandle:

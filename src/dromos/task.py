@@ -8,12 +8,13 @@ deferred call for ``enqueue_many``.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import random
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
+
+import msgspec
 
 from dromos._signature import Signature, one_item
 from dromos.brokers.base import DEPENDS_ON_HEADER, EnqueueRequest
@@ -38,8 +39,7 @@ T = TypeVar("T")
 Executor = Literal["thread", "process"]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Options:
+class Options(msgspec.Struct, frozen=True):
     """Per-job options; ``None`` means the task's default."""
 
     delay: float | None = None
@@ -61,8 +61,7 @@ class Options:
 _NO_OPTIONS = Options()
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Call(Generic[R]):
+class Call(msgspec.Struct, Generic[R], frozen=True):
     """A call of a task not yet enqueued: what ``enqueue_many`` takes."""
 
     task: Task[Any, R]

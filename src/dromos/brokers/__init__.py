@@ -6,8 +6,9 @@ the :class:`~dromos.brokers.base.Broker` interface.
 
 from __future__ import annotations
 
-import dataclasses
 from urllib.parse import urlsplit
+
+import msgspec
 
 from dromos.brokers.base import Broker, BrokerOptions
 from dromos.errors import ConfigurationError
@@ -45,7 +46,7 @@ def create_broker(
                 f"the RabbitMQ broker needs aio-pika: pip install 'dromos[rabbitmq]' ({exc})"
             ) from exc
         opts = options or BrokerOptions()
-        store = create_broker(backend, dataclasses.replace(opts, relay=True))
+        store = create_broker(backend, msgspec.structs.replace(opts, relay=True))
         return RabbitMQBroker(url, store, opts)
     if scheme == "sqlite":
         from dromos.brokers.sqlite import SQLiteBroker

@@ -25,7 +25,6 @@ from __future__ import annotations
 import abc
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -87,8 +86,7 @@ __all__ = [
 Waited = JobStatus | Literal[False] | None
 
 
-@dataclass(frozen=True, slots=True)
-class BrokerOptions:
+class BrokerOptions(msgspec.Struct, frozen=True):
     """Retention and recovery settings the app hands to its broker."""
 
     result_ttl: float = 7 * 86400.0
@@ -106,8 +104,7 @@ class BrokerOptions:
     and its own :meth:`Broker.claim` is not used for delivery."""
 
 
-@dataclass(frozen=True, slots=True)
-class EnqueueRequest:
+class EnqueueRequest(msgspec.Struct, frozen=True):
     """One job to insert: its envelope plus what the broker must index."""
 
     message: Message
@@ -129,8 +126,7 @@ class EnqueueRequest:
 SUMMARY_PLACEHOLDER = b'"__dromos_batch_summary__"'
 
 
-@dataclass(frozen=True, slots=True)
-class BatchRecord:
+class BatchRecord(msgspec.Struct, frozen=True):
     """A batch to create with its jobs (:meth:`Broker.enqueue_batch`)."""
 
     id: str
@@ -141,8 +137,7 @@ class BatchRecord:
     :data:`SUMMARY_PLACEHOLDER` as its first argument."""
 
 
-@dataclass(frozen=True, slots=True)
-class Recorded:
+class Recorded(msgspec.Struct, frozen=True):
     """One job an ``enqueue_unsent`` stored (or found, for a known idempotency key)."""
 
     job_id: str
@@ -152,8 +147,7 @@ class Recorded:
     """The eta of a job stored ``scheduled`` (the relay publishes it then)."""
 
 
-@dataclass(frozen=True, slots=True)
-class RelayJob:
+class RelayJob(msgspec.Struct, frozen=True):
     """A ready job the relay is to publish."""
 
     job_id: str
@@ -162,8 +156,7 @@ class RelayJob:
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class RelayBatch:
+class RelayBatch(msgspec.Struct, frozen=True):
     """What :meth:`Broker.relay_due` leased to the relay, and when to come back."""
 
     jobs: list[RelayJob]
@@ -174,8 +167,7 @@ class RelayBatch:
     """The store's clock when it answered: the relay sleeps ``next_due - now``."""
 
 
-@dataclass(frozen=True, slots=True)
-class Gone:
+class Gone(msgspec.Struct, frozen=True):
     """``claim_ids``: the job is not claimable (running under a live lease, not due, waiting
     for dependencies, ended); its message is a duplicate or stale and is dropped."""
 
@@ -183,8 +175,7 @@ class Gone:
     state: JobState
 
 
-@dataclass(frozen=True, slots=True)
-class Missing:
+class Missing(msgspec.Struct, frozen=True):
     """``claim_ids``: the store has no such job (a foreign producer's message, or purged)."""
 
     job_id: str
@@ -238,8 +229,7 @@ def dependency_error(dependency: str, state: JobState, attempt: int) -> JobError
     return JobError(type=kind, message=f"dependency {dependency} ended {state}", attempt=attempt)
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(msgspec.Struct, frozen=True):
     """A claimed job, leased to the claiming worker until ``lease_until``."""
 
     job_id: str
@@ -252,16 +242,14 @@ class Delivery:
     """The stored envelope bytes; the worker decodes them (and dead-letters garbage)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Lease:
+class Lease(msgspec.Struct, frozen=True):
     """The fencing pair that names one run of one job."""
 
     job_id: str
     attempt: int
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(msgspec.Struct, frozen=True):
     """How one run ended, as the worker reports it to :meth:`Broker.settle`.
 
     ``state`` is one of ``succeeded``, ``retrying`` (then ``eta`` is when to run again),
@@ -283,8 +271,7 @@ class Outcome:
     #13). Given, it decides, not ``eta``."""
 
 
-@dataclass(frozen=True, slots=True)
-class ProgressUpdate:
+class ProgressUpdate(msgspec.Struct, frozen=True):
     """The latest progress a running task reported (later updates replace earlier ones)."""
 
     job_id: str
@@ -293,8 +280,7 @@ class ProgressUpdate:
     message: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class HeartbeatReply:
+class HeartbeatReply(msgspec.Struct, frozen=True):
     """What :meth:`Broker.extend` learned about the leases it was given."""
 
     lost: frozenset[str] = frozenset()
@@ -303,16 +289,14 @@ class HeartbeatReply:
     """Jobs whose cancellation was requested while they ran: stop them."""
 
 
-@dataclass(frozen=True, slots=True)
-class QueueStats:
+class QueueStats(msgspec.Struct, frozen=True):
     """How many jobs one queue holds in each state."""
 
     queue: str
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = msgspec.field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class WebhookDue:
+class WebhookDue(msgspec.Struct, frozen=True):
     """A completion webhook to attempt now, leased to the deliverer that asked for it."""
 
     job_id: str
@@ -328,8 +312,7 @@ _webhooks = msgspec.json.Decoder(list[WebhookAttempt])
 _webhook = msgspec.json.Encoder()
 
 
-@dataclass(frozen=True, slots=True)
-class EventRecord:
+class EventRecord(msgspec.Struct, frozen=True):
     """One event to append to the bus: its topic, its id and its encoded envelope."""
 
     topic: str
@@ -337,8 +320,7 @@ class EventRecord:
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class EventDelivery:
+class EventDelivery(msgspec.Struct, frozen=True):
     """One event leased to a consumer of a group."""
 
     key: str
@@ -355,8 +337,7 @@ class EventDelivery:
     the retry budget used, as a job's ``failures`` is."""
 
 
-@dataclass(frozen=True, slots=True)
-class EventOutcome:
+class EventOutcome(msgspec.Struct, frozen=True):
     """How a group's handling of one delivered event ended."""
 
     key: str
@@ -370,8 +351,7 @@ class EventOutcome:
     (a worker's clock may be off: see :attr:`Outcome.delay`)."""
 
 
-@dataclass(frozen=True, slots=True)
-class GroupStats:
+class GroupStats(msgspec.Struct, frozen=True):
     """One consumer group, as ``dromos events groups`` shows it."""
 
     group: str
@@ -383,8 +363,7 @@ class GroupStats:
     dead: int
 
 
-@dataclass(frozen=True, slots=True)
-class EventDeadLetter:
+class EventDeadLetter(msgspec.Struct, frozen=True):
     """An event a group gave up on, with every error, kept for replay."""
 
     group: str
@@ -396,8 +375,7 @@ class EventDeadLetter:
     failed_at: datetime | None
 
 
-@dataclass(frozen=True, slots=True)
-class Parked:
+class Parked(msgspec.Struct, frozen=True):
     """An event a group's consumer gave up on for now, kept by the state store of a broker
     that carries events itself (RabbitMQ, docs/design/rabbitmq.md §9): its message was acked,
     so the store is the only place it lives until the relay republishes it (or forever, dead,
@@ -421,8 +399,7 @@ class Parked:
     budget used, are ``attempt - base``."""
 
 
-@dataclass(frozen=True, slots=True)
-class EventsDue:
+class EventsDue(msgspec.Struct, frozen=True):
     """What :meth:`Broker.events_due` leased to the relay, and when to come back."""
 
     entries: list[tuple[str, Parked]]

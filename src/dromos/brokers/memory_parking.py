@@ -10,8 +10,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
+
+import msgspec
 
 from dromos.brokers.base import EventDeadLetter, EventsDue, Parked, due_at
 
@@ -62,7 +64,7 @@ class MemoryParking:
             entries = self._parked.setdefault(group, {})
             for p in parked:
                 if p.due is not None:  # due on this store's clock
-                    p = replace(p, due=due_at(now, p.due, p.due_in), due_in=None)
+                    p = msgspec.structs.replace(p, due=due_at(now, p.due, p.due_in), due_in=None)
                 entries[p.key] = _Entry(p, now if p.due is None else None)
 
     async def events_due(self, limit: int, hold: float) -> EventsDue:
@@ -79,7 +81,7 @@ class MemoryParking:
             for due, group, key in retrying:
                 if len(out) >= limit or (due or 0.0) > now:
                     break
-                leased = replace(self._parked[group][key].parked, due=now + hold)
+                leased = msgspec.structs.replace(self._parked[group][key].parked, due=now + hold)
                 self._parked[group][key] = _Entry(leased, None)
                 out.append((group, leased))
             ahead = [
