@@ -67,9 +67,11 @@ from dromos.brokers.base import (
 )
 from dromos.brokers.redis_clients import (
     IN_FLIGHT,
+    KEPT,
     MAX_CONNECTIONS,
     TurnTakingCluster,
     TurnTakingRedis,
+    checkout,
 )
 from dromos.brokers.redis_due import due_arg
 from dromos.brokers.redis_events import RedisEventBus
@@ -206,6 +208,20 @@ class _LoopState:
         self.due: dict[str, tuple[int, float]] = {}
 
 
+def _evalsha(script: Any, keys: list[str], args: list[Any]) -> tuple[Any, ...]:
+    return ("EVALSHA", script.sha, len(keys), *keys, *args)
+
+
+def _forgotten(reply: Any) -> bool:
+    """Whether the server forgot the script (the client's own call loads it again), for a
+    reply read apart from the client; raises any other error reply."""
+    if isinstance(reply, NoScriptError):
+        return True
+    if isinstance(reply, RedisError):
+        raise reply
+    return False
+
+
 class _SyncClient:
     """A blocking client for :meth:`RedisBroker.enqueue_blocking` and ``publish_blocking``
     (thread-safe: it pools).
@@ -251,8 +267,6 @@ class _SyncClient:
         self.await_ = self.client.register_script(sources["await"])
         self.unawait = self.client.register_script(sources["unawait"])
 
-    _KEPT = 16  # connections kept aside for run(), at most: the rest go back to the pool
-
     @property
     def single(self) -> bool:
         """A single server (not a Cluster): :meth:`send` serves it."""
@@ -264,14 +278,10 @@ class _SyncClient:
         if self._pool is None:
             return script(keys=keys, args=args)
         try:
-            [reply] = self.send([("EVALSHA", script.sha, len(keys), *keys, *args)])
+            [reply] = self.send([_evalsha(script, keys, args)])
         except (RedisConnectionError, RedisTimeoutError):
             return script(keys=keys, args=args)
-        if isinstance(reply, NoScriptError):
-            return script(keys=keys, args=args)
-        if isinstance(reply, RedisError):
-            raise reply
-        return reply
+        return script(keys=keys, args=args) if _forgotten(reply) else reply
 
     def send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """``commands`` in one write on a connection kept aside (list ``pop`` and ``append``
@@ -283,7 +293,7 @@ class _SyncClient:
         try:
             conn = self._kept.pop()
         except IndexError:
-            conn = self._pool.get_connection()
+            conn = checkout(self._pool)
         replies: list[Any] = []
         try:
             conn.send_packed_command(conn.pack_commands(commands))
@@ -298,7 +308,7 @@ class _SyncClient:
             if isinstance(exc, OSError):
                 raise RedisConnectionError(str(exc)) from exc
             raise
-        if len(self._kept) < self._KEPT:
+        if len(self._kept) < KEPT:
             self._kept.append(conn)
         else:
             self._pool.release(conn)
@@ -417,13 +427,25 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
     async def _call(self, script: str, queue: str, *args: Any) -> Any:
         state = await self._state()
         tag = self._tag(queue)
-        call = state.scripts[script](keys=[f"{tag}:ready"], args=[tag, *args])
+        keys, argv = [f"{tag}:ready"], [tag, *args]
+        sent = state.scripts[script]
+        call = sent(keys=keys, args=argv) if self._cluster else self._run(state, sent, keys, argv)
         try:
             # Shielded: a caller cancelled mid-command (a worker stopping) must not leave the
             # connection half-read; the command finishes on its own and its reply is dropped.
             return await asyncio.shield(call)
         except RedisError as exc:
             raise BrokerError(f"Redis at {self._safe_url} failed {script}: {exc}") from exc
+
+    @staticmethod
+    async def _run(state: _LoopState, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """``script(keys=keys, args=args)`` on a single server, through the client's
+        :meth:`~dromos.brokers.redis_clients.TurnTakingRedis.send`, as ``_SyncClient.run``."""
+        try:
+            [reply] = await state.client.send([_evalsha(script, keys, args)])
+        except (RedisConnectionError, RedisTimeoutError):
+            return await script(keys=keys, args=args)
+        return await script(keys=keys, args=args) if _forgotten(reply) else reply
 
     async def _known_queues(self) -> set[str]:
         state = await self._state()

@@ -1,6 +1,7 @@
-"""A blocking ``enqueue()`` on a single Redis sends its script on a connection kept aside
-(``_SyncClient.run``), not through redis-py's command layer. These tests pin what that must
-not change: many threads at once each get their own job's id, and a server that forgot the
+"""On a single Redis the broker's scripts go out on connections kept aside, not through
+redis-py's command layer: a blocking ``enqueue()`` through ``_SyncClient.run``, every other
+call through ``TurnTakingRedis.send``. These tests pin what that must not change: many
+threads or coroutines at once each get their own job's id, and a server that forgot the
 scripts, connections cut, or a fork fall back to the client's own path and lose nothing.
 
 On a private server: they flush its scripts and kill its connections.
@@ -8,6 +9,7 @@ On a private server: they flush its scripts and kill its connections.
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import threading
 from collections.abc import Callable, Iterator
@@ -18,7 +20,9 @@ import redis
 
 import dromos
 from dromos.brokers.redis import RedisBroker, _SyncClient
+from dromos.brokers.redis_clients import KEPT
 from dromos.job import JobState
+from tests.backends._support import request
 from tests.redis_servers import PrivateRedis, new_prefix
 
 pytestmark = pytest.mark.slow
@@ -83,7 +87,7 @@ def test_threads_at_once_each_get_their_own_job(app: dromos.App) -> None:
     for job_id, text in list(got.items())[::37]:
         _stored(app, dromos.Job(app, job_id), text)
     sync = _sync_client(app)
-    assert len(sync._kept) <= sync._KEPT  # the rest went back to the pool
+    assert len(sync._kept) <= KEPT  # the rest went back to the pool
 
 
 def test_a_server_that_forgot_the_scripts_or_cut_the_connections_still_takes_the_job(
@@ -128,3 +132,26 @@ def test_a_forked_child_does_not_share_the_kept_connections(app: dromos.App) -> 
     assert len(mine) == len(theirs) == 100
     for job_id, text in [*mine.items(), *theirs.items()]:
         _stored(app, dromos.Job(app, job_id), text)
+
+
+async def test_coroutines_at_once_each_get_their_own_job(server: PrivateRedis) -> None:
+    broker = RedisBroker(f"redis://127.0.0.1:{server.port}/0?prefix={new_prefix()}")
+    try:
+        requests = [request(args=[n]) for n in range(300)]
+        replies = await asyncio.gather(*(broker.enqueue([r]) for r in requests))
+        assert [ids for ids in replies] == [[r.message.id] for r in requests]
+        claimed = await broker.claim(["default"], 300, 30.0)
+        assert {d.job_id: d.payload for d in claimed} == {r.message.id: r.payload for r in requests}
+        client = (await broker._state()).client
+        assert 1 <= len(client._kept) <= KEPT  # the rest went back to the pool
+        flushed, killed = request(), request()
+        with redis.Redis(port=server.port) as admin:
+            admin.script_flush()
+            assert await broker.enqueue([flushed]) == [flushed.message.id]
+            assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+            assert await broker.enqueue([killed]) == [killed.message.id]
+        status = await broker.status(killed.message.id)
+        assert status is not None
+        assert status.state is JobState.QUEUED
+    finally:
+        await broker.close()
