@@ -314,13 +314,6 @@ class _SyncClient:
             self._pool.release(conn)
         return replies
 
-    def close(self) -> None:
-        """Close the client, its pool and the connections kept aside."""
-        kept, self._kept = self._kept, []
-        for conn in kept:
-            conn.disconnect()
-        self.client.close()
-
 
 class RedisBroker(RedisEventBus, RedisParking, Broker):
     """Jobs in Redis (single server or Cluster); see the module docstring."""
@@ -506,7 +499,7 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
         """Close the connections of every loop that used this broker (each on its own loop)."""
         sync, self._sync = self._sync, None
         if sync is not None:
-            sync.close()
+            sync.client.close()  # its pool's close reaches the connections kept aside too
         states, self._loops = self._loops, {}
         self._creating = {}
         await close_per_loop(states, self._close_state)

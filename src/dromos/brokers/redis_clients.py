@@ -69,7 +69,7 @@ class _Turns:
 class TurnTakingRedis(_Turns, aioredis.Redis):  # type: ignore[misc]
     """``redis.asyncio.Redis`` whose commands wait for a turn rather than fail."""
 
-    _kept: list[Any] | None = None
+    _kept: list[Any] | None = None  # checked out of the pool: its close disconnects them too
 
     async def send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """``commands`` in one write on a connection kept aside, in a turn, and their replies
@@ -99,13 +99,6 @@ class TurnTakingRedis(_Turns, aioredis.Redis):  # type: ignore[misc]
             else:
                 await pool.release(conn)
             return replies
-
-    async def aclose(self, close_connection_pool: bool | None = None) -> None:
-        """Close the client, its pool and the connections kept aside."""
-        kept, self._kept = self._kept or [], []
-        for conn in kept:
-            await conn.disconnect(nowait=True)
-        await super().aclose(close_connection_pool)
 
 
 class TurnTakingCluster(_Turns, RedisCluster):  # type: ignore[misc]
