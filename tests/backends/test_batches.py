@@ -259,3 +259,28 @@ async def test_a_poison_job_dead_lettered_by_a_claim_ends_the_batch(
     dead = await broker.status(job.message.id)
     assert dead is not None
     assert dead.state is JobState.FAILED
+
+
+async def test_the_callback_keeps_its_own_options(app: dromos.App, workers: Workers) -> None:
+    """The callback is stored with the batch and queued at its end: as its call asked."""
+
+    @app.task
+    async def work(n: int) -> int:
+        return n
+
+    @app.task
+    async def report(result: Summary, tag: str) -> str:
+        return f"{tag} {result['succeeded']}"
+
+    batch = await submitted(
+        work.amap(range(3), on_complete=report.options(priority=7).call("done"))
+    )
+    workers.start(app)
+    await batch.aresults(timeout=20)
+    status = await batch.astatus()
+    assert status.callback_id is not None
+    callback = app.job(status.callback_id)
+    assert await callback.aresult(timeout=10) == "done 3"
+    ended = await callback.astatus()
+    assert ended is not None
+    assert (ended.task, ended.queue, ended.priority) == ("report", "default", 7)

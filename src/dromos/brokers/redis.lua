@@ -42,8 +42,8 @@
 --                it in the script that ends it, and leaves once delivered or given up
 --   T:batch:<id> hash: one batch (task.map), under the tag of its first job's queue: id total
 --                remaining succeeded failed cancelled ttl created_at finished_at jobs (the
---                ids, comma-separated) and its callback's cb_id cb_tag cb_task cb_queue
---                cb_priority cb_payload cb_channel cb_url; it expires ttl after it ended.
+--                ids, comma-separated) and its callback's cb_id cb_tag cb_task cb_priority
+--                cb_payload cb_channel cb_url; it expires ttl after it ended.
 --                A job of a batch has the field batch (this key) and, once its first end was
 --                counted, batch_counted. On a Cluster the app puts every job of a batch and
 --                its callback in one queue, so that all of these share one slot.
@@ -130,7 +130,7 @@ end
 -- The summary is built by hand: its keys in dromos.batch.summary_json's order.
 local function complete_batch(bk, now)
   local b = redis.call('HMGET', bk, 'id', 'total', 'succeeded', 'failed', 'cancelled', 'ttl',
-    'cb_id', 'cb_tag', 'cb_task', 'cb_queue', 'cb_priority', 'cb_payload', 'cb_channel', 'cb_url')
+    'cb_id', 'cb_tag', 'cb_task', 'cb_priority', 'cb_payload', 'cb_channel', 'cb_url')
   redis.call('HSET', bk, 'finished_at', now)
   redis.call('PEXPIREAT', bk, now + tonumber(b[6]))
   local id, ct = b[7], b[8]
@@ -139,13 +139,13 @@ local function complete_batch(bk, now)
     ',"succeeded":' .. b[3] .. ',"failed":' .. b[4] .. ',"cancelled":' .. b[5] .. '}'
   local ck = ct .. ':job:' .. id
   local seq = redis.call('INCR', ct .. ':seq')
-  redis.call('HSET', ck, 'task', b[9], 'state', 'queued', 'priority', b[11], 'seq', seq,
-    'payload', fill_summary(b[12], summary), 'created_at', now)
-  if b[14] then redis.call('HSET', ck, 'callback', b[14]) end
-  redis.call('ZADD', ct .. ':ready', ready_score(b[11], seq), id)
+  redis.call('HSET', ck, 'task', b[9], 'state', 'queued', 'priority', b[10], 'seq', seq,
+    'payload', fill_summary(b[11], summary), 'created_at', now)
+  if b[13] then redis.call('HSET', ck, 'callback', b[13]) end
+  redis.call('ZADD', ct .. ':ready', ready_score(b[10], seq), id)
   if RELAY then redis.call('ZADD', ct .. ':unsent', 0, id) end
   redis.call('ZADD', ct .. ':all', 0, id)
-  redis.call('PUBLISH', b[13], '1')
+  redis.call('PUBLISH', b[12], '1')
 end
 -- Count a batch's job at its first end (HSETNX: a replayed job ending again is not counted).
 local function count_in_batch(jk, bk, state, now)
@@ -398,7 +398,7 @@ end
 --   result ttl(ms), the dead-letter ttl(ms), then per dependency its tag and its id.
 -- For the jobs of a batch, two more: the batch key, and the batch record to create (in the
 -- first queue's call; '' in the others) as one MessagePack array: id total ttl(ms) jobs,
--- then the callback's id ('' for none) tag task queue priority payload channel url ('').
+-- then the callback's id ('' for none) tag task priority payload channel url ('').
 -- In relay mode (enqueue_unsent) a sixth: hold (ms), and the script returns 3 values per
 -- job: id, publish (1: the caller publishes it, held until now + hold; 0: not), the eta of a
 -- job stored scheduled (ms; -1: none). A job this call inserted queued is held for the
@@ -425,9 +425,9 @@ if ARGV[5] and ARGV[5] ~= '' and redis.call('EXISTS', bk) == 0 then
   redis.call('HSET', bk, 'id', b[1], 'total', b[2], 'remaining', b[2], 'succeeded', 0,
     'failed', 0, 'cancelled', 0, 'ttl', b[3], 'jobs', b[4], 'created_at', now)
   if b[5] ~= '' then
-    redis.call('HSET', bk, 'cb_id', b[5], 'cb_tag', b[6], 'cb_task', b[7], 'cb_queue', b[8],
-      'cb_priority', b[9], 'cb_payload', b[10], 'cb_channel', b[11])
-    if b[12] ~= '' then redis.call('HSET', bk, 'cb_url', b[12]) end
+    redis.call('HSET', bk, 'cb_id', b[5], 'cb_tag', b[6], 'cb_task', b[7], 'cb_priority', b[8],
+      'cb_payload', b[9], 'cb_channel', b[10])
+    if b[11] ~= '' then redis.call('HSET', bk, 'cb_url', b[11]) end
   end
 end
 local out, ready, scheduled, all, waiting, payloads = {}, {}, {}, {}, {}, {}

@@ -789,11 +789,11 @@ class RedisBroker(RedisEventBus, RedisParking, Broker):
         groups, batches = self._batches(requests, await self._dependencies(requests))
         home = requests[0].message.queue  # the first group's: it creates the record
         key = self._batch_key(home, batch.id)
-        callback: tuple[Any, ...] = ("",) + ("",) * 7
+        callback: tuple[Any, ...] = ("",) + ("",) * 6
         if cb is not None:
             msg = cb.message
             callback = (
-                msg.id, self._tag(msg.queue), msg.task, msg.queue, msg.priority,
+                msg.id, self._tag(msg.queue), msg.task, msg.priority,
                 _text(cb.payload), self._work_channel(msg.queue),
                 msg.headers.get("callback_url", ""),
             )  # fmt: skip
